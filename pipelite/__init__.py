@@ -1,0 +1,85 @@
+"""PipeLite: stages that couple through named artifacts, cached until something they depend on
+changes.
+
+>>> from pipelite import stage, Pipeline
+>>> @stage(outputs="total")
+... def total(numbers):
+...     return sum(numbers)
+
+The core never imports IPython; ``%load_ext pipelite`` loads the extension in ``pipelite_ipy``.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import (
+    CorruptArtifactError,
+    CycleError,
+    DuplicateProducerError,
+    GraphvizNotFoundError,
+    InvalidNameError,
+    MissingInputError,
+    ParameterError,
+    PipeliteError,
+    StageDefinitionError,
+    StageFailedError,
+    StageOutputError,
+    StaleArtifactError,
+    UnknownArtifactError,
+    UnknownStageError,
+)
+from .events import StageEvent, subscribe
+from .fingerprint import PipeliteWarning
+from .formats import register_format
+from .pipeline import OutputInfo, Pipeline, PlannedStage, RunResult, StageStatus
+from .stage import REGISTRY, Artifact, CellStage, Registry, Stage, stage
+from .store import GcReport, Store
+
+__all__ = [
+    "Artifact",
+    "CellStage",
+    "CorruptArtifactError",
+    "CycleError",
+    "DuplicateProducerError",
+    "GcReport",
+    "GraphvizNotFoundError",
+    "InvalidNameError",
+    "MissingInputError",
+    "OutputInfo",
+    "ParameterError",
+    "Pipeline",
+    "PipeliteError",
+    "PipeliteWarning",
+    "PlannedStage",
+    "REGISTRY",
+    "Registry",
+    "RunResult",
+    "Stage",
+    "StageDefinitionError",
+    "StageEvent",
+    "StageFailedError",
+    "StageOutputError",
+    "StageStatus",
+    "StaleArtifactError",
+    "Store",
+    "UnknownArtifactError",
+    "UnknownStageError",
+    "register_format",
+    "stage",
+    "subscribe",
+    "__version__",
+]
+
+
+def load_ipython_extension(ipython):  # pragma: no cover - exercised through IPython
+    """``%load_ext pipelite``: delegates to ``pipelite_ipy`` (imported only now)."""
+    from pipelite_ipy import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython):  # pragma: no cover - exercised through IPython
+    """``%unload_ext pipelite``."""
+    from pipelite_ipy import unload_ipython_extension as unload
+
+    unload(ipython)

@@ -1,0 +1,49 @@
+"""Stage events: every pipeline in the process announces what it runs, for panels and logs."""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+__all__ = ["StageEvent", "subscribe"]
+
+
+@dataclass(frozen=True)
+class StageEvent:
+    """Something happened to a stage.
+
+    ``kind`` is one of ``run_started``, ``started``, ``finished``, ``skipped``, ``failed``,
+    ``invalidated``, ``run_finished``. ``index``/``total`` count the stages a run executes.
+    """
+
+    kind: str
+    stage: str | None
+    store: str
+    index: int = 0
+    total: int = 0
+    duration: float | None = None
+    error: str | None = None
+    time: float = field(default_factory=time.time)
+
+
+_listeners: list[Callable[[StageEvent], None]] = []
+
+
+def subscribe(listener: Callable[[StageEvent], None]) -> Callable[[], None]:
+    """Call ``listener(event)`` for every stage event; returns a function that unsubscribes."""
+    _listeners.append(listener)
+
+    def unsubscribe() -> None:
+        if listener in _listeners:
+            _listeners.remove(listener)
+
+    return unsubscribe
+
+
+def emit(event: StageEvent) -> None:
+    for listener in list(_listeners):
+        try:
+            listener(event)
+        except Exception as exc:  # noqa: BLE001 - a broken listener must not break a run
+            warnings.warn(f"pipelite event listener {listener!r} failed: {exc!r}", stacklevel=2)

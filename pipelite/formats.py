@@ -1,0 +1,228 @@
+"""How artifact values are written to files and read back, chosen by type.
+
+Built in: numpy arrays as ``.npy`` (read back memory-mapped and read-only), pandas and polars
+frames as Parquet (when pyarrow is installed), JSON-exact values as JSON, anything else with
+cloudpickle. ``register_format`` adds a format for your own type; it takes precedence.
+"""
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import math
+import os
+import pickle
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import xxhash
+
+__all__ = ["Format", "register_format", "format_for", "format_named", "hash_file"]
+
+CHUNK = 8 << 20
+
+
+@dataclass(frozen=True)
+class Format:
+    """A way to store values: ``save(value, path)`` writes a file, ``load(path)`` reads it.
+
+    ``save`` may return the xxh3-128 hex digest of the bytes it wrote (saves re-reading them).
+    """
+
+    name: str
+    ext: str
+    matches: Callable[[Any], bool]
+    save: Callable[[Any, str], "str | None"]
+    load: Callable[[str], Any]
+
+
+def hash_file(path: str) -> str:
+    """xxh3-128 hex digest of a file's bytes."""
+    h = xxhash.xxh3_128()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def _fsync(f: Any) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+
+
+# -- numpy ------------------------------------------------------------------------------------
+def _is_plain_ndarray(v: Any) -> bool:
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(v, np.ndarray) and not v.dtype.hasobject
+
+
+def _save_npy(arr: Any, path: str) -> str:
+    """Write ``arr`` as .npy (byte-identical to ``np.save``) hashing it from memory, no copy."""
+    import numpy as np
+    from numpy.lib import format as npformat
+
+    if isinstance(arr, np.memmap) or type(arr) is not np.ndarray:
+        arr = np.asarray(arr).view(np.ndarray)
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    header = io.BytesIO()
+    meta = npformat.header_data_from_array_1_0(arr)
+    try:
+        npformat.write_array_header_1_0(header, meta)
+    except ValueError:  # header too large for format 1.0
+        header = io.BytesIO()
+        npformat.write_array_header_2_0(header, meta)
+    data = arr.reshape(-1).view(np.uint8)
+    h = xxhash.xxh3_128()
+    h.update(header.getvalue())
+    h.update(data)
+    with open(path, "wb") as f:
+        f.write(header.getvalue())
+        f.write(data)
+        _fsync(f)
+    return h.hexdigest()
+
+
+def _load_npy(path: str) -> Any:
+    import numpy as np
+
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except ValueError:  # empty arrays cannot be memory-mapped
+        arr = np.load(path)
+        arr.setflags(write=False)
+        return arr
+    return arr.view(np.ndarray)  # still backed by the read-only map, without the subclass
+
+
+# -- JSON -------------------------------------------------------------------------------------
+def _is_json_exact(v: Any, depth: int = 0) -> bool:
+    """True if JSON gives back exactly this value (types included)."""
+    if depth > 100:
+        return False
+    t = type(v)
+    if v is None or t in (bool, int, str):
+        return True
+    if t is float:
+        return math.isfinite(v)
+    if t is list:
+        return all(_is_json_exact(x, depth + 1) for x in v)
+    if t is dict:
+        return all(type(k) is str and _is_json_exact(x, depth + 1) for k, x in v.items())
+    return False
+
+
+def _save_json(v: Any, path: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(v, f, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        _fsync(f)
+
+
+def _load_json(path: str) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+# -- frames -----------------------------------------------------------------------------------
+@__import__("functools").lru_cache(maxsize=1)
+def _have_pyarrow() -> bool:
+    return importlib.util.find_spec("pyarrow") is not None
+
+
+def _is_pandas_frame(v: Any) -> bool:
+    pd = sys.modules.get("pandas")
+    return pd is not None and isinstance(v, pd.DataFrame) and _have_pyarrow()
+
+
+def _save_pandas(df: Any, path: str) -> None:
+    df.to_parquet(path, engine="pyarrow")
+
+
+def _load_pandas(path: str) -> Any:
+    import pandas as pd
+
+    return pd.read_parquet(path, engine="pyarrow")
+
+
+def _is_polars_frame(v: Any) -> bool:
+    pl = sys.modules.get("polars")
+    return pl is not None and isinstance(v, pl.DataFrame)
+
+
+def _save_polars(df: Any, path: str) -> None:
+    df.write_parquet(path)
+
+
+def _load_polars(path: str) -> Any:
+    import polars as pl
+
+    return pl.read_parquet(path)
+
+
+# -- anything else ----------------------------------------------------------------------------
+def _save_pickle(v: Any, path: str) -> None:
+    import cloudpickle
+
+    with open(path, "wb") as f:
+        cloudpickle.dump(v, f, protocol=5)
+        _fsync(f)
+
+
+def _load_pickle(path: str) -> Any:
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+PICKLE = Format("pickle", ".pkl", lambda v: True, _save_pickle, _load_pickle)
+_BUILTIN = [
+    Format("npy", ".npy", _is_plain_ndarray, _save_npy, _load_npy),
+    Format("parquet-pandas", ".parquet", _is_pandas_frame, _save_pandas, _load_pandas),
+    Format("parquet-polars", ".parquet", _is_polars_frame, _save_polars, _load_polars),
+    Format("json", ".json", _is_json_exact, _save_json, _load_json),
+]
+_USER: list[Format] = []
+
+
+def register_format(type_: type, save: Callable[[Any, str], None], load: Callable[[str], Any],
+                    ext: str, name: str | None = None) -> Format:
+    """Store values of ``type_`` (and subclasses) with ``save(value, path)`` / ``load(path)``.
+
+    >>> register_format(MyModel, lambda m, p: m.save(p), MyModel.from_file, ext=".mdl")
+
+    Register the same format in every process that loads such artifacts. Later registrations
+    for the same type replace earlier ones.
+    """
+    if not ext.startswith("."):
+        ext = "." + ext
+    fmt_name = name or f"{type_.__module__}.{type_.__qualname__}"
+    fmt = Format(fmt_name, ext, lambda v: isinstance(v, type_), save, load)
+    _USER[:] = [f for f in _USER if f.name != fmt_name]
+    _USER.insert(0, fmt)
+    return fmt
+
+
+def format_for(value: Any) -> Format:
+    """The format a value is stored in: user formats first, then the built-ins, else pickle."""
+    for fmt in (*_USER, *_BUILTIN):
+        if fmt.matches(value):
+            return fmt
+    return PICKLE
+
+
+def format_named(name: str) -> Format:
+    """The format called ``name``; a ``PipeliteError`` if it is not registered here."""
+    for fmt in (*_USER, *_BUILTIN, PICKLE):
+        if fmt.name == name:
+            return fmt
+    from .errors import PipeliteError
+
+    raise PipeliteError(
+        f"artifact was stored in format '{name}', which is not registered in this process: "
+        f"call pipelite.register_format(...) for it before loading"
+    )

@@ -1,0 +1,645 @@
+"""The pipeline: resolve dependencies, decide what is fresh, run what is not, explain why."""
+from __future__ import annotations
+
+import datetime as _dt
+import difflib
+import graphlib
+import sys
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from . import events
+from .errors import (
+    CorruptArtifactError,
+    CycleError,
+    MissingInputError,
+    ParameterError,
+    PipeliteError,
+    StageOutputError,
+    StaleArtifactError,
+    UnknownArtifactError,
+    UnknownStageError,
+)
+from .fingerprint import Fingerprint, PipeliteWarning, fingerprint_of
+from .stage import REGISTRY, Registry, Stage, artifact_name, stage_of
+from .store import GcReport, Store
+
+__all__ = ["Pipeline", "StageStatus", "OutputInfo", "PlannedStage", "RunResult", "STATES"]
+
+STATES = ("fresh", "stale", "missing", "failed", "running")
+_RUNNING: set[tuple[str, str]] = set()  # (store url, stage) running in this process
+
+
+@dataclass(frozen=True)
+class OutputInfo:
+    """One stored output of a stage."""
+
+    name: str
+    size: int
+    format: str
+    summary: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class StageStatus:
+    """Where a stage stands: ``state`` is one of fresh, stale, missing, failed, running."""
+
+    name: str
+    state: str
+    reasons: tuple[str, ...]
+    outputs: tuple[OutputInfo, ...]
+    inputs: tuple[str, ...]
+    last_run: _dt.datetime | None
+    duration: float | None
+    fingerprint: str | None
+    defined: bool = True
+    error: str | None = None
+
+    @property
+    def fresh(self) -> bool:
+        return self.state == "fresh"
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    """A stage that ``run`` would execute, and why."""
+
+    name: str
+    reasons: tuple[str, ...]
+
+
+class RunResult(dict):
+    """The target stages' outputs by artifact name; ``executed`` lists the stages that ran."""
+
+    def __init__(self, values: Mapping[str, Any], executed: list[str], skipped: list[str]):
+        super().__init__(values)
+        self.executed = executed
+        self.skipped = skipped
+
+
+@dataclass
+class _Eval:
+    name: str
+    state: str
+    reasons: list[str]
+    stage: Stage | None
+    record: dict | None = None  # the stored result for the current fingerprint
+    latest: dict | None = None
+    fingerprint: Fingerprint | None = None
+    failure: dict | None = None
+
+
+class _CorruptInput(Exception):
+    def __init__(self, stage: str, record: dict, info: dict, error: CorruptArtifactError):
+        super().__init__(str(error))
+        self.stage, self.record, self.info, self.error = stage, record, info, error
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _parse_time(text: str | None) -> _dt.datetime | None:
+    return _dt.datetime.fromisoformat(text) if text else None
+
+
+def _versions() -> dict[str, str]:
+    from . import __version__
+
+    out = {"python": sys.version.split()[0], "pipelite": __version__}
+    for mod in ("numpy", "pandas", "pyarrow", "polars"):
+        if mod in sys.modules:
+            out[mod] = getattr(sys.modules[mod], "__version__", "unknown")
+    return out
+
+
+class Pipeline:
+    """Runs registered stages against a store, recomputing only what is not fresh.
+
+    >>> Pipeline().run("gen_data")              # runs gen_data unless it is fresh
+    >>> Pipeline(params={"train_model": {"epochs": 5}}).run("train_model")
+
+    ``store`` is a local path (default ``./.pipelite``) or an fsspec URL (``memory://x``,
+    ``s3://bucket/prefix``). ``params`` maps stage names to parameter values.
+    """
+
+    def __init__(
+        self,
+        store: str | Store = ".pipelite",
+        params: Mapping[str, Mapping[str, Any]] | None = None,
+        executor: Any = None,
+        registry: Registry | None = None,
+    ):
+        self.store = store if isinstance(store, Store) else Store(store)
+        self.params: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (params or {}).items()}
+        self.executor = executor
+        self.registry = REGISTRY if registry is None else registry
+
+    def __repr__(self) -> str:
+        return f"Pipeline(store={self.store.url!r}, stages={self.registry.names()})"
+
+    # -- the graph ----------------------------------------------------------------------------
+    def _producers(self) -> dict[str, str]:
+        producers: dict[str, str] = {}
+        for st in self.registry:
+            if st.outputs is None:  # not run in this session: learn its outputs from the store
+                latest = self.store.latest(st.name)
+                if latest is not None:
+                    try:
+                        self.registry.learn_outputs(st, latest["outputs"])
+                    except PipeliteError:
+                        pass
+            for out in st.outputs or ():
+                producers[out] = st.name
+        for name in self.store.stages():
+            if name not in self.registry:
+                latest = self.store.latest(name)
+                for out in (latest or {}).get("outputs", {}):
+                    producers.setdefault(out, name)
+        return producers
+
+    def _deps(self, name: str, producers: Mapping[str, str]) -> list[str]:
+        st = self.registry.get(name)
+        if st is None:
+            return []
+        return [producers[i] for i in st.inputs if i in producers and producers[i] != name]
+
+    def _order(self, roots: Iterable[str], producers: Mapping[str, str]) -> list[str]:
+        graph: dict[str, list[str]] = {}
+        stack = list(roots)
+        while stack:
+            name = stack.pop()
+            if name in graph:
+                continue
+            graph[name] = self._deps(name, producers)
+            stack.extend(graph[name])
+        try:
+            return list(graphlib.TopologicalSorter(graph).static_order())
+        except graphlib.CycleError as exc:
+            cycle = " -> ".join(exc.args[1])
+            raise CycleError(
+                f"stages form a cycle ({cycle}): an artifact cannot depend on itself; "
+                f"split one of these stages"
+            ) from None
+
+    def _all_names(self) -> list[str]:
+        names = self.registry.names()
+        return names + [n for n in self.store.stages() if n not in self.registry]
+
+    def _stage_name(self, ref: Any) -> str:
+        st = stage_of(ref)
+        if st is not None:
+            return st.name
+        if isinstance(ref, Stage):
+            return ref.name
+        if not isinstance(ref, str):
+            raise UnknownStageError(f"{ref!r} is not a stage: pass a stage name")
+        if ref in self.registry:
+            return ref
+        known = self._all_names()
+        if ref in known:
+            return ref
+        hint = difflib.get_close_matches(ref, known, n=1)
+        raise UnknownStageError(
+            f"no stage named '{ref}'"
+            + (f"; did you mean '{hint[0]}'?" if hint else f"; known stages: {', '.join(known) or 'none'}")
+        )
+
+    def _targets(self, target: Any) -> list[str]:
+        if target is None:
+            return self.registry.names()
+        if isinstance(target, (list, tuple, set)):
+            return [self._stage_name(t) for t in target]
+        return [self._stage_name(target)]
+
+    def _params_for(self, name: str, extra: Mapping[str, Mapping[str, Any]] | None) -> dict:
+        merged = dict(self.params.get(name, {}))
+        merged.update((extra or {}).get(name, {}))
+        return merged
+
+    # -- freshness ----------------------------------------------------------------------------
+    def _evaluate(self, order: list[str], producers: Mapping[str, str],
+                  params: Mapping[str, Mapping[str, Any]] | None) -> dict[str, _Eval]:
+        evals: dict[str, _Eval] = {}
+        for name in order:
+            st = self.registry.get(name)
+            latest = self.store.latest(name)
+            if st is None:
+                when = latest.get("started", "?")[:19] if latest else None
+                evals[name] = _Eval(
+                    name, "fresh" if latest else "missing",
+                    [f"not defined in this session (stored result from {when})"] if latest
+                    else ["not defined in this session"], None, record=latest, latest=latest)
+                continue
+            ev = _Eval(name, "missing", [], st, latest=latest)
+            evals[name] = ev
+            input_hashes: dict[str, str] = {}
+            blocked: list[str] = []
+            for i in st.inputs:
+                p = producers.get(i)
+                if p is None or p == name:
+                    blocked.append(f"needs artifact '{i}', which no stage produces")
+                    continue
+                up = evals[p]
+                if up.state != "fresh" or up.record is None:
+                    blocked.append(f"upstream stage '{p}' is {up.state}")
+                elif i not in up.record["outputs"]:
+                    blocked.append(f"upstream stage '{p}' did not produce '{i}'")
+                else:
+                    input_hashes[i] = up.record["outputs"][i]["hash"]
+            state_if_not = "stale" if latest else "missing"
+            if blocked:
+                ev.state, ev.reasons = state_if_not, list(dict.fromkeys(blocked))
+            else:
+                try:
+                    stage_params = st.resolve_params(self._params_for(name, params))
+                except ParameterError as exc:
+                    ev.state, ev.reasons = state_if_not, [str(exc)]
+                else:
+                    fp = fingerprint_of(st, stage_params, input_hashes)
+                    ev.fingerprint = fp
+                    ev.record = self.store.record(name, fp.digest)
+                    failure = self.store.failure(name)
+                    if failure is not None and failure.get("fingerprint") == fp.digest:
+                        ev.state, ev.failure = "failed", failure
+                        ev.reasons = [f"last run failed: {failure.get('error')}"]
+                    elif ev.record is not None:
+                        ev.state = "fresh"
+                    elif latest is not None:
+                        ev.state = "stale"
+                        ev.reasons = self._diff(latest, fp, stage_params, producers)
+                    else:
+                        ev.reasons = ["never run"]
+            if (self.store.url, name) in _RUNNING:
+                ev.state = "running"
+        return evals
+
+    @staticmethod
+    def _diff(old: dict, fp: Fingerprint, params: Mapping[str, Any],
+              producers: Mapping[str, str]) -> list[str]:
+        """Why a stored result does not match the fingerprint, in words."""
+        before, now = old.get("parts", {}), fp.parts
+        reasons: list[str] = []
+        if before.get("code") != now["code"]:
+            reasons.append("its code changed")
+        for key, label in (("helpers", "helper"), ("globals", "global")):
+            b, n = before.get(key, {}), now[key]
+            for k in sorted(set(b) | set(n)):
+                what = k if (" " in k) else f"{label} '{k}'"
+                if k not in b:
+                    reasons.append(f"now uses {what}")
+                elif k not in n:
+                    reasons.append(f"no longer uses {what}")
+                elif b[k] != n[k]:
+                    if b[k].startswith("lib:") and n[k].startswith("lib:"):
+                        reasons.append(f"library '{k}' changed ({b[k][4:]} -> {n[k][4:]})")
+                    else:
+                        reasons.append(f"{what} changed")
+        b, n = before.get("params", {}), now["params"]
+        shown = old.get("params", {})
+        for k in sorted(set(b) | set(n)):
+            if b.get(k) != n.get(k):
+                reasons.append(f"parameter '{k}' changed: {shown.get(k, '(unset)')} -> "
+                               f"{_short_repr(params[k]) if k in params else '(unset)'}")
+        b, n = before.get("inputs", {}), now["inputs"]
+        for k in sorted(set(b) | set(n)):
+            if b.get(k) != n.get(k):
+                src = producers.get(k)
+                reasons.append(f"input '{k}' changed" + (f" (new content from stage '{src}')"
+                                                         if src else ""))
+        if before.get("outputs") != now["outputs"]:
+            reasons.append(f"its outputs changed: {before.get('outputs')} -> {now['outputs']}")
+        return reasons or ["its fingerprint changed (a newer PipeLite or Python)"]
+
+    def _status_of(self, ev: _Eval) -> StageStatus:
+        rec = ev.record if ev.record is not None else ev.latest
+        outputs = tuple(
+            OutputInfo(k, v["size"], v["format"], v.get("summary", ""), v["hash"])
+            for k, v in (rec or {}).get("outputs", {}).items()
+        )
+        st = ev.stage
+        inputs = st.inputs if st else tuple((rec or {}).get("inputs", {}))
+        return StageStatus(
+            name=ev.name,
+            state=ev.state,
+            reasons=tuple(ev.reasons),
+            outputs=outputs,
+            inputs=tuple(inputs),
+            last_run=_parse_time(rec.get("started")) if rec else None,
+            duration=rec.get("duration") if rec else None,
+            fingerprint=ev.fingerprint.digest if ev.fingerprint else None,
+            defined=st is not None,
+            error=ev.failure.get("error") if ev.failure else None,
+        )
+
+    def status(self, *, params: Mapping[str, Mapping[str, Any]] | None = None
+               ) -> list[StageStatus]:
+        """Every stage (registered, or known from the store) and its state, upstream first.
+
+        Checking never rehashes stored data: inputs are compared by their recorded hashes.
+        """
+        __tracebackhide__ = True
+        producers = self._producers()
+        order = self._order(self._all_names(), producers)
+        evals = self._evaluate(order, producers, params)
+        return [self._status_of(evals[n]) for n in order]
+
+    def explain(self, name: Any) -> str:
+        """Why a stage is in its state, in words."""
+        __tracebackhide__ = True
+        stage_name = self._stage_name(name)
+        producers = self._producers()
+        evals = self._evaluate(self._order([stage_name], producers), producers, None)
+        s = self._status_of(evals[stage_name])
+        lines = [f"stage '{s.name}' is {s.state}" + ("" if s.defined else
+                                                   " (not defined in this session)")]
+        if s.state == "fresh" and s.defined:
+            lines[0] += ": its code, parameters, globals and inputs match the stored result"
+        lines += [f"  - {r}" for r in s.reasons]
+        if s.last_run:
+            lines.append(f"last run: {s.last_run:%Y-%m-%d %H:%M:%S} UTC, took "
+                         f"{s.duration:.3g} s")
+        if s.outputs:
+            lines.append("outputs: " + ", ".join(f"{o.name} ({o.summary}, {_human(o.size)})"
+                                                  for o in s.outputs))
+        return "\n".join(lines)
+
+    def plan(self, target: Any = None, *, force: bool = False,
+             params: Mapping[str, Mapping[str, Any]] | None = None) -> list[PlannedStage]:
+        """The stages ``run(target)`` would execute, in order, and why (nothing is run).
+
+        A stage listed only because an upstream stage reruns may still be skipped if that
+        upstream's outputs come out unchanged (early cut-off).
+        """
+        __tracebackhide__ = True
+        targets = self._targets(target)
+        producers = self._producers()
+        order = self._order(targets, producers)
+        evals = self._evaluate(order, producers, params)
+        planned = []
+        for name in order:
+            ev = evals[name]
+            if force and name in targets and ev.state == "fresh":
+                planned.append(PlannedStage(name, ("forced",)))
+            elif ev.state != "fresh":
+                planned.append(PlannedStage(name, tuple(ev.reasons)))
+        return planned
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self, target: Any = None, *, force: bool = False,
+            params: Mapping[str, Mapping[str, Any]] | None = None) -> RunResult:
+        """Run ``target`` (a stage name, a list of them, or None for all) and what it needs.
+
+        Fresh stages are skipped and nothing is loaded for them unless needed; ``force=True``
+        recomputes the targets themselves. Returns the targets' outputs by artifact name.
+        """
+        __tracebackhide__ = True
+        targets = self._targets(target)
+        for name in targets:
+            if name not in self.registry:
+                raise PipeliteError(
+                    f"stage '{name}' is known only from the store (not defined in this "
+                    f"session): run the cell or import the module that defines it first"
+                )
+        last: _CorruptInput | None = None
+        for _attempt in range(3):
+            try:
+                return self._run(targets, force, params)
+            except _CorruptInput as bad:
+                last = bad
+                warnings.warn(f"{bad.error}; recomputing stage '{bad.stage}'", PipeliteWarning,
+                              stacklevel=2)
+                self.store.drop_record(bad.stage, bad.record["fingerprint"])
+                self.store.delete_object(bad.info)
+        assert last is not None
+        raise last.error
+
+    def _run(self, targets: list[str], force: bool,
+             params: Mapping[str, Mapping[str, Any]] | None) -> RunResult:
+        __tracebackhide__ = True
+        producers = self._producers()
+        order = self._order(targets, producers)
+        first = self._evaluate(order, producers, params)
+        total = sum(1 for n in order
+                    if first[n].state != "fresh" or (force and n in targets))
+        url = self.store.url
+        events.emit(events.StageEvent("run_started", None, url, 0, total))
+        done: dict[str, dict] = {}
+        executed: list[str] = []
+        skipped: list[str] = []
+        try:
+            for name in order:
+                st = self.registry.get(name)
+                if st is None:
+                    rec = self.store.latest(name)
+                    if rec is None:
+                        raise MissingInputError(f"stage '{name}' has no stored result and is not "
+                                                f"defined in this session: define it first")
+                    done[name] = rec
+                    continue
+                upstream = {}
+                for i in st.inputs:
+                    p = producers.get(i)
+                    if p is None or p == name:
+                        raise MissingInputError(
+                            f"stage '{name}' needs artifact '{i}', which no stage produces: "
+                            f"define a stage that returns {{'{i}': ...}} (or run its cell)"
+                        )
+                    if i not in done[p]["outputs"]:
+                        raise MissingInputError(
+                            f"stage '{name}' needs artifact '{i}', but stage '{p}' did not "
+                            f"produce it (it produced: {', '.join(done[p]['outputs']) or 'nothing'})"
+                        )
+                    upstream[i] = (p, done[p])
+                stage_params = st.resolve_params(self._params_for(name, params))
+                fp = fingerprint_of(st, stage_params,
+                                    {i: r["outputs"][i]["hash"] for i, (_, r) in upstream.items()})
+                rec = self._stored(name, fp, force and name in targets)
+                if rec is None:
+                    with self.store.lock(name, fp.digest):
+                        # another process may have computed it while we waited
+                        rec = self._stored(name, fp, force and name in targets)
+                        if rec is None:
+                            rec = self._execute(st, fp, stage_params, upstream,
+                                                len(executed) + 1, max(total, len(executed) + 1))
+                            executed.append(name)
+                if not executed or executed[-1] != name:
+                    skipped.append(name)
+                    events.emit(events.StageEvent("skipped", name, url))
+                done[name] = rec
+            values = {}
+            for name in targets:
+                for out, info in done[name]["outputs"].items():
+                    values[out] = self._load(name, done[name], info)
+        finally:
+            events.emit(events.StageEvent("run_finished", None, url, len(executed), total))
+        return RunResult(values, executed, skipped)
+
+    def _stored(self, name: str, fp: Fingerprint, forced: bool) -> dict | None:
+        if forced:
+            return None
+        failure = self.store.failure(name)
+        if failure is not None and failure.get("fingerprint") == fp.digest:
+            return None  # its last run at this fingerprint failed: try again
+        return self.store.record(name, fp.digest)
+
+    def _load(self, stage: str, record: dict, info: dict, verify: bool = False) -> Any:
+        try:
+            return self.store.load_value(info, verify=verify)
+        except CorruptArtifactError as exc:
+            raise _CorruptInput(stage, record, info, exc) from None
+
+    def _execute(self, st: Stage, fp: Fingerprint, params: dict, upstream: dict,
+                 index: int, total: int) -> dict:
+        __tracebackhide__ = True
+        inputs = {i: self._load(p, rec, rec["outputs"][i]) for i, (p, rec) in upstream.items()}
+        url = self.store.url
+        key = (url, st.name)
+        _RUNNING.add(key)
+        events.emit(events.StageEvent("started", st.name, url, index, total))
+        started = _dt.datetime.now(_dt.timezone.utc)
+        t0 = time.perf_counter()
+        try:
+            try:
+                outputs = st.normalize_result(st.call(inputs, params))
+                duration = time.perf_counter() - t0
+                self.registry.learn_outputs(st, outputs)
+                infos = {name: self._save(st, name, value) for name, value in outputs.items()}
+                attachments = {k: self.store.save_value(v)
+                               for k, v in st.take_attachments().items()}
+            except BaseException as exc:
+                self._fail(st, fp, exc, started, time.perf_counter() - t0, index, total)
+                raise
+            record = {
+                "format_version": 1,
+                "stage": st.name,
+                "kind": st.kind,
+                "fingerprint": fp.digest,
+                "started": started.isoformat(timespec="milliseconds"),
+                "duration": round(duration, 6),
+                "save_duration": round(time.perf_counter() - t0 - duration, 6),
+                "params": {k: _short_repr(v) for k, v in params.items()},
+                "inputs": {i: {"hash": rec["outputs"][i]["hash"], "stage": p}
+                           for i, (p, rec) in upstream.items()},
+                "outputs": infos,
+                "attachments": attachments,
+                "parts": fp.parts,
+                "versions": _versions(),
+            }
+            self.store.write_result(st.name, fp.digest, record)
+        finally:
+            _RUNNING.discard(key)
+        events.emit(events.StageEvent("finished", st.name, url, index, total, duration=duration))
+        return record
+
+    def _save(self, st: Stage, name: str, value: Any) -> dict:
+        try:
+            return self.store.save_value(value)
+        except (KeyboardInterrupt, PipeliteError, OSError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - an unstorable value is the stage's mistake
+            raise StageOutputError(
+                f"stage '{st.name}': output '{name}' ({type(value).__name__}) cannot be stored: "
+                f"{exc}. Return picklable values, or pipelite.register_format() for its type"
+            ) from exc
+
+    def _fail(self, st: Stage, fp: Fingerprint, exc: BaseException, started: _dt.datetime,
+              elapsed: float, index: int, total: int) -> None:
+        summary = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        self.store.write_failure(st.name, {
+            "stage": st.name,
+            "fingerprint": fp.digest,
+            "error": summary,
+            "traceback": tb,
+            "started": started.isoformat(timespec="milliseconds"),
+            "duration": round(elapsed, 6),
+        })
+        if hasattr(exc, "add_note") and not isinstance(exc, PipeliteError):
+            exc.add_note(f"(PipeLite: stage '{st.name}' failed; nothing was stored)")
+        events.emit(events.StageEvent("failed", st.name, self.store.url, index, total,
+                                      duration=elapsed, error=summary))
+
+    # -- results ------------------------------------------------------------------------------
+    def load(self, artifact: Any, *, verify: bool = False) -> Any:
+        """The stored value of an artifact (a name or an ``Artifact`` class), if it is fresh.
+
+        Numpy arrays come back read-only and memory-mapped. ``verify=True`` rehashes the file.
+        """
+        __tracebackhide__ = True
+        name = artifact_name(artifact)
+        producers = self._producers()
+        producer = producers.get(name)
+        if producer is None:
+            known = sorted(producers)
+            hint = difflib.get_close_matches(name, known, n=1)
+            raise UnknownArtifactError(
+                f"no stage produces artifact '{name}'"
+                + (f"; did you mean '{hint[0]}'?" if hint else
+                   f"; known artifacts: {', '.join(known) or 'none'}")
+            )
+        evals = self._evaluate(self._order([producer], producers), producers, None)
+        ev = evals[producer]
+        if ev.state != "fresh" or ev.record is None or name not in ev.record["outputs"]:
+            why = "; ".join(ev.reasons) or ev.state
+            raise StaleArtifactError(
+                f"artifact '{name}' is not up to date: stage '{producer}' is {ev.state} ({why}). "
+                f"Run pipeline.run('{producer}') first"
+            )
+        try:
+            return self.store.load_value(ev.record["outputs"][name], verify=verify)
+        except CorruptArtifactError:
+            self.store.drop_record(producer, ev.record["fingerprint"])
+            raise
+
+    def attachment(self, stage: Any, name: str) -> Any:
+        """A stored side value of a stage's fresh result (e.g. a cell's captured output)."""
+        stage_name = self._stage_name(stage)
+        producers = self._producers()
+        ev = self._evaluate(self._order([stage_name], producers), producers, None)[stage_name]
+        rec = ev.record if ev.state == "fresh" else None
+        info = (rec or {}).get("attachments", {}).get(name)
+        return None if info is None else self.store.load_value(info)
+
+    def record(self, stage: Any) -> dict | None:
+        """The stored record (as JSON data) of a stage's current result, or its newest one."""
+        stage_name = self._stage_name(stage)
+        producers = self._producers()
+        ev = self._evaluate(self._order([stage_name], producers), producers, None)[stage_name]
+        return ev.record if ev.record is not None else ev.latest
+
+    def invalidate(self, name: Any) -> int:
+        """Forget every stored result of a stage (or of an artifact's producer)."""
+        __tracebackhide__ = True
+        try:
+            stage_name = self._stage_name(name)
+        except UnknownStageError:
+            art = artifact_name(name) if isinstance(name, (str, type)) else name
+            producer = self._producers().get(art)
+            if producer is None:
+                raise
+            stage_name = producer
+        count = self.store.invalidate(stage_name)
+        events.emit(events.StageEvent("invalidated", stage_name, self.store.url))
+        return count
+
+    def gc(self, keep: int = 1) -> GcReport:
+        """Delete all but the newest ``keep`` results per stage, and unreferenced files."""
+        return self.store.gc(keep=keep)
+
+    def graph(self, format: str = "mermaid") -> str:
+        """The stage graph coloured by state: ``mermaid`` or ``dot`` text, or ``svg``."""
+        from .graph import render
+
+        return render(self.status(), format)
+
+
+def _human(n: float) -> str:
+    from .store import _human_bytes
+
+    return _human_bytes(n)

@@ -1,0 +1,509 @@
+"""Declaring stages: ``@stage``, ``Artifact`` identifiers, cell stages, and the registry."""
+from __future__ import annotations
+
+import ast
+import builtins
+import inspect
+import re
+import textwrap
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping
+
+from .errors import (
+    DuplicateProducerError,
+    InvalidNameError,
+    ParameterError,
+    StageDefinitionError,
+    StageOutputError,
+)
+
+__all__ = [
+    "Artifact",
+    "Stage",
+    "FunctionStage",
+    "ClassStage",
+    "CellStage",
+    "Registry",
+    "REGISTRY",
+    "stage",
+    "artifact_name",
+    "stage_of",
+]
+
+_STAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
+REQUIRED = inspect.Parameter.empty
+
+
+def validate_stage_name(name: Any) -> str:
+    """Return ``name`` if it is a valid stage name, else raise ``InvalidNameError`` naming it."""
+    if not isinstance(name, str) or not _STAGE_NAME.match(name):
+        raise InvalidNameError(
+            f"invalid stage name {name!r}: use letters, digits, '_' and '-', "
+            f"starting with a letter or '_'"
+        )
+    return name
+
+
+def _snake_case(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+
+
+class Artifact:
+    """A phony class that names an artifact, usable wherever an artifact name is.
+
+    >>> class TrainData(Artifact):
+    ...     '''The training matrix.'''
+    >>> TrainData.name
+    'train_data'
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = _snake_case(cls.__name__)
+        _validate_artifact_str(cls.name)
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Artifact":
+        raise TypeError(
+            f"{cls.__name__} identifies the artifact '{cls.name}'; it is not meant to be "
+            f"instantiated: use the class itself (e.g. pipeline.load({cls.__name__}))"
+        )
+
+
+def _validate_artifact_str(name: Any) -> str:
+    if not isinstance(name, str) or not name.isidentifier():
+        raise InvalidNameError(
+            f"invalid artifact name {name!r}: artifact names must be Python identifiers"
+        )
+    return name
+
+
+def artifact_name(ref: Any) -> str:
+    """The artifact name that ``ref`` (a string or an ``Artifact`` subclass) stands for."""
+    if isinstance(ref, type) and issubclass(ref, Artifact):
+        return ref.name
+    return _validate_artifact_str(ref)
+
+
+def _names(refs: Any) -> tuple[str, ...]:
+    if isinstance(refs, (str, type)):
+        refs = [refs]
+    return tuple(artifact_name(r) for r in refs)
+
+
+def _annotation_artifact(annotation: Any) -> str | None:
+    if isinstance(annotation, type) and issubclass(annotation, Artifact):
+        return annotation.name
+    return None
+
+
+class Stage:
+    """A unit of work with named inputs, parameters and outputs. Subclasses say how to call it."""
+
+    kind: ClassVar[str] = "stage"
+
+    def __init__(
+        self,
+        name: str,
+        inputs: Iterable[str],
+        params: Mapping[str, Any],
+        outputs: Any = None,
+        accepts_any_param: bool = False,
+    ):
+        self.name = validate_stage_name(name)
+        self.inputs: tuple[str, ...] = tuple(inputs)
+        for i in self.inputs:
+            _validate_artifact_str(i)
+        if len(set(self.inputs)) != len(self.inputs):
+            raise StageDefinitionError(f"stage '{name}' names an input twice: {self.inputs}")
+        self.params: dict[str, Any] = dict(params)  # name -> default, or REQUIRED
+        self.accepts_any_param = accepts_any_param
+        self.single_output: str | None = None
+        self.declared_outputs: tuple[str, ...] | None = None
+        if outputs is not None:
+            self.declared_outputs = _names(outputs)
+            if isinstance(outputs, (str, type)):
+                self.single_output = self.declared_outputs[0]
+        self.inferred_outputs: tuple[str, ...] | None = None
+        self.learnt_outputs: tuple[str, ...] | None = None
+
+    # -- outputs -----------------------------------------------------------------------------
+    @property
+    def outputs(self) -> tuple[str, ...] | None:
+        """The artifacts this stage produces, or None while unknown (before its first run)."""
+        if self.declared_outputs is not None:
+            return self.declared_outputs
+        if self.learnt_outputs is not None:
+            return self.learnt_outputs
+        return self.inferred_outputs
+
+    def normalize_result(self, result: Any) -> dict[str, Any]:
+        """Turn what the stage returned into ``{artifact name: value}``, checking it."""
+        if self.single_output is not None:
+            if isinstance(result, dict) and len(result) == 1:
+                (key,) = result
+                if _key_name(key) == self.single_output:
+                    return {self.single_output: result[key]}
+            return {self.single_output: result}
+        if result is None and not self.declared_outputs:
+            return {}
+        if isinstance(result, dict):
+            out = {}
+            for key, value in result.items():
+                try:
+                    out[_key_name(key)] = value
+                except InvalidNameError as exc:
+                    raise StageOutputError(
+                        f"stage '{self.name}' returned key {key!r}: {exc}"
+                    ) from None
+        elif self.declared_outputs and isinstance(result, tuple) and len(result) == len(
+            self.declared_outputs
+        ):
+            out = dict(zip(self.declared_outputs, result))
+        else:
+            raise StageOutputError(
+                f"stage '{self.name}' returned a {type(result).__name__}, not a dict: return "
+                f"{{'name': value}} for each artifact, or declare @stage(outputs='name')"
+            )
+        if self.declared_outputs is not None and set(out) != set(self.declared_outputs):
+            raise StageOutputError(
+                f"stage '{self.name}' declares outputs {list(self.declared_outputs)} but "
+                f"returned {list(out)}: make them match"
+            )
+        return out
+
+    # -- calling -----------------------------------------------------------------------------
+    def resolve_params(self, given: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Defaults merged with ``given``; raise a ``ParameterError`` that says how to fix it."""
+        given = dict(given or {})
+        unknown = [k for k in given if k not in self.params]
+        if unknown and not self.accepts_any_param:
+            takes = ", ".join(self.params) or "no parameters"
+            raise ParameterError(
+                f"stage '{self.name}' has no parameter {unknown[0]!r} (it takes: {takes})"
+            )
+        resolved = {}
+        for pname, default in self.params.items():
+            if pname in given:
+                resolved[pname] = given.pop(pname)
+            elif default is REQUIRED:
+                raise ParameterError(
+                    f"stage '{self.name}' needs parameter '{pname}': pass "
+                    f"Pipeline(params={{'{self.name}': {{'{pname}': ...}}}}) "
+                    f"or run(..., params={{'{self.name}': {{'{pname}': ...}}}})"
+                )
+            else:
+                resolved[pname] = default
+        resolved.update(given)  # only when accepts_any_param
+        return resolved
+
+    def call(self, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> Any:
+        """Run the stage's code on loaded inputs; return what it returned."""
+        raise NotImplementedError
+
+    def take_attachments(self) -> dict[str, Any]:
+        """Side values of the last call to store with the result (e.g. captured output)."""
+        return {}
+
+    # -- what the fingerprint looks at -------------------------------------------------------
+    def code_objects(self) -> list[Any]:
+        """Functions/classes whose code is this stage's own code."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} inputs={self.inputs} outputs={self.outputs}>"
+
+
+def _key_name(key: Any) -> str:
+    return artifact_name(key)
+
+
+class FunctionStage(Stage):
+    """A function as a stage: positional parameters are inputs, keyword-only are parameters."""
+
+    kind = "function"
+
+    def __init__(self, fn: Callable, name: str | None = None, outputs: Any = None):
+        self.fn = fn
+        name = fn.__name__ if name is None else name
+        inputs: list[str] = []
+        self._positional: list[str] = []
+        params: dict[str, Any] = {}
+        any_param = False
+        for p in inspect.signature(fn).parameters.values():
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                inputs.append(_annotation_artifact(p.annotation) or p.name)
+                self._positional.append(p.name)
+            elif p.kind is p.KEYWORD_ONLY:
+                params[p.name] = p.default
+            elif p.kind is p.VAR_KEYWORD:
+                any_param = True
+            else:
+                raise StageDefinitionError(
+                    f"function stage '{name}' takes *{p.name}: name each input as its own "
+                    f"positional parameter"
+                )
+        super().__init__(name, inputs, params, outputs, accepts_any_param=any_param)
+        if outputs is None:
+            self.inferred_outputs = _literal_return_keys(fn)
+
+    def call(self, inputs, params):
+        return self.fn(*(inputs[i] for i in self.inputs), **params)
+
+    def code_objects(self):
+        return [self.fn]
+
+
+class ClassStage(Stage):
+    """A class as a stage: ``__init__`` arguments are parameters, ``run()``'s are inputs."""
+
+    kind = "class"
+
+    def __init__(self, cls: type, name: str | None = None, outputs: Any = None):
+        self.cls = cls
+        name = cls.__name__ if name is None else name
+        run = getattr(cls, "run", None)
+        if not callable(run):
+            raise StageDefinitionError(
+                f"class stage '{name}' ({cls.__qualname__}) has no run() method: define "
+                f"run(self, <inputs>) returning {{'artifact': value}}"
+            )
+        inputs = []
+        for p in list(inspect.signature(run).parameters.values())[1:]:
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                raise StageDefinitionError(
+                    f"class stage '{name}': run() takes *{p.name}: name each input"
+                )
+            inputs.append(_annotation_artifact(p.annotation) or p.name)
+        params: dict[str, Any] = {}
+        any_param = False
+        if cls.__init__ is not object.__init__:
+            for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+                if p.kind is p.VAR_KEYWORD:
+                    any_param = True
+                elif p.kind is p.VAR_POSITIONAL:
+                    continue
+                else:
+                    params[p.name] = p.default
+        super().__init__(name, inputs, params, outputs, accepts_any_param=any_param)
+        if outputs is None:
+            self.inferred_outputs = _literal_return_keys(run)
+
+    def call(self, inputs, params):
+        instance = self.cls(**params)
+        return instance.run(*(inputs[i] for i in self.inputs))
+
+    def code_objects(self):
+        return [self.cls]
+
+
+class CellStage(Stage):
+    """A block of Python source (a notebook cell) run in a namespace, as a stage.
+
+    Inputs are bound into ``namespace`` before the code runs; outputs are the names it binds.
+    ``execute(source, namespace)`` runs the code; the default is plain ``exec``.
+    """
+
+    kind = "cell"
+
+    def __init__(
+        self,
+        name: str,
+        source: str,
+        namespace: dict,
+        inputs: Iterable[str] = (),
+        outputs: Iterable[str] | None = None,
+        execute: Callable[[str, dict], Any] | None = None,
+        filename: str | None = None,
+    ):
+        from ._cellcode import analyze
+
+        self.source = source
+        self.namespace = namespace
+        self.analysis = analyze(source)
+        self._execute = execute
+        self.filename = filename or f"<stage {name}>"
+        outs = tuple(outputs) if outputs is not None else self.analysis.outputs
+        super().__init__(name, inputs, {}, None)
+        self.declared_outputs = tuple(_validate_artifact_str(o) for o in outs)
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """Global names the code reads that are not its inputs (helpers and globals)."""
+        return tuple(n for n in self.analysis.free if n not in self.inputs)
+
+    def call(self, inputs, params):
+        ns = self.namespace
+        ns.update(inputs)
+        self._attachments: dict[str, Any] = {}
+        if self._execute is not None:
+            extra = self._execute(self.source, ns)
+            if isinstance(extra, dict):
+                self._attachments = extra
+        else:
+            exec(compile(self.source, self.filename, "exec"), ns)
+        missing = [o for o in self.declared_outputs if o not in ns]
+        if missing:
+            raise StageOutputError(
+                f"stage '{self.name}' did not bind {missing}: assign them in the cell or "
+                f"change its outputs (-o)"
+            )
+        return {o: ns[o] for o in self.declared_outputs}
+
+    def take_attachments(self) -> dict[str, Any]:
+        extra, self._attachments = getattr(self, "_attachments", {}), {}
+        return extra
+
+    def code_objects(self):
+        return []
+
+
+def _literal_return_keys(fn: Callable) -> tuple[str, ...] | None:
+    """Keys of ``return {...}`` literals in ``fn``, when every return is such a literal."""
+    try:
+        source = textwrap.dedent(inspect.getsource(fn))
+        tree = ast.parse(source)
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        return None
+    fdef = tree.body[0] if tree.body else None
+    if not isinstance(fdef, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return None
+    returns: list[ast.Return] = []
+    stack: list[ast.AST] = list(fdef.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            continue
+        if isinstance(node, ast.Return):
+            returns.append(node)
+        stack.extend(ast.iter_child_nodes(node))
+    if not returns:
+        return None
+    keys: list[str] = []
+    fn_globals = getattr(fn, "__globals__", {})
+    for ret in returns:
+        if not isinstance(ret.value, ast.Dict):
+            return None
+        for k in ret.value.keys:
+            if isinstance(k, ast.Constant) and isinstance(k.value, str) and k.value.isidentifier():
+                name = k.value
+            elif isinstance(k, ast.Name) and _annotation_artifact(fn_globals.get(k.id)):
+                name = fn_globals[k.id].name
+            else:
+                return None
+            if name not in keys:
+                keys.append(name)
+    return tuple(keys)
+
+
+class Registry:
+    """The stages declared in this process, by name. Re-registering a name replaces it."""
+
+    def __init__(self) -> None:
+        self._stages: dict[str, Stage] = {}
+
+    def add(self, st: Stage) -> Stage:
+        """Register ``st``; raise ``DuplicateProducerError`` if another stage makes its outputs."""
+        self._check_producers(st, st.outputs or ())
+        self._stages[st.name] = st
+        return st
+
+    def _check_producers(self, st: Stage, outputs: Iterable[str]) -> None:
+        for out in outputs:
+            other = self.producer_of(out)
+            if other is not None and other.name != st.name:
+                raise DuplicateProducerError(
+                    f"artifact '{out}' would be produced by both stage '{other.name}' and stage "
+                    f"'{st.name}': every artifact has exactly one producer. Rename one output, "
+                    f"or remove the old stage with pipelite.REGISTRY.remove('{other.name}')"
+                )
+
+    def learn_outputs(self, st: Stage, outputs: Iterable[str]) -> None:
+        """Record the outputs a stage actually produced (checked for a second producer)."""
+        outputs = tuple(outputs)
+        if st.outputs != outputs:
+            self._check_producers(st, outputs)
+        st.learnt_outputs = outputs
+
+    def remove(self, name: str) -> None:
+        """Forget the stage called ``name`` (its stored results stay in the store)."""
+        self._stages.pop(name, None)
+
+    def clear(self) -> None:
+        """Forget every stage."""
+        self._stages.clear()
+
+    def producer_of(self, artifact: str) -> Stage | None:
+        """The registered stage whose known outputs include ``artifact``."""
+        for st in self._stages.values():
+            if artifact in (st.outputs or ()):
+                return st
+        return None
+
+    def get(self, name: str) -> Stage | None:
+        return self._stages.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._stages
+
+    def __iter__(self) -> Iterator[Stage]:
+        return iter(list(self._stages.values()))
+
+    def __len__(self) -> int:
+        return len(self._stages)
+
+    def names(self) -> list[str]:
+        return list(self._stages)
+
+
+REGISTRY = Registry()
+
+
+def stage(name_or_obj: Any = None, *, outputs: Any = None, name: str | None = None,
+          registry: Registry | None = None) -> Any:
+    """Declare a class or a function as a pipeline stage and register it.
+
+    >>> @stage("gen_data")
+    ... class GenerateTrainData:
+    ...     def run(self):
+    ...         return {"train_data": [1, 2, 3]}
+
+    Forms: ``@stage``, ``@stage("name")``, ``@stage(outputs="art")``, ``@stage(name=..., outputs=...)``.
+    The decorated object is returned unchanged (it stays usable as plain Python).
+    """
+    reg = REGISTRY if registry is None else registry
+
+    def decorate(obj: Any, stage_name: str | None) -> Any:
+        if isinstance(obj, type):
+            st: Stage = ClassStage(obj, stage_name, outputs)
+        elif callable(obj) and hasattr(obj, "__code__"):
+            st = FunctionStage(obj, stage_name, outputs)
+        else:
+            raise StageDefinitionError(
+                f"@stage decorates a class or a function, not {type(obj).__name__}"
+            )
+        reg.add(st)
+        try:
+            obj.__pipelite_stage__ = st
+        except (AttributeError, TypeError):
+            pass
+        return obj
+
+    if name_or_obj is not None and not isinstance(name_or_obj, str):
+        return decorate(name_or_obj, name)
+    if name_or_obj is not None and name is not None:
+        raise StageDefinitionError("give the stage name once: @stage('name') or @stage(name=...)")
+    stage_name = name_or_obj if name_or_obj is not None else name
+    if stage_name is not None:
+        validate_stage_name(stage_name)
+    return lambda obj: decorate(obj, stage_name)
+
+
+def stage_of(obj: Any) -> Stage | None:
+    """The ``Stage`` that ``@stage`` attached to a class or function, if any."""
+    return getattr(obj, "__pipelite_stage__", None)
+
+
+BUILTIN_NAMES = frozenset(dir(builtins))
