@@ -71,6 +71,8 @@ _LIB_ROOTS = _library_roots()
 
 @functools.lru_cache(maxsize=None)
 def _is_library_module(modname: str) -> bool:
+    if modname == "__main__" or not modname:  # a notebook or a script: user code
+        return False
     top = modname.split(".")[0]
     if top in ("pipelite", "pipelite_ipy", "builtins") or modname in sys.builtin_module_names:
         return True
@@ -239,7 +241,7 @@ def _feed_pandas(h: Any, v: Any, label: str) -> None:
         try:
             rows = pd.util.hash_pandas_object(v, index=not isinstance(v, pd.Index))
             h.update(f"{type(v).__name__}:{v.shape};".encode())
-            h.update(repr(getattr(v, "dtypes", v.dtype)).encode())
+            h.update(repr(v.dtypes if isinstance(v, pd.DataFrame) else v.dtype).encode())
             h.update(repr(list(v.columns) if isinstance(v, pd.DataFrame) else v.name).encode())
             h.update(rows.to_numpy().tobytes())
             return

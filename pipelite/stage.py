@@ -93,7 +93,9 @@ def _names(refs: Any) -> tuple[str, ...]:
     return tuple(artifact_name(r) for r in refs)
 
 
-def _annotation_artifact(annotation: Any) -> str | None:
+def _annotation_artifact(annotation: Any, fn: Any = None) -> str | None:
+    if isinstance(annotation, str) and fn is not None:  # `from __future__ import annotations`
+        annotation = getattr(fn, "__globals__", {}).get(annotation, annotation)
     if isinstance(annotation, type) and issubclass(annotation, Artifact):
         return annotation.name
     return None
@@ -144,7 +146,10 @@ class Stage:
         if self.single_output is not None:
             if isinstance(result, dict) and len(result) == 1:
                 (key,) = result
-                if _key_name(key) == self.single_output:
+                if key == self.single_output or (
+                    isinstance(key, type) and issubclass(key, Artifact)
+                    and key.name == self.single_output
+                ):
                     return {self.single_output: result[key]}
             return {self.single_output: result}
         if result is None and not self.declared_outputs:
@@ -234,7 +239,7 @@ class FunctionStage(Stage):
         any_param = False
         for p in inspect.signature(fn).parameters.values():
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-                inputs.append(_annotation_artifact(p.annotation) or p.name)
+                inputs.append(_annotation_artifact(p.annotation, fn) or p.name)
                 self._positional.append(p.name)
             elif p.kind is p.KEYWORD_ONLY:
                 params[p.name] = p.default
@@ -276,7 +281,7 @@ class ClassStage(Stage):
                 raise StageDefinitionError(
                     f"class stage '{name}': run() takes *{p.name}: name each input"
                 )
-            inputs.append(_annotation_artifact(p.annotation) or p.name)
+            inputs.append(_annotation_artifact(p.annotation, run) or p.name)
         params: dict[str, Any] = {}
         any_param = False
         if cls.__init__ is not object.__init__:

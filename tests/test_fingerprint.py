@@ -1,0 +1,469 @@
+"""Every rule of the fingerprint, each with a test that fails without the rule.
+
+The pattern: define stages the way a notebook does, run them, change one thing, and check
+that exactly the stages that depend on it turn stale (and name the reason), and that
+changes that do not matter leave them fresh.
+"""
+from __future__ import annotations
+
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import pipelite.formats
+import pipelite.store
+from pipelite import Pipeline, PipeliteWarning
+from tests.helpers import notebook, run_cell
+
+def state(pipeline: Pipeline, name: str):
+    (s,) = [s for s in pipeline.status() if s.name == name]
+    return s
+
+
+def fresh_after_edit(pipeline, ns, first: str, second: str, name: str = "f"):
+    """Define with ``first``, run, redefine with ``second``; return the stage status."""
+    run_cell(first, ns)
+    pipeline.run(name)
+    assert state(pipeline, name).state == "fresh"
+    run_cell(second, ns)
+    return state(pipeline, name)
+
+
+# -- normalised code -------------------------------------------------------------------------
+def test_editing_a_comment_keeps_the_stage_fresh(pipeline):
+    ns = notebook()
+    s = fresh_after_edit(pipeline, ns, """
+        @stage(outputs="y")
+        def f():
+            return 1  # one
+        """, """
+        @stage(outputs="y")
+        def f():
+            # a new comment line
+            return 1  # uno
+        """)
+    assert s.state == "fresh", s.reasons
+
+
+def test_blank_lines_and_moving_the_code_keep_the_stage_fresh(pipeline):
+    ns = notebook()
+    s = fresh_after_edit(pipeline, ns, """
+        @stage(outputs="y")
+        def f():
+            return 1
+        """, """
+
+
+        x_unrelated_line = 0
+        @stage(outputs="y")
+        def f():
+
+            return 1
+
+        """)
+    assert s.state == "fresh", s.reasons
+
+
+def test_editing_a_docstring_keeps_the_stage_fresh(pipeline):
+    ns = notebook()
+    s = fresh_after_edit(pipeline, ns, '''
+        @stage(outputs="y")
+        def f():
+            """Old words."""
+            return 1
+        ''', '''
+        @stage(outputs="y")
+        def f():
+            """New, better words."""
+            return 1
+        ''')
+    assert s.state == "fresh", s.reasons
+
+
+def test_changing_the_code_makes_the_stage_stale(pipeline):
+    ns = notebook()
+    s = fresh_after_edit(pipeline, ns, """
+        @stage(outputs="y")
+        def f():
+            return 1
+        """, """
+        @stage(outputs="y")
+        def f():
+            return 2
+        """)
+    assert s.state == "stale"
+    assert "its code changed" in s.reasons
+    assert pipeline.run("f")["y"] == 2
+
+
+def test_editing_a_class_stage_method_makes_it_stale(pipeline):
+    ns = notebook()
+    s = fresh_after_edit(pipeline, ns, """
+        @stage("f")
+        class F:
+            def run(self):
+                return {"y": self.helper()}
+            def helper(self):
+                return 1
+        """, """
+        @stage("f")
+        class F:
+            def run(self):
+                return {"y": self.helper()}
+            def helper(self):
+                return 2
+        """)
+    assert s.state == "stale"
+    assert pipeline.run("f")["y"] == 2
+
+
+# -- reachable helpers -------------------------------------------------------------------------
+def test_editing_a_helper_function_makes_the_stage_stale(pipeline):
+    ns = notebook()
+    run_cell("""
+        def clean(x):
+            return x + 1
+        @stage(outputs="y")
+        def f():
+            return clean(1)
+        @stage(outputs="z")
+        def g():
+            return 5
+        """, ns)
+    pipeline.run()
+    run_cell("""
+        def clean(x):
+            return x + 2
+        """, ns)
+    assert state(pipeline, "f").state == "stale"
+    assert "helper 'clean' changed" in state(pipeline, "f").reasons
+    assert state(pipeline, "g").state == "fresh"  # does not call clean
+    assert pipeline.run("f")["y"] == 3
+
+
+def test_editing_a_helper_of_a_helper_makes_the_stage_stale(pipeline):
+    ns = notebook()
+    run_cell("""
+        def inner(x):
+            return x * 2
+        def outer(x):
+            return inner(x) + 1
+        @stage(outputs="y")
+        def f():
+            return outer(1)
+        """, ns)
+    pipeline.run("f")
+    run_cell("""
+        def inner(x):
+            return x * 3
+        """, ns)
+    s = state(pipeline, "f")
+    assert s.state == "stale"
+    assert "helper 'inner' changed" in s.reasons
+
+
+def test_editing_a_helper_class_method_makes_the_stage_stale(pipeline):
+    ns = notebook()
+    src = """
+        class Scaler:
+            factor = 2
+            def apply(self, x):
+                return x * {k}
+        @stage(outputs="y")
+        def f():
+            return Scaler().apply(3)
+        """
+    run_cell(src.format(k="self.factor"), ns)
+    pipeline.run("f")
+    run_cell(src.format(k="self.factor + 1"), ns)
+    s = state(pipeline, "f")
+    assert s.state == "stale" and "helper 'Scaler' changed" in s.reasons
+
+
+def test_changing_a_helper_class_attribute_makes_the_stage_stale(pipeline):
+    ns = notebook()
+    src = """
+        class Scaler:
+            factor = {k}
+        @stage(outputs="y")
+        def f():
+            return Scaler.factor
+        """
+    run_cell(src.format(k=2), ns)
+    pipeline.run("f")
+    run_cell(src.format(k=3), ns)
+    assert state(pipeline, "f").state == "stale"
+
+
+def test_changing_a_value_captured_by_a_closure_makes_the_stage_stale(pipeline):
+    ns = notebook()
+    run_cell("""
+        def make_scaler(k):
+            def scale(x):
+                return x * k
+            return scale
+        scale = make_scaler(2)
+        @stage(outputs="y")
+        def f():
+            return scale(10)
+        """, ns)
+    pipeline.run("f")
+    run_cell("scale = make_scaler(2)", ns)
+    assert state(pipeline, "f").state == "fresh"  # same captured value: no false stale
+    run_cell("scale = make_scaler(3)", ns)
+    s = state(pipeline, "f")
+    assert s.state == "stale"
+    assert any("closure 'k'" in r for r in s.reasons), s.reasons
+    assert pipeline.run("f")["y"] == 30
+
+
+def test_changing_a_helper_default_argument_makes_the_stage_stale(pipeline):
+    ns = notebook()
+    src = """
+        def clip(x, hi={hi}):
+            return min(x, hi)
+        @stage(outputs="y")
+        def f():
+            return clip(100)
+        """
+    run_cell(src.format(hi=5), ns)
+    pipeline.run("f")
+    run_cell(src.format(hi="5"[0:0] + "7"), ns)
+    s = state(pipeline, "f")
+    assert s.state == "stale"
+    assert pipeline.run("f")["y"] == 7
+
+
+def test_editing_an_imported_user_module_makes_the_stage_stale(pipeline, tmp_path, monkeypatch):
+    mod = tmp_path / "my_helpers_mod.py"
+    mod.write_text("def clean(x):\n    return x + 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ns = notebook()
+    run_cell("""
+        import my_helpers_mod
+        @stage(outputs="y")
+        def f():
+            return my_helpers_mod.clean(1)
+        """, ns)
+    try:
+        pipeline.run("f")
+        mod.write_text("def clean(x):\n    return x + 5\n")
+        assert state(pipeline, "f").state == "stale"
+    finally:
+        sys.modules.pop("my_helpers_mod", None)
+
+
+def test_library_functions_are_tracked_by_module_and_version_not_source(pipeline):
+    ns = notebook()
+    run_cell("""
+        import numpy as np
+        from json import dumps
+        @stage(outputs="y")
+        def f():
+            return dumps([float(np.sum(np.arange(3)))])
+        """, ns)
+    pipeline.run("f")
+    helpers = pipeline.record("f")["parts"]["helpers"]
+    assert helpers["np"] == f"lib:numpy@{np.__version__}"
+    assert helpers["dumps"].startswith("lib:json.dumps@python-")
+
+
+# -- globals by content -------------------------------------------------------------------------
+@pytest.mark.parametrize("before, after", [
+    ("3", "4"),
+    ("'a'", "'b'"),
+    ("[1, 2, {'k': (1, 2)}]", "[1, 2, {'k': (1, 3)}]"),
+    ("{1, 2}", "{1, 3}"),
+    ("np.zeros(5)", "np.ones(5)"),
+    ("np.zeros(5)", "np.zeros(5, dtype=np.float32)"),
+    ("pd.DataFrame({'a': [1, 2]})", "pd.DataFrame({'a': [1, 3]})"),
+    ("pd.DataFrame({'a': [1, 2]})", "pd.DataFrame({'b': [1, 2]})"),
+])
+def test_changing_a_global_value_makes_the_stage_stale(pipeline, before, after):
+    ns = notebook()
+    run_cell(f"""
+        import numpy as np, pandas as pd
+        SETTING = {before}
+        @stage(outputs="y")
+        def f():
+            return repr(SETTING)
+        """, ns)
+    pipeline.run("f")
+    run_cell(f"SETTING = {before}", ns)  # an equal value rebuilt: still fresh
+    assert state(pipeline, "f").state == "fresh"
+    run_cell(f"SETTING = {after}", ns)
+    s = state(pipeline, "f")
+    assert s.state == "stale"
+    assert "global 'SETTING' changed" in s.reasons
+
+
+def test_mutating_a_global_in_place_makes_the_stage_stale(pipeline):
+    ns = notebook()
+    run_cell("""
+        CONFIG = {"lr": 0.1}
+        @stage(outputs="y")
+        def f():
+            return CONFIG["lr"]
+        """, ns)
+    pipeline.run("f")
+    ns["CONFIG"]["lr"] = 0.2
+    assert state(pipeline, "f").state == "stale"
+
+
+def test_changing_a_global_the_stage_does_not_read_keeps_it_fresh(pipeline):
+    ns = notebook()
+    run_cell("""
+        USED, UNUSED = 1, 1
+        @stage(outputs="y")
+        def f():
+            return USED
+        """, ns)
+    pipeline.run("f")
+    run_cell("UNUSED = 2", ns)
+    assert state(pipeline, "f").state == "fresh"
+
+
+def test_a_global_read_by_a_helper_is_tracked(pipeline):
+    ns = notebook()
+    run_cell("""
+        THRESHOLD = 0.5
+        def keep(x):
+            return x > THRESHOLD
+        @stage(outputs="y")
+        def f():
+            return keep(0.7)
+        """, ns)
+    pipeline.run("f")
+    run_cell("THRESHOLD = 0.9", ns)
+    s = state(pipeline, "f")
+    assert s.state == "stale"
+    assert any("THRESHOLD" in r for r in s.reasons), s.reasons
+    assert pipeline.run("f")["y"] is False
+
+
+def test_an_unhashable_global_warns_once_naming_it_and_is_tracked_by_type(pipeline):
+    ns = notebook()
+    run_cell("""
+        import threading
+        LOCK = threading.Lock()
+        @stage(outputs="y")
+        def f():
+            with LOCK:
+                return 1
+        """, ns)
+    with pytest.warns(PipeliteWarning, match="_thread.lock"):
+        pipeline.run("f")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second warning would raise
+        assert state(pipeline, "f").state == "fresh"
+    run_cell("LOCK = threading.Lock()", ns)
+    assert state(pipeline, "f").state == "fresh"  # only its type is known
+
+
+# -- parameters -------------------------------------------------------------------------------
+def test_changing_a_parameter_makes_the_stage_stale_and_says_old_and_new(store_dir):
+    ns = notebook()
+    run_cell("""
+        @stage("train")
+        class Train:
+            def __init__(self, epochs: int, lr: float = 0.1):
+                self.epochs, self.lr = epochs, lr
+            def run(self):
+                return {"w": self.epochs * self.lr}
+        """, ns)
+    Pipeline(store_dir, params={"train": {"epochs": 5}}).run("train")
+    p = Pipeline(store_dir, params={"train": {"epochs": 10}})
+    s = state(p, "train")
+    assert s.state == "stale"
+    assert "parameter 'epochs' changed: 5 -> 10" in s.reasons
+    assert state(Pipeline(store_dir, params={"train": {"epochs": 5, "lr": 0.1}}),
+                 "train").state == "fresh"  # passing the default explicitly is the same
+
+
+def test_function_stage_keyword_parameters_are_parameters(pipeline):
+    ns = notebook()
+    run_cell("""
+        @stage(outputs="y")
+        def f(*, scale: float = 1.0):
+            return 2 * scale
+        """, ns)
+    assert pipeline.run("f")["y"] == 2.0
+    assert pipeline.run("f", params={"f": {"scale": 3.0}})["y"] == 6.0
+    assert pipeline.run("f", params={"f": {"scale": 3.0}}).executed == []
+
+
+# -- inputs by content --------------------------------------------------------------------------
+CHAIN = """
+    @stage(outputs="raw")
+    def load():
+        return [1, 2, 3]{tweak}
+    @stage(outputs="total")
+    def summarize(raw):
+        return sum(raw)
+    """
+
+
+def test_new_input_content_makes_the_downstream_stale(pipeline):
+    ns = notebook()
+    run_cell(CHAIN.format(tweak=""), ns)
+    pipeline.run()
+    run_cell(CHAIN.format(tweak=" + [4]"), ns)
+    s = state(pipeline, "summarize")
+    assert s.state == "stale" and s.reasons == ("upstream stage 'load' is stale",)
+    result = pipeline.run("summarize")
+    assert result["total"] == 10 and result.executed == ["load", "summarize"]
+
+
+def test_byte_identical_upstream_output_leaves_the_downstream_fresh(pipeline):
+    ns = notebook()
+    run_cell(CHAIN.format(tweak=""), ns)
+    pipeline.run()
+    # a different computation with the same result: early cut-off
+    run_cell(CHAIN.format(tweak="[:3]"), ns)
+    result = pipeline.run("summarize")
+    assert result.executed == ["load"]
+    assert result["total"] == 6
+
+
+def test_checking_freshness_never_rehashes_or_loads_stored_data(pipeline, monkeypatch):
+    ns = notebook()
+    run_cell("""
+        import numpy as np
+        @stage(outputs="big")
+        def make():
+            return np.ones(3_000_000)
+        @stage(outputs="s")
+        def use(big):
+            return float(big[0])
+        """, ns)
+    pipeline.run()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("stored data was read while checking freshness")
+
+    monkeypatch.setattr(pipelite.store, "hash_file", forbidden)
+    monkeypatch.setattr(pipelite.formats, "hash_file", forbidden)
+    monkeypatch.setattr(pipelite.store.Store, "load_value", forbidden)
+    assert [s.state for s in pipeline.status()] == ["fresh", "fresh"]
+    assert pipeline.plan() == []
+
+
+def test_the_record_keeps_every_part_of_the_fingerprint(pipeline):
+    ns = notebook()
+    run_cell(textwrap.dedent("""
+        K = 3
+        def helper(x):
+            return x + K
+        @stage(outputs="out")
+        def f(*, p=1):
+            return helper(p)
+        """), ns)
+    pipeline.run("f")
+    parts = pipeline.record("f")["parts"]
+    assert set(parts) == {"code", "helpers", "globals", "params", "inputs", "outputs"}
+    assert "helper" in parts["helpers"] and "K (read by helper)" in parts["globals"]
+    assert "p" in parts["params"]

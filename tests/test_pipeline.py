@@ -1,0 +1,378 @@
+"""Running, status, explanations, loading, invalidation and gc through the public API."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from pipelite import (
+    CycleError,
+    MissingInputError,
+    Pipeline,
+    PipeliteError,
+    StaleArtifactError,
+    UnknownArtifactError,
+    UnknownStageError,
+    stage,
+    subscribe,
+)
+
+
+class Calls:
+    """Which stages really ran, logged to a file (a side effect the cache cannot replay)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def log(self, name):
+        with open(self.path, "a") as f:
+            f.write(name + "\n")
+
+    def __eq__(self, other):
+        try:
+            return open(self.path).read().split() == other
+        except FileNotFoundError:
+            return other == []
+
+    def __repr__(self):
+        try:
+            return repr(open(self.path).read().split())
+        except FileNotFoundError:
+            return "[]"
+
+
+@pytest.fixture
+def chain(tmp_path):
+    """a -> b -> c, each logging its calls."""
+    log = str(tmp_path / "calls.log")
+
+    def record(name):
+        with open(log, "a") as f:
+            f.write(name + "\n")
+
+    @stage(outputs="x")
+    def a():
+        record("a")
+        return 1
+
+    @stage(outputs="y")
+    def b(x):
+        record("b")
+        return x + 1
+
+    @stage(outputs="z")
+    def c(y):
+        record("c")
+        return y * 10
+
+    return Calls(log)
+
+
+def states(pipeline):
+    return {s.name: s.state for s in pipeline.status()}
+
+
+def test_run_executes_upstream_first_and_returns_the_target_outputs(pipeline, chain):
+    result = pipeline.run("c")
+    assert dict(result) == {"z": 20}
+    assert chain == ["a", "b", "c"]
+    assert result.executed == ["a", "b", "c"]
+
+
+def test_a_second_run_recomputes_nothing(pipeline, chain):
+    pipeline.run("c")
+    result = pipeline.run("c")
+    assert chain == ["a", "b", "c"]
+    assert result.executed == [] and result["z"] == 20
+
+
+def test_results_survive_a_new_pipeline_on_the_same_store(store_dir, chain):
+    Pipeline(store_dir).run()
+    assert Pipeline(store_dir).run().executed == []
+
+
+def test_run_without_a_target_runs_every_stage(pipeline, chain):
+    result = pipeline.run()
+    assert chain == ["a", "b", "c"]
+    assert dict(result) == {"x": 1, "y": 2, "z": 20}
+
+
+def test_run_accepts_a_list_of_targets_and_the_decorated_objects(pipeline, chain):
+    assert dict(pipeline.run(["a", "b"])) == {"x": 1, "y": 2}
+    from pipelite import REGISTRY
+
+    assert pipeline.run(REGISTRY.get("c").fn)["z"] == 20
+
+
+def test_fresh_upstream_stages_are_not_loaded(pipeline, chain):
+    pipeline.run("c")
+    # remove a's stored value: running the fresh c must not need it
+    rec = pipeline.record("a")
+    os.remove(pipeline.store.object_path(rec["outputs"]["x"]))
+    assert pipeline.run("c")["z"] == 20
+
+
+def test_force_recomputes_the_targets_but_not_their_fresh_upstreams(pipeline, chain):
+    pipeline.run("c")
+    result = pipeline.run("c", force=True)
+    assert result.executed == ["c"]
+    assert chain == ["a", "b", "c", "c"]
+
+
+def test_status_names_every_state(pipeline, chain):
+    assert states(pipeline) == {"a": "missing", "b": "missing", "c": "missing"}
+    pipeline.run("a")
+    s = {x.name: x for x in pipeline.status()}
+    assert s["a"].state == "fresh" and s["a"].last_run is not None
+    assert s["a"].outputs[0].name == "x" and s["a"].outputs[0].format == "json"
+    assert s["b"].state == "missing" and s["b"].reasons == ("never run",)
+    assert s["c"].reasons == ("upstream stage 'b' is missing",)
+
+
+def test_status_reports_running_while_a_stage_runs(pipeline):
+    seen = {}
+
+    @stage(outputs="v")
+    def slow():
+        seen.update(states(pipeline))
+        return 1
+
+    pipeline.run("slow")
+    assert seen == {"slow": "running"}
+    assert states(pipeline)["slow"] != "running"
+
+
+def test_a_failing_stage_stores_nothing_keeps_the_previous_result_and_is_failed(pipeline,
+                                                                              tmp_path):
+    boom = str(tmp_path / "boom")  # a switch outside the fingerprint
+
+    @stage(outputs="v")
+    def f():
+        if os.path.exists(boom):
+            raise ValueError("bad input")
+        return 1
+
+    pipeline.run("f")
+    before = pipeline.store.stages(), pipeline.store.records_of("f")
+    open(boom, "w").close()
+    with pytest.raises(ValueError, match="bad input"):
+        pipeline.run("f", force=True)
+    assert pipeline.store.records_of("f") == before[1]  # nothing new stored
+    (s,) = pipeline.status()
+    assert s.state == "failed" and s.error == "ValueError: bad input"
+    assert s.reasons == ("last run failed: ValueError: bad input",)
+    os.remove(boom)
+    assert pipeline.run("f").executed == ["f"]  # a failed stage is retried
+    assert states(pipeline) == {"f": "fresh"}
+
+
+def test_keyboard_interrupt_in_a_stage_stores_nothing_and_propagates(pipeline):
+    @stage(outputs="v")
+    def f():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run("f")
+    assert pipeline.store.records_of("f") == []
+    assert states(pipeline) == {"f": "failed"}
+
+
+def test_downstream_of_a_failed_stage_is_not_fresh(pipeline):
+    @stage(outputs="x")
+    def a():
+        raise RuntimeError("nope")
+
+    @stage(outputs="y")
+    def b(x):
+        return x
+
+    with pytest.raises(RuntimeError):
+        pipeline.run("b")
+    s = {x.name: x for x in pipeline.status()}
+    assert s["a"].state == "failed" and s["b"].reasons == ("upstream stage 'a' is failed",)
+
+
+def test_explain_says_why_in_words(pipeline, chain):
+    pipeline.run("c")
+    assert "is fresh" in pipeline.explain("c")
+    pipeline.invalidate("a")
+    text = pipeline.explain("c")
+    assert "stage 'c' is stale" in text and "upstream stage 'b' is stale" in text
+
+
+def test_plan_lists_what_run_would_execute_without_running_it(pipeline, chain):
+    plan = pipeline.plan("c")
+    assert [p.name for p in plan] == ["a", "b", "c"]
+    assert plan[0].reasons == ("never run",)
+    assert chain == [] and states(pipeline)["a"] == "missing"
+    pipeline.run("c")
+    assert pipeline.plan("c") == []
+    assert [p.name for p in pipeline.plan("c", force=True)] == ["c"]
+
+
+def test_load_returns_the_stored_value_read_only_and_memory_mapped(pipeline):
+    @stage(outputs="arr")
+    def f():
+        return np.arange(10.0)
+
+    pipeline.run("f")
+    arr = pipeline.load("arr")
+    assert isinstance(arr.base, np.memmap) or isinstance(arr, np.memmap)
+    assert not arr.flags.writeable
+    with pytest.raises(ValueError):
+        arr[0] = 5
+
+
+def test_load_refuses_a_stale_artifact(pipeline):
+    ns = {"K": 1}
+
+    @stage(outputs="v")
+    def f():
+        return ns["K"]
+
+    pipeline.run("f")
+    global K_SETTING
+    K_SETTING = 1
+
+    @stage(outputs="w")
+    def g():
+        return K_SETTING
+
+    pipeline.run("g")
+    K_SETTING = 2
+    with pytest.raises(StaleArtifactError, match=r"stage 'g' is stale.*pipeline.run\('g'\)"):
+        pipeline.load("w")
+
+
+def test_load_of_an_unknown_artifact_suggests_a_close_name(pipeline, chain):
+    pipeline.run("a")
+    with pytest.raises(UnknownArtifactError, match="did you mean 'x'"):
+        pipeline.load("x_")
+
+
+def test_an_unknown_stage_suggests_a_close_name(pipeline, chain):
+    with pytest.raises(UnknownStageError, match="did you mean 'a'"):
+        pipeline.run("aa")
+
+
+def test_a_missing_input_says_which_artifact_and_how_to_fix(pipeline):
+    @stage(outputs="y")
+    def needs(nothing_makes_this):
+        return 1
+
+    with pytest.raises(MissingInputError, match="needs artifact 'nothing_makes_this'"):
+        pipeline.run("needs")
+
+
+def test_a_cycle_is_reported_with_its_stages(pipeline):
+    @stage(outputs="p")
+    def one(q):
+        return q
+
+    @stage(outputs="q")
+    def two(p):
+        return p
+
+    with pytest.raises(CycleError, match="cycle"):
+        pipeline.run("one")
+
+
+def test_invalidate_forgets_a_stage_and_its_dependents_become_stale(pipeline, chain):
+    pipeline.run()
+    assert pipeline.invalidate("b") == 1
+    assert states(pipeline) == {"a": "fresh", "b": "missing", "c": "stale"}
+    pipeline.invalidate("x")  # an artifact name invalidates its producer
+    assert states(pipeline)["a"] == "missing"
+
+
+def test_gc_keeps_the_newest_results_per_stage(pipeline):
+    ns = {"n": 0}
+
+    @stage(outputs="v")
+    def f(*, n=0):
+        return np.full(10, n)
+
+    for n in range(3):
+        pipeline.run("f", params={"f": {"n": n}})
+    assert len(pipeline.store.records_of("f")) == 3
+    report = pipeline.gc(keep=1)
+    assert report.records == 2 and report.objects == 2 and report.bytes > 0
+    assert pipeline.run("f", params={"f": {"n": 2}}).executed == []
+    assert pipeline.run("f", params={"f": {"n": 0}}).executed == ["f"]
+    with pytest.raises(PipeliteError, match="keep must be at least 1"):
+        pipeline.gc(keep=0)
+
+
+def test_records_are_human_readable_json_with_everything_the_contract_lists(pipeline):
+    @stage(outputs="w")
+    def train(data_in=None, *, epochs=3):
+        return np.ones(4) * epochs
+
+    @stage(outputs="data_in")
+    def gen():
+        return [1, 2]
+
+    pipeline.run("train")
+    rec = json.loads(open(pipeline.store._fs.path(
+        f"records/train/{pipeline.record('train')['fingerprint']}.json")).read())
+    assert rec["stage"] == "train" and rec["params"] == {"epochs": "3"}
+    assert rec["inputs"]["data_in"]["stage"] == "gen"
+    out = rec["outputs"]["w"]
+    assert {"hash", "size", "format", "path"} <= set(out) and out["format"] == "npy"
+    assert rec["started"] and rec["duration"] >= 0
+    assert set(rec["versions"]) >= {"python", "numpy", "pipelite"}
+    assert set(rec["parts"]) >= {"code", "helpers", "globals", "params", "inputs"}
+
+
+def test_events_announce_every_stage_that_runs(pipeline, chain):
+    seen = []
+    unsubscribe = subscribe(lambda e: seen.append((e.kind, e.stage, e.index, e.total)))
+    try:
+        pipeline.run("b")
+        pipeline.run("b")
+        pipeline.invalidate("a")
+    finally:
+        unsubscribe()
+    assert seen == [
+        ("run_started", None, 0, 2),
+        ("started", "a", 1, 2), ("finished", "a", 1, 2),
+        ("started", "b", 2, 2), ("finished", "b", 2, 2),
+        ("run_finished", None, 2, 2),
+        ("run_started", None, 0, 0),
+        ("skipped", "a", 0, 0), ("skipped", "b", 0, 0),
+        ("run_finished", None, 0, 0),
+        ("invalidated", "a", 0, 0),
+    ]
+
+
+def test_a_memory_store_works_like_a_local_one(chain):
+    p = Pipeline("memory://pipelite-test-store")
+    assert p.run("c")["z"] == 20
+    assert Pipeline("memory://pipelite-test-store").run("c").executed == []
+
+
+def test_a_flipped_byte_in_a_small_file_is_detected_and_recomputed(pipeline, chain):
+    pipeline.run("a")
+    info = pipeline.record("a")["outputs"]["x"]
+    path = pipeline.store.object_path(info)
+    data = bytearray(open(path, "rb").read())
+    data[0] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    with pytest.warns(UserWarning, match=rf"{path}.*corrupt.*recomputing stage 'a'"):
+        assert pipeline.run("a")["x"] == 1
+    assert chain == ["a", "a"]
+
+
+def test_stage_names_cannot_escape_the_store(pipeline, tmp_path):
+    with pytest.raises(ValueError):
+        stage("../../evil")
+    # artifact names never become paths: objects are named by their content hash
+    @stage(outputs="v")
+    def f():
+        return 1
+
+    pipeline.run("f")
+    inside = {p.name for p in tmp_path.rglob("*")}
+    assert "v" not in inside
