@@ -1,0 +1,528 @@
+"""The freshness panel: one row per stage, its state, outputs and buttons to run it.
+
+>>> from pipelite_ipy.panel import PipelinePanel
+>>> PipelinePanel(pipelite_ipy.current_session())     # what ``%pipelite panel`` displays
+
+The panel listens to :func:`pipelite.subscribe` (every run in the kernel, from a cell, a magic,
+a button or another panel) and to IPython's ``post_run_cell`` (a cell may change a global a
+stage reads). It never polls. It is the only module of PipeLite that imports ipywidgets.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import time
+import traceback
+from typing import Any, Callable, Sequence
+
+import ipywidgets as widgets
+
+from pipelite import StageEvent, StageStatus, subscribe
+from pipelite.graph import STATE_COLOURS
+
+__all__ = ["PipelinePanel"]
+
+_STATES = ("fresh", "stale", "missing", "failed", "running")
+_NOT_DEFINED = "not defined in this session"
+
+# Layout lives here rather than in inline styles so a user can override it with their own CSS.
+_CSS = """
+<style>
+.pipelite-panel { border: 1px solid #d0d7de; border-radius: 6px; padding: 6px 10px;
+  font-size: 13px; max-width: 1100px; background: var(--jp-layout-color0, #fff); }
+.pipelite-header { align-items: center; border-bottom: 1px solid #d0d7de; padding-bottom: 4px;
+  margin-bottom: 2px; flex-wrap: wrap; }
+.pipelite-title { margin-right: 12px; }
+.pipelite-store code { font-size: 12px; }
+.pipelite-counts .pipelite-chip { margin-right: 4px; }
+.pipelite-row { border-bottom: 1px solid #eef0f2; padding: 3px 0; }
+.pipelite-row-main { align-items: center; }
+.pipelite-chip, .pipelite-badge span { display: inline-block; border-radius: 10px;
+  padding: 0 8px; line-height: 20px; font-weight: 600; font-size: 12px; border: 1px solid; }
+.pipelite-badge span { min-width: 56px; text-align: center; }
+.pipelite-name b { font-family: var(--jp-code-font-family, monospace); }
+.pipelite-undefined-tag { color: #6a737d; font-style: italic; font-size: 12px; }
+.pipelite-outputs, .pipelite-when { color: #444; font-size: 12px; overflow: hidden;
+  text-overflow: ellipsis; }
+.pipelite-reason { color: #8a5a00; font-size: 12px; padding-left: 92px; }
+.pipelite-error { color: #b31d28; font-size: 12px; }
+.pipelite-row .pipelite-error { padding-left: 92px; }
+.pipelite-error pre { white-space: pre-wrap; font-size: 11px; max-height: 240px;
+  overflow: auto; background: #fff5f5; padding: 4px; }
+.pipelite-progress { align-items: center; }
+.pipelite-graph svg, .pipelite-graph img { max-width: 100%; height: auto; }
+.pipelite-empty { color: #6a737d; font-style: italic; }
+</style>
+"""
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover - unreachable
+
+
+def _seconds(s: float | None) -> str:
+    if s is None:
+        return ""
+    if s < 1:
+        return f"{s * 1000:.0f} ms"
+    if s < 120:
+        return f"{s:.1f} s"
+    return f"{s / 60:.1f} min"
+
+
+def _when(t: _dt.datetime | None) -> str:
+    """A stored (UTC) time in the kernel's local time; the date only when it is not today."""
+    if t is None:
+        return ""
+    local = t.astimezone() if t.tzinfo else t
+    today = _dt.datetime.now(local.tzinfo).date()
+    return local.strftime("%H:%M:%S" if local.date() == today else "%Y-%m-%d %H:%M")
+
+
+def _chip(state: str, text: str | None = None) -> str:
+    fill, stroke = STATE_COLOURS.get(state, STATE_COLOURS["missing"])
+    return (f'<span class="pipelite-chip pipelite-chip-{state}" '
+            f'style="background:{fill};border-color:{stroke};color:{stroke}">'
+            f"{html.escape(text or state)}</span>")
+
+
+def _error_html(summary: str, detail: str | None = None) -> str:
+    body = f"<b>{html.escape(summary, quote=False)}</b>"
+    if detail:
+        body += ("<details><summary>traceback</summary>"
+                 f"<pre>{html.escape(detail, quote=False)}</pre></details>")
+    return body
+
+
+def _definition_order(statuses: list[StageStatus], pipeline: Any) -> list[StageStatus]:
+    """Upstream first, and otherwise in the order the stages were defined (as in the notebook)."""
+    registry = getattr(pipeline, "registry", None)
+    defined = registry.names() if registry is not None else []
+    rank = {n: i for i, n in enumerate(defined)}
+    for s in statuses:
+        rank.setdefault(s.name, len(rank))
+    producer = {o.name: s.name for s in statuses for o in s.outputs}
+    deps = {s.name: {producer[i] for i in s.inputs if producer.get(i, s.name) != s.name}
+            for s in statuses}
+    by_name = {s.name: s for s in statuses}
+    ready = sorted((n for n, d in deps.items() if not d), key=rank.__getitem__)
+    out: list[StageStatus] = []
+    while ready:
+        name = ready.pop(0)
+        out.append(by_name[name])
+        for other, d in deps.items():
+            if name in d:
+                d.discard(name)
+                if not d:
+                    ready.append(other)
+        ready.sort(key=rank.__getitem__)
+    if len(out) < len(statuses):  # a cycle: status() would have raised; keep its order
+        return statuses
+    return out
+
+
+class _StageRow(widgets.VBox):
+    """One stage: badge, name, outputs, last run, buttons; below, why it is not fresh."""
+
+    def __init__(self, name: str, on_run: Callable[[str, bool], None]):
+        self.name = name
+        self.state: str | None = None
+        self.badge = widgets.HTML(layout=widgets.Layout(width="84px", flex="0 0 auto"))
+        self.badge.add_class("pipelite-badge")
+        self.label = widgets.HTML(layout=widgets.Layout(width="190px", flex="0 0 auto"))
+        self.label.add_class("pipelite-name")
+        self.outputs = widgets.HTML(layout=widgets.Layout(flex="1 1 auto", width="auto"))
+        self.outputs.add_class("pipelite-outputs")
+        self.when = widgets.HTML(layout=widgets.Layout(width="150px", flex="0 0 auto"))
+        self.when.add_class("pipelite-when")
+        self.run_button = widgets.Button(
+            description="Run", tooltip=f"run '{name}' (and its stale upstream stages)",
+            layout=widgets.Layout(width="64px", flex="0 0 auto"))
+        self.run_button.add_class("pipelite-run")
+        self.force_button = widgets.Button(
+            description="Force", tooltip=f"recompute '{name}' even if it is fresh",
+            layout=widgets.Layout(width="64px", flex="0 0 auto"))
+        self.force_button.add_class("pipelite-force")
+        self.run_button.on_click(lambda _b: on_run(name, False))
+        self.force_button.on_click(lambda _b: on_run(name, True))
+        self.reason = widgets.HTML()
+        self.reason.add_class("pipelite-reason")
+        self.error = widgets.HTML()
+        self.error.add_class("pipelite-error")
+        main = widgets.HBox([self.badge, self.label, self.outputs, self.when,
+                             self.run_button, self.force_button],
+                            layout=widgets.Layout(width="100%"))
+        main.add_class("pipelite-row-main")
+        super().__init__([main, self.reason, self.error])
+        self.add_class("pipelite-row")
+        self.add_class(f"pipelite-row-{name}")
+        self.defined = True
+        self._hide(self.reason)
+        self._hide(self.error)
+
+    @staticmethod
+    def _hide(w: widgets.Widget, hidden: bool = True) -> None:
+        w.layout.display = "none" if hidden else None
+
+    def set_state(self, state: str) -> None:
+        if state == self.state:
+            return
+        if self.state is not None:
+            self.badge.remove_class(f"pipelite-badge-{self.state}")
+            self.remove_class(f"pipelite-state-{self.state}")
+        self.state = state
+        self.badge.add_class(f"pipelite-badge-{state}")
+        self.add_class(f"pipelite-state-{state}")
+        fill, stroke = STATE_COLOURS.get(state, STATE_COLOURS["missing"])
+        self.badge.value = (f'<span style="background:{fill};border-color:{stroke};'
+                            f'color:{stroke}">{state}</span>')
+
+    def set_error(self, summary: str | None, detail: str | None = None) -> None:
+        self.error.value = _error_html(summary, detail) if summary else ""
+        self._hide(self.error, not summary)
+
+    def show(self, s: StageStatus, busy: bool) -> None:
+        self.set_state(s.state)
+        self.defined = s.defined
+        tag = "" if s.defined else f' <span class="pipelite-undefined-tag">{_NOT_DEFINED}</span>'
+        self.label.value = f"<b>{html.escape(s.name)}</b>{tag}"
+        if s.defined:
+            self.remove_class("pipelite-undefined")
+        else:
+            self.add_class("pipelite-undefined")
+        outs = [f'<span title="{html.escape(o.summary or o.format)}">{html.escape(o.name)} '
+                f"({_human_bytes(o.size)})</span>" for o in s.outputs]
+        self.outputs.value = ", ".join(outs) or '<span class="pipelite-empty">no outputs yet</span>'
+        if s.last_run is not None:
+            self.when.value = (f'<span title="last run {s.last_run.isoformat()}">'
+                               f"{_when(s.last_run)} · {_seconds(s.duration)}</span>")
+        else:
+            self.when.value = '<span class="pipelite-empty">never run</span>'
+        reasons = [r for r in s.reasons if not (s.error and r.startswith("last run failed"))]
+        if not s.defined and not any(_NOT_DEFINED in r for r in reasons):
+            reasons.insert(0, _NOT_DEFINED)
+        show_reasons = bool(reasons) and (s.state != "fresh" or not s.defined)
+        self.reason.value = "; ".join(html.escape(r, quote=False) for r in reasons) if show_reasons else ""
+        self._hide(self.reason, not show_reasons)
+        if s.state == "failed" and s.error:
+            self.set_error(f"last run failed: {s.error}")
+        elif s.state != "failed":
+            self.set_error(None)
+        self.set_busy(busy)
+
+    def set_busy(self, busy: bool) -> None:
+        self.run_button.disabled = busy or not self.defined
+        self.force_button.disabled = busy or not self.defined
+        if not self.defined:
+            why = f"'{self.name}' is {_NOT_DEFINED}: run the cell that defines it first"
+            self.run_button.tooltip = self.force_button.tooltip = why
+        else:
+            self.run_button.tooltip = f"run '{self.name}' (and its stale upstream stages)"
+            self.force_button.tooltip = f"recompute '{self.name}' even if it is fresh"
+
+
+class PipelinePanel(widgets.VBox):
+    """A live view of a session's pipeline: one row per stage, with Run and Force buttons.
+
+    >>> panel = PipelinePanel(session)   # session: .pipeline and .run(names, force=False)
+    >>> panel                            # displays; refreshes itself whenever a stage runs
+    >>> panel.close()                    # stops listening
+
+    ``session.run(names, force=...)`` runs the stages and binds their outputs into the user's
+    namespace; the panel calls it for its buttons and shows any error it raises.
+    """
+
+    def __init__(self, session: Any, *, shell: Any = None):
+        self.session = session
+        self._busy = False
+        self._run_depth = 0
+        self._run_t0 = 0.0
+        self._rows: dict[str, _StageRow] = {}
+        self._statuses: list[StageStatus] = []
+        self._closed = False
+
+        style = widgets.HTML(_CSS, layout=widgets.Layout(display="none"))
+        self.title = widgets.HTML()
+        self.title.add_class("pipelite-title")
+        self.counts = widgets.HTML()
+        self.counts.add_class("pipelite-counts")
+        self.refresh_button = widgets.Button(description="Refresh", tooltip="check every stage again",
+                                             layout=widgets.Layout(width="80px"))
+        self.refresh_button.add_class("pipelite-refresh")
+        self.refresh_button.on_click(lambda _b: self.refresh())
+        self.graph_toggle = widgets.ToggleButton(description="Graph", value=False,
+                                                 tooltip="show the stage graph, coloured by state",
+                                                 layout=widgets.Layout(width="80px"))
+        self.graph_toggle.add_class("pipelite-graph-toggle")
+        self.graph_toggle.observe(self._on_graph_toggle, "value")
+        self.run_all_button = widgets.Button(description="Run all stale", button_style="primary",
+                                             layout=widgets.Layout(width="150px"))
+        self.run_all_button.add_class("pipelite-run-all")
+        self.run_all_button.on_click(lambda _b: self.run_all_stale())
+        spacer = widgets.HTML(layout=widgets.Layout(flex="1 1 auto"))
+        header = widgets.HBox([self.title, self.counts, spacer, self.refresh_button,
+                               self.graph_toggle, self.run_all_button],
+                              layout=widgets.Layout(width="100%"))
+        header.add_class("pipelite-header")
+
+        self.progress_bar = widgets.IntProgress(value=0, min=0, max=1,
+                                                layout=widgets.Layout(width="200px"))
+        self.progress_bar.add_class("pipelite-progress-bar")
+        self.progress_text = widgets.HTML()
+        self.progress_text.add_class("pipelite-progress-text")
+        self.progress = widgets.HBox([self.progress_bar, self.progress_text])
+        self.progress.add_class("pipelite-progress")
+        self.progress.layout.display = "none"
+
+        self.error = widgets.HTML(layout=widgets.Layout(display="none"))
+        self.error.add_class("pipelite-error")
+        self.error.add_class("pipelite-panel-error")
+        self.rows = widgets.VBox()
+        self.rows.add_class("pipelite-rows")
+        self.graph = widgets.Output(layout=widgets.Layout(display="none"))
+        self.graph.add_class("pipelite-graph")
+
+        super().__init__([style, header, self.progress, self.error, self.rows, self.graph])
+        self.add_class("pipelite-panel")
+
+        self._unsubscribe: Callable[[], None] | None = subscribe(self._on_event)
+        self._shell = shell if shell is not None else self._find_shell(session)
+        if self._shell is not None:
+            self._shell.events.register("post_run_cell", self._after_cell)
+        self.refresh()
+
+    @staticmethod
+    def _find_shell(session: Any) -> Any:
+        shell = getattr(session, "shell", None)
+        if shell is not None and hasattr(shell, "events"):
+            return shell
+        try:
+            from IPython import get_ipython
+        except ImportError:  # pragma: no cover - ipywidgets needs IPython
+            return None
+        return get_ipython()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop listening to stage events and cell runs, and remove the widget."""
+        if not self._closed:
+            self._closed = True
+            if self._unsubscribe is not None:
+                self._unsubscribe()
+                self._unsubscribe = None
+            if self._shell is not None:
+                try:
+                    self._shell.events.unregister("post_run_cell", self._after_cell)
+                except ValueError:
+                    pass
+        super().close()
+
+    @property
+    def statuses(self) -> list[StageStatus]:
+        """The stage statuses shown, as of the last refresh."""
+        return list(self._statuses)
+
+    def row(self, name: str) -> _StageRow:
+        """The row of stage ``name`` (for tests and scripting)."""
+        return self._rows[name]
+
+    # -- refreshing -----------------------------------------------------------------------------
+    def _store_url(self) -> str:
+        return self.session.pipeline.store.url
+
+    def refresh(self) -> None:
+        """Check every stage's state again and redraw."""
+        if self._closed:
+            return
+        pipeline = self.session.pipeline
+        url = pipeline.store.url
+        self.title.value = (f"<b>PipeLite</b> <span class='pipelite-store'>store "
+                            f"<code>{html.escape(url)}</code></span>")
+        try:
+            statuses = pipeline.status()
+        except Exception as exc:  # noqa: BLE001 - e.g. a cycle: say so in the panel
+            self._show_panel_error(f"cannot check the stages: {exc}")
+            return
+        statuses = _definition_order(statuses, pipeline)
+        self._statuses = statuses
+        names = [s.name for s in statuses]
+        for s in statuses:
+            row = self._rows.get(s.name)
+            if row is None:
+                row = self._rows[s.name] = _StageRow(s.name, self._run_from_button)
+            row.show(s, self._busy)
+        for gone in set(self._rows) - set(names):
+            self._rows.pop(gone).close()
+        children = [self._rows[n] for n in names]
+        if not children:
+            empty = widgets.HTML("<span class='pipelite-empty'>no stages yet: define one with "
+                                 "<code>%%stage NAME</code> or <code>@stage</code></span>")
+            empty.add_class("pipelite-empty")
+            children = [empty]
+        if list(self.rows.children) != children:
+            old = [c for c in self.rows.children if c not in children]
+            self.rows.children = children
+            for c in old:
+                if not isinstance(c, _StageRow):
+                    c.close()
+        self._show_counts()
+        if self.graph_toggle.value:
+            self._draw_graph()
+
+    def _show_counts(self) -> None:
+        by_state = {st: 0 for st in _STATES}
+        for row in self._rows.values():
+            by_state[row.state or "missing"] = by_state.get(row.state or "missing", 0) + 1
+        self.counts.value = (" ".join(_chip(st, f"{n} {st}") for st, n in by_state.items() if n)
+                             or "")
+        todo = self._stale_names()
+        self.run_all_button.description = (f"Run all stale ({len(todo)})" if todo
+                                           else "Run all stale")
+        self.run_all_button.tooltip = (
+            "run every stage that is not fresh: " + ", ".join(todo) if todo
+            else "every stage defined in this session is fresh")
+        self.run_all_button.disabled = self._busy or not todo
+
+    def _stale_names(self) -> list[str]:
+        return [s.name for s in self._statuses
+                if s.defined and self._rows[s.name].state in ("stale", "missing", "failed")]
+
+    def _after_cell(self, *_args: Any) -> None:
+        # a cell may have redefined a stage or changed a global it reads: no event says so
+        if self._run_depth == 0 and not self._busy:
+            self.refresh()
+
+    def _on_event(self, ev: StageEvent) -> None:
+        if self._closed:
+            return
+        try:
+            url = self._store_url()
+        except Exception:  # noqa: BLE001 - a half-configured session: ignore
+            return
+        if ev.store != url:
+            return
+        row = self._rows.get(ev.stage) if ev.stage else None
+        if ev.kind == "run_started":
+            self._run_depth += 1
+            if self._run_depth == 1:
+                self._run_t0 = ev.time
+                self._progress(f"checking {ev.total} stage{'s' if ev.total != 1 else ''}…",
+                               0, max(ev.total, 1))
+        elif ev.kind == "started":
+            if row is None:  # a stage this panel has not seen yet
+                self.refresh()
+                row = self._rows.get(ev.stage)
+            if row is not None:
+                row.set_state("running")
+                row.set_error(None)
+                self._show_counts()
+            total = max(ev.total, ev.index, 1)
+            self._progress(f"stage {ev.index} of {total}: <b>{html.escape(ev.stage or '')}</b> "
+                           f"running · {_seconds(ev.time - self._run_t0)} elapsed",
+                           ev.index - 1, total)
+        elif ev.kind in ("finished", "failed") and self._run_depth > 0:
+            if row is not None:
+                row.set_state("fresh" if ev.kind == "finished" else "failed")
+                if ev.kind == "failed":
+                    row.set_error(f"failed: {ev.error}")
+                self._show_counts()
+            total = max(ev.total, ev.index, 1)
+            verb = "done" if ev.kind == "finished" else "failed"
+            self._progress(f"stage {ev.index} of {total}: <b>{html.escape(ev.stage or '')}</b> "
+                           f"{verb} in {_seconds(ev.duration)} · "
+                           f"{_seconds(ev.time - self._run_t0)} elapsed", ev.index, total)
+        elif ev.kind == "run_finished":
+            self._run_depth = max(0, self._run_depth - 1)
+            if self._run_depth == 0:
+                n = ev.index
+                self.progress_bar.layout.display = "none"
+                self.progress_text.value = (
+                    f"last run: {n} stage{'s' if n != 1 else ''} computed in "
+                    f"{_seconds(ev.time - self._run_t0)}" if n else
+                    "last run: everything was fresh, nothing computed")
+                self.refresh()
+        elif ev.kind == "skipped":
+            pass
+        elif self._run_depth == 0:  # invalidated, or a stage event outside a run
+            self.refresh()
+
+    def _progress(self, text: str, value: int, total: int) -> None:
+        self.progress.layout.display = None
+        self.progress_bar.layout.display = None
+        self.progress_bar.max = max(total, 1)
+        self.progress_bar.value = min(max(value, 0), self.progress_bar.max)
+        self.progress_text.value = text
+
+    # -- acting ---------------------------------------------------------------------------------
+    def _run_from_button(self, name: str, force: bool) -> None:
+        self.run([name], force=force)
+
+    def run_all_stale(self) -> None:
+        """Run every stage defined in this session that is not fresh."""
+        self.refresh()
+        names = self._stale_names()
+        if names:
+            self.run(names)
+
+    def run(self, names: Sequence[str] | None, force: bool = False) -> bool:
+        """Run stages through the session (binding their outputs); show any error in the panel.
+
+        Returns True when the run succeeded. Never raises for a failing stage: the error is shown
+        in the panel and the kernel stays usable.
+        """
+        if self._busy:
+            return False
+        self._set_busy(True)
+        self._show_panel_error(None)
+        ok = False
+        try:
+            self.session.run(list(names) if names is not None else None, force=force)
+            ok = True
+        except KeyboardInterrupt:
+            self._show_panel_error("interrupted")
+        except Exception as exc:  # noqa: BLE001 - a failing stage must not break the kernel
+            summary = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            what = ", ".join(names) if names else "all stages"
+            self._show_panel_error(f"running {what} failed: {summary}", detail)
+        finally:
+            self._set_busy(False)
+            self._run_depth = 0
+            self.refresh()
+        return ok
+
+    def _set_busy(self, busy: bool) -> None:
+        self._busy = busy
+        for row in self._rows.values():
+            row.set_busy(busy)
+        self.run_all_button.disabled = busy or not self._stale_names()
+        self.refresh_button.disabled = busy
+
+    def _show_panel_error(self, summary: str | None, detail: str | None = None) -> None:
+        self.error.value = _error_html(summary, detail) if summary else ""
+        self.error.layout.display = None if summary else "none"
+
+    # -- the graph ------------------------------------------------------------------------------
+    def _on_graph_toggle(self, change: dict) -> None:
+        if change["new"]:
+            self.graph.layout.display = None
+            self._draw_graph()
+        else:
+            self.graph.layout.display = "none"
+            self.graph.outputs = ()
+
+    def _draw_graph(self) -> None:
+        from pipelite.graph import render
+
+        # SVG when Graphviz is installed (works in every frontend); else mermaid, which
+        # JupyterLab 4 and Notebook 7 render from markdown natively.
+        try:
+            data = {"image/svg+xml": render(self._statuses, "svg")}
+        except Exception:  # noqa: BLE001 - no Graphviz, or dot failed: fall back to mermaid
+            text = render(self._statuses, "mermaid")
+            data = {"text/markdown": f"```mermaid\n{text}```\n", "text/plain": text}
+        self.graph.outputs = ({"output_type": "display_data", "data": data, "metadata": {}},)

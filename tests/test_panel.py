@@ -1,0 +1,319 @@
+"""The freshness panel, driven through the widget API: a real Pipeline on a temporary store, a
+real namespace, buttons clicked with ``button.click()``."""
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from pipelite import REGISTRY, CellStage, Pipeline
+from pipelite.graph import STATE_COLOURS
+
+widgets = pytest.importorskip("ipywidgets")
+
+from pipelite_ipy.panel import PipelinePanel  # noqa: E402
+
+STAGES = {
+    "numbers": "numbers = list(range(1, 5))",
+    "scaled": "scaled = [n * SCALE for n in numbers]",
+    "total": "total = sum(scaled)",
+}
+
+
+class NamespaceSession:
+    """The smallest real session: cell stages in a namespace dict, runs bind their outputs."""
+
+    def __init__(self, store: str, namespace: dict | None = None):
+        self.namespace = {} if namespace is None else namespace
+        self.pipeline = Pipeline(store=store)
+        self.runs: list[tuple[list[str] | None, bool]] = []
+
+    def define(self, name: str, source: str) -> None:
+        """Like ``%%stage NAME``: the cell's free names that are artifacts are its inputs."""
+        from pipelite._cellcode import analyze
+
+        produced = {o for st in REGISTRY for o in (st.outputs or ())}
+        inputs = [n for n in analyze(source).free if n in produced]
+        REGISTRY.add(CellStage(name, textwrap.dedent(source), self.namespace, inputs=inputs))
+
+    def run(self, names: list[str] | None = None, force: bool = False) -> dict:
+        self.runs.append((names, force))
+        result = self.pipeline.run(names, force=force)
+        self.namespace.update(result)
+        return result
+
+
+@pytest.fixture
+def session(store_dir):
+    s = NamespaceSession(str(store_dir), {"SCALE": 2})
+    for name, source in STAGES.items():
+        s.define(name, source)
+    return s
+
+
+@pytest.fixture
+def panels():
+    made: list[PipelinePanel] = []
+
+    def make(session, **kw) -> PipelinePanel:
+        p = PipelinePanel(session, **kw)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.close()
+
+
+def badge(panel: PipelinePanel, name: str) -> str:
+    return panel.row(name).state
+
+
+def classes(w) -> list[str]:
+    return list(w._dom_classes)
+
+
+def test_the_panel_is_a_vbox_with_one_row_per_stage_upstream_first(session, panels):
+    panel = panels(session)
+    assert isinstance(panel, widgets.VBox)
+    assert "pipelite-panel" in classes(panel)
+    rows = [c for c in panel.rows.children if "pipelite-row" in classes(c)]
+    assert [r.name for r in rows] == ["numbers", "scaled", "total"]
+    assert "pipelite-row-scaled" in classes(panel.row("scaled"))
+
+
+def test_a_stage_never_run_shows_a_missing_badge_in_its_colour(session, panels):
+    panel = panels(session)
+    row = panel.row("numbers")
+    assert row.state == "missing"
+    assert "pipelite-badge-missing" in classes(row.badge)
+    fill, stroke = STATE_COLOURS["missing"]
+    assert fill in row.badge.value and ">missing<" in row.badge.value
+    assert "never run" in row.when.value
+
+
+def test_the_header_shows_the_store_and_the_counts_per_state(session, panels, store_dir):
+    panel = panels(session)
+    assert str(store_dir) in panel.title.value
+    assert "3 missing" in panel.counts.value
+    session.run(["numbers"])
+    assert "1 fresh" in panel.counts.value and "2 missing" in panel.counts.value
+
+
+def test_run_button_runs_the_stage_with_its_upstreams_and_binds_its_outputs(session, panels):
+    panel = panels(session)
+    panel.row("total").run_button.click()
+    assert session.runs == [(["total"], False)]
+    assert [badge(panel, n) for n in STAGES] == ["fresh", "fresh", "fresh"]
+    assert session.namespace["total"] == 20
+    assert "total (" in panel.row("total").outputs.value
+    assert "ms" in panel.row("total").when.value or " s" in panel.row("total").when.value
+
+
+def test_force_button_recomputes_a_fresh_stage_only(session, panels):
+    panel = panels(session)
+    session.run(["total"])
+    ran = []
+    from pipelite import subscribe
+
+    unsubscribe = subscribe(lambda ev: ev.kind == "started" and ran.append(ev.stage))
+    try:
+        panel.row("total").force_button.click()
+    finally:
+        unsubscribe()
+    assert ran == ["total"]
+    assert session.runs[-1] == (["total"], True)
+    assert badge(panel, "total") == "fresh"
+
+
+def test_changing_a_global_shows_the_stage_stale_with_the_words_of_explain(session, panels):
+    panel = panels(session)
+    session.run(["total"])
+    session.namespace["SCALE"] = 3
+    panel.refresh()
+    row = panel.row("scaled")
+    assert row.state == "stale"
+    assert "global 'SCALE' changed" in row.reason.value
+    assert "global 'SCALE' changed" in session.pipeline.explain("scaled")
+    assert row.reason.layout.display != "none"
+    assert "upstream stage 'scaled' is stale" in panel.row("total").reason.value
+    assert panel.row("numbers").reason.layout.display == "none"
+
+
+def test_run_all_stale_brings_every_stage_up_to_date(session, panels):
+    panel = panels(session)
+    session.run(["total"])
+    session.namespace["SCALE"] = 10
+    panel.refresh()
+    assert panel.run_all_button.description == "Run all stale (2)"
+    panel.run_all_button.click()
+    assert [badge(panel, n) for n in STAGES] == ["fresh", "fresh", "fresh"]
+    assert session.namespace["total"] == 100
+    assert panel.run_all_button.disabled
+
+
+def test_the_panel_refreshes_when_a_stage_runs_outside_it(session, panels):
+    panel = panels(session)
+    session.pipeline.run("numbers")
+    assert badge(panel, "numbers") == "fresh"
+    Pipeline(store=session.pipeline.store.url).run("total")  # another pipeline, same store
+    assert badge(panel, "total") == "fresh"
+
+
+def test_a_run_from_one_panel_refreshes_another(session, panels):
+    first, second = panels(session), panels(session)
+    first.row("scaled").run_button.click()
+    assert badge(second, "scaled") == "fresh"
+    assert badge(second, "total") == "missing"
+
+
+def test_runs_against_another_store_are_ignored(session, panels, tmp_path):
+    panel = panels(session)
+    seen = []
+    panel.rows.observe(lambda ch: seen.append(ch), "children")
+    Pipeline(store=str(tmp_path / "other")).run("numbers")
+    assert badge(panel, "numbers") == "missing"
+
+
+def test_invalidating_a_stage_refreshes_the_panel(session, panels):
+    panel = panels(session)
+    session.run(["numbers"])
+    session.pipeline.invalidate("numbers")
+    assert badge(panel, "numbers") == "missing"
+
+
+def test_progress_shows_stage_i_of_n_the_running_stage_and_elapsed_time(session, panels):
+    panel = panels(session)
+    texts: list[str] = []
+    panel.progress_text.observe(lambda ch: texts.append(ch["new"]), "value")
+    panel.row("total").run_button.click()
+    running = [t for t in texts if "running" in t]
+    assert running == [
+        "stage 1 of 3: <b>numbers</b> running · " + running[0].split(" · ")[1],
+        "stage 2 of 3: <b>scaled</b> running · " + running[1].split(" · ")[1],
+        "stage 3 of 3: <b>total</b> running · " + running[2].split(" · ")[1],
+    ]
+    assert all(t.endswith("elapsed") for t in running)
+    assert panel.progress_text.value.startswith("last run: 3 stages computed in")
+    assert panel.progress_bar.layout.display == "none"
+
+
+def test_a_row_shows_running_while_its_stage_runs(session, panels):
+    panel = panels(session)
+    seen = []
+    session.define("probe", "probe = numbers[0]")
+    panel.refresh()
+    from pipelite import subscribe
+
+    def look(ev):
+        if ev.kind == "started" and ev.stage == "probe":
+            seen.append((panel.row("probe").state, panel.row("probe").run_button.disabled))
+
+    unsubscribe = subscribe(look)
+    try:
+        panel.row("probe").run_button.click()
+    finally:
+        unsubscribe()
+    assert seen == [("running", True)]
+    assert badge(panel, "probe") == "fresh"
+
+
+def test_a_failing_stage_shows_its_error_in_the_panel_and_does_not_raise(session, panels):
+    session.define("broken", "broken = numbers[99]")
+    panel = panels(session)
+    panel.row("broken").run_button.click()  # must not raise
+    row = panel.row("broken")
+    assert row.state == "failed"
+    assert "pipelite-badge-failed" in classes(row.badge)
+    assert "IndexError: list index out of range" in row.error.value
+    assert row.error.layout.display != "none"
+    assert "pipelite-error" in classes(row.error)
+    assert "IndexError" in panel.error.value and "traceback" in panel.error.value
+    assert badge(panel, "numbers") == "fresh"  # its upstream ran and was kept
+    assert not panel.row("total").run_button.disabled  # the panel is usable again
+
+
+def test_fixing_a_failed_stage_clears_its_error(session, panels):
+    session.define("broken", "broken = numbers[99]")
+    panel = panels(session)
+    panel.row("broken").run_button.click()
+    session.define("broken", "broken = numbers[0]")
+    panel.row("broken").run_button.click()
+    assert badge(panel, "broken") == "fresh"
+    assert panel.row("broken").error.layout.display == "none"
+    assert panel.error.layout.display == "none"
+    assert session.namespace["broken"] == 1
+
+
+def test_after_a_restart_stages_known_only_from_the_store_are_listed_but_not_runnable(
+        session, panels, store_dir):
+    session.run(["total"])
+    REGISTRY.clear()  # a new kernel: nothing defined yet
+    fresh_session = NamespaceSession(str(store_dir))
+    panel = panels(fresh_session)
+    assert [s.name for s in panel.statuses] == ["numbers", "scaled", "total"]
+    for name in STAGES:
+        row = panel.row(name)
+        assert not row.defined and "pipelite-undefined" in classes(row)
+        assert "not defined in this session" in row.label.value
+        assert row.run_button.disabled and row.force_button.disabled
+        assert "total (" in panel.row("total").outputs.value
+    assert panel.run_all_button.disabled
+    fresh_session.define("numbers", STAGES["numbers"])
+    panel.refresh()
+    assert not panel.row("numbers").run_button.disabled
+    assert panel.row("total").run_button.disabled
+
+
+def test_a_closed_panel_stops_listening(session, panels):
+    panel = panels(session)
+    panel.close()
+    session.pipeline.run("numbers")
+    assert badge(panel, "numbers") == "missing"
+
+
+def test_the_graph_toggle_shows_the_graph_coloured_by_state(session, panels):
+    panel = panels(session)
+    session.run(["numbers"])
+    assert panel.graph.layout.display == "none"
+    panel.graph_toggle.value = True
+    assert panel.graph.layout.display != "none"
+    (out,) = panel.graph.outputs
+    text = out["data"].get("image/svg+xml") or out["data"]["text/markdown"]
+    assert "numbers" in text and "scaled" in text
+    assert STATE_COLOURS["fresh"][0] in text and STATE_COLOURS["missing"][0] in text
+    panel.graph_toggle.value = False
+    assert panel.graph.layout.display == "none" and panel.graph.outputs == ()
+
+
+def test_the_graph_falls_back_to_mermaid_without_graphviz(session, panels, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    panel = panels(session)
+    panel.graph_toggle.value = True
+    (out,) = panel.graph.outputs
+    assert out["data"]["text/markdown"].startswith("```mermaid\nflowchart LR")
+
+
+def test_a_stage_defined_later_gets_a_row(session, panels):
+    panel = panels(session)
+    session.define("extra", "extra = total + 1")
+    session.pipeline.run("extra")
+    assert [r.name for r in panel.rows.children] == ["numbers", "scaled", "total", "extra"]
+    assert badge(panel, "extra") == "fresh"
+
+
+def test_the_panel_refreshes_after_a_cell_changes_a_global(store_dir, panels):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.user_ns["SCALE"] = 2
+    s = NamespaceSession(str(store_dir), shell.user_ns)
+    for name, source in STAGES.items():
+        s.define(name, source)
+    panel = panels(s, shell=shell)
+    s.run(["total"])
+    shell.run_cell("SCALE = 5")
+    assert badge(panel, "scaled") == "stale"
+    panel.close()
+    shell.run_cell("SCALE = 2")
+    assert badge(panel, "scaled") == "stale"  # closed: no longer listening
