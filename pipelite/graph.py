@@ -43,16 +43,14 @@ def render(statuses: Sequence, format: str = "mermaid") -> str:
 
 
 def _edges(statuses: Sequence) -> tuple[list[tuple[str, str]], list[tuple[str, str]], set[str]]:
-    produced = {o.name: s.name for s in statuses for o in s.outputs}
     outs, ins, artifacts = [], [], set()
     for s in statuses:
-        for o in s.outputs:
-            outs.append((s.name, o.name))
-            artifacts.add(o.name)
+        for name in s.produces:
+            outs.append((s.name, name))
+            artifacts.add(name)
         for i in s.inputs:
             ins.append((i, s.name))
             artifacts.add(i)
-    _ = produced
     return outs, ins, artifacts
 
 

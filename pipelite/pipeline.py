@@ -58,6 +58,7 @@ class StageStatus:
     fingerprint: str | None
     defined: bool = True
     error: str | None = None
+    produces: tuple[str, ...] = ()  # artifact names, known before the first run where possible
 
     @property
     def fresh(self) -> bool:
@@ -125,7 +126,8 @@ class Pipeline:
     >>> Pipeline(params={"train_model": {"epochs": 5}}).run("train_model")
 
     ``store`` is a local path (default ``./.pipelite``) or an fsspec URL (``memory://x``,
-    ``s3://bucket/prefix``). ``params`` maps stage names to parameter values.
+    ``s3://bucket/prefix``; ``storage_options`` go to fsspec, e.g. credentials or an
+    ``endpoint_url``). ``params`` maps stage names to parameter values.
     """
 
     def __init__(
@@ -134,8 +136,10 @@ class Pipeline:
         params: Mapping[str, Mapping[str, Any]] | None = None,
         executor: Any = None,
         registry: Registry | None = None,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
     ):
-        self.store = store if isinstance(store, Store) else Store(store)
+        self.store = store if isinstance(store, Store) else Store(store, dict(storage_options or {}))
         self.params: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (params or {}).items()}
         self.executor = executor
         self.registry = REGISTRY if registry is None else registry
@@ -324,6 +328,7 @@ class Pipeline:
         )
         st = ev.stage
         inputs = st.inputs if st else tuple((rec or {}).get("inputs", {}))
+        produces = tuple((st.outputs if st else None) or (rec or {}).get("outputs", {}))
         return StageStatus(
             name=ev.name,
             state=ev.state,
@@ -335,6 +340,7 @@ class Pipeline:
             fingerprint=ev.fingerprint.digest if ev.fingerprint else None,
             defined=st is not None,
             error=ev.failure.get("error") if ev.failure else None,
+            produces=produces,
         )
 
     def status(self, *, params: Mapping[str, Mapping[str, Any]] | None = None
@@ -594,7 +600,10 @@ class Pipeline:
         try:
             return self.store.load_value(ev.record["outputs"][name], verify=verify)
         except CorruptArtifactError:
+            # delete the bad file too: the recompute writes the same content-addressed path,
+            # and an object of the right size already there would be kept as is
             self.store.drop_record(producer, ev.record["fingerprint"])
+            self.store.delete_object(ev.record["outputs"][name])
             raise
 
     def attachment(self, stage: Any, name: str) -> Any:

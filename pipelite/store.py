@@ -109,10 +109,10 @@ class _FsspecFS:
 
     is_local = False
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, storage_options: dict | None = None):
         import fsspec
 
-        self.fs, root = fsspec.core.url_to_fs(url)
+        self.fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
         self.root = root.rstrip("/")
         self.url = url
         key = __import__("xxhash").xxh3_64_hexdigest(url.encode())
@@ -243,10 +243,12 @@ def _summary(value: Any) -> str:
 class Store:
     """Records and objects under one location (a local path or an fsspec URL)."""
 
-    def __init__(self, location: str | os.PathLike = ".pipelite"):
+    def __init__(self, location: str | os.PathLike = ".pipelite",
+                 storage_options: dict | None = None):
+        """``storage_options`` go to the fsspec filesystem (e.g. S3 credentials, endpoint_url)."""
         loc = os.fspath(location)
         if "://" in loc and not loc.startswith("file://"):
-            self._fs: _LocalFS | _FsspecFS = _FsspecFS(loc)
+            self._fs: _LocalFS | _FsspecFS = _FsspecFS(loc, storage_options)
         else:
             self._fs = _LocalFS(loc[len("file://"):] if loc.startswith("file://") else loc)
         self._records: dict[str, dict] = {}
