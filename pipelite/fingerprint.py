@@ -295,6 +295,9 @@ class _Walker:
             return
         key = name if owner == "" or scope_is_stage else f"{name} (read by {owner})"
         self.globals[key] = value_digest_labelled(value, f"global '{name}'")
+        cls = type(value)
+        if not _is_library_module(cls.__module__):  # its methods are code the stage may call
+            self.visit_class(cls)
 
     def token(self, value: Any) -> str | None:
         """A digest for code-like values (functions, classes, modules), else None."""

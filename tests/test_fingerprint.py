@@ -467,3 +467,24 @@ def test_the_record_keeps_every_part_of_the_fingerprint(pipeline):
     assert set(parts) == {"code", "helpers", "globals", "params", "inputs", "outputs"}
     assert "helper" in parts["helpers"] and "K (read by helper)" in parts["globals"]
     assert "p" in parts["params"]
+
+
+def test_editing_the_class_of_a_global_instance_makes_the_stage_stale(pipeline):
+    ns = notebook()
+    src = """
+        class Model:
+            def __init__(self, w):
+                self.w = w
+            def predict(self, x):
+                return x * self.w{tweak}
+        MODEL = Model(2)
+        @stage(outputs="y")
+        def f():
+            return MODEL.predict(3)
+        """
+    run_cell(src.format(tweak=""), ns)
+    pipeline.run("f")
+    run_cell(src.format(tweak=" + 1"), ns)
+    s = state(pipeline, "f")
+    assert s.state == "stale" and "helper 'Model' changed" in s.reasons
+    assert pipeline.run("f")["y"] == 7
