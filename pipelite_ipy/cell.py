@@ -1,0 +1,218 @@
+"""A notebook cell as stage code: compile it for good tracebacks, capture its output while
+showing it live, and replay that output later from the store."""
+from __future__ import annotations
+
+import ast
+import os
+import sys
+import types
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from pipelite import PipeliteError
+
+__all__ = ["CellSyntaxError", "CompiledCell", "OutputCapture", "replay", "user_traceback"]
+
+# Frames from these packages sit between the notebook and the user's own code.
+_INTERNAL_DIRS = tuple(
+    os.path.dirname(os.path.abspath(m)) + os.sep
+    for m in (__file__, sys.modules["pipelite"].__file__)
+)
+
+
+class CellSyntaxError(PipeliteError):
+    """A ``%%stage`` cell that is not valid Python; ``error`` is the ``SyntaxError``, with the
+    line numbers of the cell as the user sees it."""
+
+    def __init__(self, error: SyntaxError):
+        super().__init__(f"the cell has invalid syntax (line {error.lineno}): {error.msg}")
+        self.error = error
+
+
+class CompiledCell:
+    """A cell's code compiled once under a filename IPython's linecache knows.
+
+    Line numbers match the cell as the user sees it (the ``%%stage`` line is line 1), so a
+    traceback shows ``Cell In[7], line 3`` and the user's own line.
+    """
+
+    def __init__(self, shell: Any, header: str, source: str):
+        self.shell = shell
+        self.source = source
+        text = header + "\n" + source
+        self.filename = shell.compile.cache(text, shell.execution_count, raw_code=text)
+        try:
+            tree = ast.parse(source, filename=self.filename)
+        except SyntaxError as exc:
+            exc.filename = self.filename
+            if exc.lineno is not None:
+                exc.lineno += 1
+            if getattr(exc, "end_lineno", None) is not None:
+                exc.end_lineno += 1
+            raise CellSyntaxError(exc) from None
+        ast.increment_lineno(tree, 1)
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            from IPython.core.displayhook import DisplayHook
+
+            last_stmt = tree.body.pop()
+            if not DisplayHook.semicolon_at_end_of_expression(source):
+                last = ast.Expression(last_stmt.value)
+            else:  # a trailing ';' silences the value, as in a plain cell
+                tree.body.append(last_stmt)
+        flags = getattr(shell.compile, "flags", 0)
+        self.body = compile(tree, self.filename, "exec", flags=flags, dont_inherit=True)
+        self.last = (compile(last, self.filename, "eval", flags=flags, dont_inherit=True)
+                     if last is not None else None)
+
+    def run(self, namespace: dict) -> None:
+        """Run the cell in ``namespace``; display the value of a final expression."""
+        exec(self.body, namespace)
+        if self.last is not None:
+            value = eval(self.last, namespace)
+            if value is not None:
+                from IPython.display import display
+
+                display(value)
+
+
+class _Tee:
+    """A text stream that writes through to ``target`` and remembers what it wrote."""
+
+    def __init__(self, target: Any, name: str, capture: "OutputCapture"):
+        self._target = target
+        self._name = name
+        self._capture = capture
+
+    def write(self, text: str) -> int:
+        if not self._capture.in_display:
+            self._capture.add_stream(self._name, text)
+        return self._target.write(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        self._target.flush()
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._target, attr)
+
+
+class OutputCapture:
+    """Records stdout, stderr and rich displays while letting them through.
+
+    ``events`` is a JSON-able list: ``{"stream": "stdout"|"stderr", "text": ...}``,
+    ``{"display": {"data": ..., "metadata": ...}}`` and ``{"clear": wait}``, in order.
+    """
+
+    def __init__(self, shell: Any):
+        self.shell = shell
+        self.events: list[dict] = []
+        self.in_display = False
+
+    def add_stream(self, name: str, text: str) -> None:
+        if not text:
+            return
+        if self.events and self.events[-1].get("stream") == name:
+            self.events[-1]["text"] += text
+        else:
+            self.events.append({"stream": name, "text": text})
+
+    @contextmanager
+    def active(self) -> Iterator["OutputCapture"]:
+        pub = self.shell.display_pub
+        had_publish = "publish" in vars(pub)
+        had_clear = "clear_output" in vars(pub)
+        orig_publish, orig_clear = pub.publish, pub.clear_output
+
+        def publish(data: Any, metadata: Any = None, *args: Any, **kwargs: Any) -> Any:
+            if not kwargs.get("update"):
+                self.events.append({"display": {"data": _jsonable(data),
+                                                "metadata": _jsonable(metadata or {})}})
+            self.in_display = True  # a terminal publisher prints text/plain: not a stream
+            try:
+                return orig_publish(data, metadata, *args, **kwargs)
+            finally:
+                self.in_display = False
+
+        def clear_output(wait: bool = False) -> Any:
+            self.events.append({"clear": bool(wait)})
+            return orig_clear(wait)
+
+        out, err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(out, "stdout", self), _Tee(err, "stderr", self)
+        pub.publish, pub.clear_output = publish, clear_output
+        try:
+            yield self
+            _flush_inline_figures()
+        finally:
+            sys.stdout, sys.stderr = out, err
+            for attr, had, orig in (("publish", had_publish, orig_publish),
+                                    ("clear_output", had_clear, orig_clear)):
+                if had:
+                    setattr(pub, attr, orig)
+                else:
+                    vars(pub).pop(attr, None)
+
+
+def _flush_inline_figures() -> None:
+    """Show pending matplotlib inline figures now, while they can still be captured.
+
+    The inline backend normally draws them after the cell, past the capture.
+    """
+    inline = sys.modules.get("matplotlib_inline.backend_inline")
+    mpl = sys.modules.get("matplotlib")
+    if inline is None or mpl is None or "inline" not in str(mpl.get_backend()):
+        return
+    inline.flush_figures()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        import base64
+
+        return base64.b64encode(value).decode("ascii")
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def replay(shell: Any, events: list[dict]) -> None:
+    """Show captured output again, in the order it was produced."""
+    for ev in events or ():
+        if "stream" in ev:
+            stream = sys.stderr if ev["stream"] == "stderr" else sys.stdout
+            stream.write(ev["text"])
+            stream.flush()
+        elif "display" in ev:
+            sys.stdout.flush()
+            shell.display_pub.publish(data=ev["display"]["data"],
+                                      metadata=ev["display"].get("metadata") or {})
+        elif "clear" in ev:
+            shell.display_pub.clear_output(wait=ev["clear"])
+
+
+def _internal(frame: types.FrameType) -> bool:
+    return frame.f_code.co_filename.startswith(_INTERNAL_DIRS)
+
+
+def user_traceback(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """The part of ``tb`` that is the user's code: from the first frame that PipeLite called.
+
+    Without such a frame (the error came from PipeLite itself) ``tb`` is returned whole.
+    """
+    seen_internal = False
+    node = tb
+    while node is not None:
+        if _internal(node.tb_frame):
+            seen_internal = True
+        elif seen_internal:
+            return node
+        node = node.tb_next
+    return tb

@@ -1,0 +1,310 @@
+"""``%%stage`` and ``%pipelite``: notebook cells as cached pipeline stages."""
+from __future__ import annotations
+
+import html
+import os
+from typing import Any, Callable, Sequence
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import (
+    MagicArgumentParser,
+    argument,
+    magic_arguments,
+    parse_argstring,
+)
+from IPython.display import display
+from IPython.utils.process import arg_split
+
+from pipelite import PipeliteError, StageStatus
+
+from .cell import CellSyntaxError, user_traceback
+from .session import PipeliteSession
+
+__all__ = ["PipeliteMagics", "StatusTable"]
+
+
+def _pipelite_parser() -> MagicArgumentParser:
+    parser = MagicArgumentParser(prog="pipelite", description="Inspect and run the pipeline.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=MagicArgumentParser)
+
+    def add(name: str, help: str) -> MagicArgumentParser:
+        return sub.add_parser(name, help=help, description=help, prog=f"pipelite {name}")
+
+    p = add("run", "run stages that are not fresh (all when no NAME) and bind their outputs")
+    p.add_argument("names", nargs="*", metavar="NAME", help="stages to run")
+    p.add_argument("--force", action="store_true", help="recompute the named stages themselves")
+    p.add_argument("--dry-run", action="store_true", help="say what would run, run nothing")
+    add("status", "every stage, its state, outputs, last run and why it is not fresh")
+    p = add("explain", "why a stage is in its state, in words")
+    p.add_argument("name", metavar="NAME")
+    p = add("graph", "the stage graph, coloured by state")
+    p.add_argument("--format", choices=("mermaid", "dot", "svg"), default="mermaid",
+                   help="mermaid (rendered by JupyterLab), dot text, or svg (needs Graphviz)")
+    p = add("load", "bind stored artifacts (or all outputs of a stage) into the namespace")
+    p.add_argument("names", nargs="+", metavar="NAME", help="artifact or stage names")
+    p = add("invalidate", "forget every stored result of a stage")
+    p.add_argument("name", metavar="NAME")
+    p = add("gc", "delete all but the newest results per stage, and unreferenced files")
+    p.add_argument("--keep", type=int, default=1, metavar="N",
+                   help="results to keep per stage (default 1)")
+    p = add("store", "show the store, or switch to the store at PATH")
+    p.add_argument("path", nargs="?", metavar="PATH", help="a directory or an fsspec URL")
+    add("panel", "show the interactive pipeline panel (ipywidgets)")
+    return parser
+
+
+_PARSER = _pipelite_parser()
+_COMMANDS = tuple(next(a for a in _PARSER._actions if a.dest == "command").choices)
+
+
+def _usage(parser: MagicArgumentParser) -> str:
+    return parser.format_usage().replace("::", "").strip()
+
+
+def _help_text() -> str:
+    sub = next(a for a in _PARSER._actions if a.dest == "command")
+    lines = ["Commands:"]
+    for p in sub.choices.values():
+        lines.append("")
+        lines.append("  " + _usage(p))
+        lines.append("      " + (p.description or ""))
+        for action in p._actions:
+            if action.option_strings and action.help:
+                lines.append(f"      {', '.join(action.option_strings):<12} {action.help}")
+    return "\n".join(lines)
+
+
+def _present(exc: BaseException, shell: Any) -> None:
+    """Make IPython show ``exc`` as the user needs it: a PipeLite error as one line, an error
+    in the user's code with the user's frames only."""
+    if isinstance(exc, CellSyntaxError):
+        err = exc.error
+        exc._render_traceback_ = lambda: shell.SyntaxTB.structured_traceback(  # type: ignore
+            type(err), err, [])
+        return
+    if isinstance(exc, PipeliteError):
+        line = f"{type(exc).__name__}: {exc}"
+        exc._render_traceback_ = lambda: [line]  # type: ignore[attr-defined]
+        return
+    if isinstance(exc, (UsageError, SyntaxError)) or not isinstance(exc, Exception):
+        return
+
+    def render() -> list[str]:
+        tb = user_traceback(exc.__traceback__)
+        return shell.InteractiveTB.structured_traceback(type(exc), exc, tb, tb_offset=0)
+
+    try:
+        exc._render_traceback_ = render  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):  # an exception type that takes no attributes
+        pass
+
+
+class StatusTable:
+    """``%pipelite status``: the stages as a plain-text and an HTML table."""
+
+    def __init__(self, statuses: Sequence[StageStatus]):
+        self.statuses = list(statuses)
+
+    def __repr__(self) -> str:
+        from pipelite.cli import format_status
+
+        return format_status(self.statuses) if self.statuses else "no stages yet"
+
+    def _repr_html_(self) -> str:
+        from pipelite.graph import STATE_COLOURS
+
+        if not self.statuses:
+            return "<p>no stages yet</p>"
+        rows = []
+        for s in self.statuses:
+            fill, stroke = STATE_COLOURS.get(s.state, STATE_COLOURS["missing"])
+            badge = (f'<span style="background:{fill};border:1px solid {stroke};color:#000;'
+                     f'border-radius:4px;padding:0 6px">{s.state}</span>')
+            outs = ", ".join(f"{html.escape(o.name)} ({_human(o.size)})" for o in s.outputs)
+            rows.append(
+                "<tr>"
+                f"<td><code>{html.escape(s.name)}</code>{'' if s.defined else ' *'}</td>"
+                f"<td>{badge}</td>"
+                f"<td>{f'{s.last_run:%Y-%m-%d %H:%M}' if s.last_run else '-'}</td>"
+                f"<td>{f'{s.duration:.3g} s' if s.duration is not None else '-'}</td>"
+                f"<td>{outs or '-'}</td>"
+                f"<td>{html.escape('; '.join(s.reasons)) or '-'}</td>"
+                "</tr>"
+            )
+        foot = ("<p><small>* known from the store only (not defined in this session)</small></p>"
+                if any(not s.defined for s in self.statuses) else "")
+        return ('<table class="pipelite-status"><thead><tr><th>stage</th><th>state</th>'
+                "<th>last run</th><th>took</th><th>outputs</th><th>why</th></tr></thead>"
+                f"<tbody>{''.join(rows)}</tbody></table>{foot}")
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
+
+
+@magics_class
+class PipeliteMagics(Magics):
+    """The ``%%stage`` cell magic and the ``%pipelite`` line magic."""
+
+    def __init__(self, shell: Any, session: PipeliteSession):
+        super().__init__(shell)
+        self.session = session
+
+    def _guarded(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except BaseException as exc:
+            _present(exc, self.shell)
+            raise
+
+    # -- %%stage -----------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("name", help="the stage's name: letters, digits, '_' and '-'")
+    @argument("-o", "--output", dest="outputs", nargs="+", action="extend", metavar="OUT",
+              help="the artifacts the cell produces (default: the names it binds at top "
+                   "level, minus imports, defs and _private names)")
+    @argument("-i", "--input", dest="inputs", nargs="+", action="extend", metavar="IN",
+              help="the artifacts the cell reads (default: its free names that other stages "
+                   "produce)")
+    @argument("--force", action="store_true", help="recompute even if a stored result is fresh")
+    @argument("--define", action="store_true", help="register the stage without running it")
+    @cell_magic
+    def stage(self, line: str, cell: str) -> None:
+        """Make this cell a pipeline stage: run it once, then load its results from the store.
+
+        When the stage is fresh (same code, helpers, globals and inputs as a stored result),
+        its outputs are loaded into the namespace (numpy arrays read-only and memory-mapped)
+        and its printed output, displays and plots are replayed. Otherwise stale upstream
+        stages run first, then the cell, and its results are stored.
+
+        Example::
+
+            %%stage train_model -o model_weights
+            model_weights = train_data.mean(axis=0) * EPOCHS
+        """
+        args = parse_argstring(self.stage, line)
+        if args.force and args.define:
+            raise UsageError("%%stage: use --force or --define, not both")
+        source = self.shell.transform_cell(cell)
+        header = f"%%stage {line}".rstrip()
+
+        def run() -> None:
+            st = self.session.define_cell(args.name, header, source, args.inputs, args.outputs)
+            if args.define:
+                ins = ", ".join(st.inputs) or "none"
+                outs = ", ".join(st.outputs or ()) or "none"
+                print(f"[pipelite] {st.name}: defined (inputs: {ins}; outputs: {outs})")
+                return
+            self.session.run_cell_stage(st.name, force=args.force)
+
+        self._guarded(run)
+
+    # -- %pipelite ---------------------------------------------------------------------------
+    @line_magic
+    def pipelite(self, line: str) -> None:
+        try:
+            args = _PARSER.parse_args(arg_split(line))
+        except UsageError as exc:
+            raise UsageError(f"%pipelite: {exc} (see %pipelite? for help)") from None
+        if args.command is None:
+            raise UsageError(f"%pipelite needs a command: {', '.join(_COMMANDS)} "
+                             f"(see %pipelite? for help)")
+        handler = getattr(self, f"_cmd_{args.command}")
+        self._guarded(lambda: handler(args))
+
+    pipelite.__doc__ = (
+        "Inspect and run the PipeLite pipeline of this notebook.\n\n"
+        "Examples::\n\n"
+        "    %pipelite status\n"
+        "    %pipelite run train_model --force\n"
+        "    %pipelite graph --format svg\n\n"
+        + _help_text()
+    )
+
+    @property
+    def pipeline(self) -> Any:
+        return self.session.pipeline
+
+    def _cmd_run(self, args: Any) -> None:
+        names = args.names or None
+        if args.dry_run:
+            plan = self.pipeline.plan(names, force=args.force)
+            if not plan:
+                print("[pipelite] nothing to run: every stage needed is fresh")
+            for p in plan:
+                print(f"[pipelite] would run {p.name}: {'; '.join(p.reasons)}")
+            return
+        result = self.session.run(names, force=args.force)
+        fresh = [n for n in result.skipped if n not in result.executed]
+        parts = [f"ran {len(result.executed)} stage(s)"
+                 + (f" ({', '.join(result.executed)})" if result.executed else "")]
+        if fresh:
+            parts.append(f"{len(fresh)} fresh ({', '.join(fresh)})")
+        if result:
+            parts.append("bound " + ", ".join(result))
+        print("[pipelite] " + "; ".join(parts))
+
+    def _cmd_status(self, args: Any) -> None:
+        display(StatusTable(self.pipeline.status()))
+
+    def _cmd_explain(self, args: Any) -> None:
+        print(self.pipeline.explain(args.name))
+
+    def _cmd_graph(self, args: Any) -> None:
+        text = self.pipeline.graph(args.format)
+        if args.format == "mermaid":
+            display({"text/markdown": f"```mermaid\n{text}```\n", "text/plain": text}, raw=True)
+        elif args.format == "svg":
+            display({"image/svg+xml": text, "text/plain": "<pipelite stage graph (svg)>"},
+                    raw=True)
+        else:
+            print(text, end="")
+
+    def _cmd_load(self, args: Any) -> None:
+        values: dict[str, Any] = {}
+        produced = self.session.known_artifacts()
+        for name in args.names:
+            if name in produced:
+                values[name] = self.pipeline.load(name)
+                continue
+            record = self.pipeline.record(name)  # a stage name: all of its outputs
+            outputs = list((record or {}).get("outputs", {}))
+            if not outputs:
+                raise UsageError(f"stage '{name}' has no stored outputs")
+            for out in outputs:
+                values[out] = self.pipeline.load(out)
+        self.session.bind(values)
+        print("[pipelite] bound " + ", ".join(values))
+
+    def _cmd_invalidate(self, args: Any) -> None:
+        count = self.pipeline.invalidate(args.name)
+        print(f"[pipelite] {args.name}: forgot {count} stored result(s)")
+
+    def _cmd_gc(self, args: Any) -> None:
+        if args.keep < 0:
+            raise UsageError("%pipelite gc: --keep must be 0 or more")
+        print(f"[pipelite] gc: {self.pipeline.gc(keep=args.keep)}")
+
+    def _cmd_store(self, args: Any) -> None:
+        if args.path:
+            path = args.path
+            if "://" not in path:
+                path = os.path.abspath(os.path.expanduser(path))
+            self.session.store = path
+        print(f"[pipelite] store: {self.pipeline.store.url}")
+
+    def _cmd_panel(self, args: Any) -> None:
+        try:
+            from .panel import PipelinePanel
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.panel":
+                raise
+            print("[pipelite] the panel is not available yet in this version of PipeLite; "
+                  "use %pipelite status and %pipelite graph meanwhile")
+            return
+        display(PipelinePanel(self.session))

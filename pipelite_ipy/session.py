@@ -1,0 +1,182 @@
+"""The extension's state in one kernel: the shell, its pipeline, and running stages from cells."""
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+from typing import Any, Callable
+
+from traitlets import Unicode, observe
+from traitlets.config import Configurable
+
+from pipelite import REGISTRY, CellStage, Pipeline, RunResult, StageEvent, subscribe
+
+from .cell import CompiledCell, OutputCapture, replay
+
+__all__ = ["PipeliteSession", "StageOutcome"]
+
+OUTPUTS_ATTACHMENT = "outputs"  # the captured stdout/stderr/displays of a cell stage
+
+
+class StageOutcome:
+    """What running one cell stage did: ``computed`` or ``loaded`` (with its record)."""
+
+    def __init__(self, name: str, computed: bool, values: dict, record: dict | None,
+                 executed: list[str]):
+        self.name = name
+        self.computed = computed
+        self.values = values
+        self.record = record
+        self.executed = executed
+
+
+class PipeliteSession(Configurable):
+    """One pipeline bound to an IPython shell's user namespace.
+
+    >>> session = pipelite_ipy.current_session()
+    >>> session.run(["train_model"])            # runs what is stale, binds its outputs
+
+    The store is ``./.pipelite`` unless configured (``c.PipeliteSession.store = "..."``, or
+    ``--PipeliteSession.store=...`` on the kernel command line) or changed with
+    ``%pipelite store PATH``.
+    """
+
+    store = Unicode(".pipelite", help="Where stage results are stored: a path or an fsspec "
+                    "URL. Relative paths are resolved against the working directory at the "
+                    "time it is set.").tag(config=True)
+
+    def __init__(self, shell: Any, **kwargs: Any):
+        super().__init__(parent=shell, **kwargs)
+        self.shell = shell
+        self.pipeline = Pipeline(store=self.store)
+        self._active = 0  # >0 while this session runs stages: then it reports progress
+        self._current: str | None = None  # the stage whose own cell is running
+        self._unsubscribe: Callable[[], None] | None = subscribe(self._on_event)
+
+    @observe("store")
+    def _store_changed(self, change: dict) -> None:
+        self.pipeline = Pipeline(store=change["new"], params=self.pipeline.params)
+
+    def close(self) -> None:
+        """Stop listening to stage events (the extension is being unloaded)."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    # -- running ---------------------------------------------------------------------------
+    def run(self, names: list[str] | None = None, force: bool = False) -> RunResult:
+        """Run the named stages (all when None) and what they need; bind their outputs.
+
+        Fresh stages are loaded, not recomputed; ``force`` recomputes the named stages.
+        Stage errors propagate unchanged (the magics present them).
+        """
+        target = list(names) if names else None
+        self._active += 1
+        try:
+            result = self.pipeline.run(target, force=force)
+        finally:
+            self._active -= 1
+        self.bind(result)
+        return result
+
+    def bind(self, values: dict) -> None:
+        """Put artifact values into the user namespace."""
+        if values:
+            self.shell.push(dict(values), interactive=True)
+
+    def define_cell(self, name: str, header: str, source: str, inputs: list[str] | None,
+                    outputs: list[str] | None) -> CellStage:
+        """Register the cell ``source`` as stage ``name`` (replacing an older definition).
+
+        ``inputs`` default to the cell's free names that other stages produce.
+        """
+        compiled = CompiledCell(self.shell, header, source)
+        ns = self.shell.user_ns
+        if inputs is None:
+            probe = CellStage(name, source, ns, inputs=(), outputs=outputs)
+            produced = self.known_artifacts(exclude=name)
+            inputs = [n for n in probe.analysis.free if n in produced]
+        st = CellStage(name, source, ns, inputs=inputs, outputs=outputs,
+                       execute=self._executor(name, compiled), filename=compiled.filename)
+        REGISTRY.add(st)
+        return st
+
+    def run_cell_stage(self, name: str, force: bool = False) -> StageOutcome:
+        """Run a registered cell stage from its own cell: compute it, or load and replay it."""
+        self._current = name
+        try:
+            result = self.run([name], force=force)
+        finally:
+            self._current = None
+        computed = name in result.executed
+        record = self.pipeline.record(name)
+        if not computed:
+            when = _local_time(record.get("started")) if record else "?"
+            saved = record.get("duration", 0.0) if record else 0.0
+            print(f"[pipelite] {name}: loaded from store (run {when}, saved "
+                  f"{_seconds(saved)} of compute)")
+            sys.stdout.flush()
+            replay(self.shell, self.pipeline.attachment(name, OUTPUTS_ATTACHMENT) or [])
+        return StageOutcome(name, computed, dict(result), record, list(result.executed))
+
+    def _executor(self, name: str, compiled: CompiledCell) -> Callable[[str, dict], dict]:
+        def execute(source: str, namespace: dict) -> dict:
+            capture = OutputCapture(self.shell)
+            with capture.active():
+                compiled.run(namespace)
+            return {OUTPUTS_ATTACHMENT: capture.events}
+
+        return execute
+
+    # -- what the store and the registry know ----------------------------------------------
+    def known_artifacts(self, exclude: str | None = None) -> dict[str, str]:
+        """Every artifact a stage other than ``exclude`` produces: ``{artifact: stage}``.
+
+        Stages defined in this session count with their current outputs; stages known only
+        from the store (e.g. after a restart, before their cell ran) with their last result's.
+        """
+        produced: dict[str, str] = {}
+        for st in REGISTRY:
+            if st.name != exclude:
+                for out in st.outputs or ():
+                    produced[out] = st.name
+        store = self.pipeline.store
+        for name in store.stages():
+            if name == exclude:
+                continue
+            st = REGISTRY.get(name)
+            if st is not None and st.outputs is not None:
+                continue
+            latest = store.latest(name) or {}
+            for out in latest.get("outputs", {}):
+                produced.setdefault(out, name)
+        return produced
+
+    # -- progress ----------------------------------------------------------------------------
+    def _on_event(self, event: StageEvent) -> None:
+        if not self._active or event.store != self.pipeline.store.url:
+            return
+        if event.kind == "started" and event.stage != self._current:
+            print(f"[pipelite] running stage '{event.stage}' ({event.index}/{event.total})")
+        elif event.kind == "finished":
+            print(f"[pipelite] {event.stage}: ran in {_seconds(event.duration or 0.0)}, stored")
+
+
+def _seconds(value: float) -> str:
+    if value < 0.001:
+        return f"{value * 1e6:.0f} µs"
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
+    if value < 120:
+        return f"{value:.1f} s"
+    return f"{value / 60:.1f} min"
+
+
+def _local_time(text: str | None) -> str:
+    if not text:
+        return "?"
+    try:
+        when = _dt.datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    return when.astimezone().strftime("%Y-%m-%d %H:%M")
+
