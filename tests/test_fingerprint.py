@@ -221,20 +221,26 @@ def test_changing_a_value_captured_by_a_closure_makes_the_stage_stale(pipeline):
     assert pipeline.run("f")["y"] == 30
 
 
-def test_changing_a_helper_default_argument_makes_the_stage_stale(pipeline):
+@pytest.mark.parametrize("signature", ["x, hi=LIMIT", "x, *, hi=LIMIT"])
+def test_changing_a_helper_default_argument_makes_the_stage_stale(pipeline, signature):
+    # the default is evaluated when the helper is defined: its source does not change
     ns = notebook()
-    src = """
-        def clip(x, hi={hi}):
+    src = f"""
+        def clip({signature}):
             return min(x, hi)
         @stage(outputs="y")
         def f():
             return clip(100)
         """
-    run_cell(src.format(hi=5), ns)
+    run_cell("LIMIT = 5", ns)
+    run_cell(src, ns)
     pipeline.run("f")
-    run_cell(src.format(hi="5"[0:0] + "7"), ns)
+    run_cell("LIMIT = 7\n", ns)
+    assert state(pipeline, "f").state == "fresh"  # clip still has hi=5
+    run_cell(src, ns)
     s = state(pipeline, "f")
     assert s.state == "stale"
+    assert any("defaults of clip" in r for r in s.reasons), s.reasons
     assert pipeline.run("f")["y"] == 7
 
 
