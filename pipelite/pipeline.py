@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as _dt
 import difflib
 import graphlib
+import queue
 import sys
 import time
 import traceback
@@ -95,8 +96,10 @@ class _Eval:
 
 
 class _CorruptInput(Exception):
+    """A stored input turned out corrupt: drop its record and plan again."""
+
     def __init__(self, stage: str, record: dict, info: dict, error: CorruptArtifactError):
-        super().__init__(str(error))
+        super().__init__(stage, record, info, error)  # all in args: survives pickling
         self.stage, self.record, self.info, self.error = stage, record, info, error
 
 
@@ -438,138 +441,132 @@ class Pipeline:
         done: dict[str, dict] = {}
         executed: list[str] = []
         skipped: list[str] = []
+        sorter = graphlib.TopologicalSorter({n: self._deps(n, producers) for n in order})
+        sorter.prepare()
+        finished: queue.Queue = queue.Queue()
+        running: dict[str, tuple[Stage, int]] = {}
+        error: BaseException | None = None
         try:
-            for name in order:
-                st = self.registry.get(name)
-                if st is None:
-                    rec = self.store.latest(name)
-                    if rec is None:
-                        raise MissingInputError(f"stage '{name}' has no stored result and is not "
-                                                f"defined in this session: define it first")
-                    done[name] = rec
+            while sorter.is_active():
+                for name in sorter.get_ready() if error is None else ():
+                    job = self._prepare(name, producers, done, params, force and name in targets)
+                    if isinstance(job, dict):  # a stored result matches: nothing to run
+                        done[name] = job
+                        skipped.append(name)
+                        events.emit(events.StageEvent("skipped", name, url))
+                        sorter.done(name)
+                        continue
+                    st, fp, stage_params, upstream = job
+                    index = len(executed) + len(running) + 1
+                    if self.executor is None:
+                        rec, ran = self._execute_here(st, fp, stage_params, upstream,
+                                                      force and name in targets, index,
+                                                      max(total, index))
+                        done[name] = rec
+                        (executed if ran else skipped).append(name)
+                        sorter.done(name)
+                    else:
+                        self._submit(st, fp, stage_params, upstream, force and name in targets,
+                                     index, max(total, index), finished)
+                        running[name] = (st, index)
+                if not running:
+                    if error is not None:
+                        break
                     continue
-                upstream = {}
-                for i in st.inputs:
-                    p = producers.get(i)
-                    if p is None or p == name:
-                        raise MissingInputError(
-                            f"stage '{name}' needs artifact '{i}', which no stage produces: "
-                            f"define a stage that returns {{'{i}': ...}} (or run its cell)"
-                        )
-                    if i not in done[p]["outputs"]:
-                        raise MissingInputError(
-                            f"stage '{name}' needs artifact '{i}', but stage '{p}' did not "
-                            f"produce it (it produced: {', '.join(done[p]['outputs']) or 'nothing'})"
-                        )
-                    upstream[i] = (p, done[p])
-                stage_params = st.resolve_params(self._params_for(name, params))
-                fp = fingerprint_of(st, stage_params,
-                                    {i: r["outputs"][i]["hash"] for i, (_, r) in upstream.items()})
-                rec = self._stored(name, fp, force and name in targets)
-                if rec is None:
-                    with self.store.lock(name, fp.digest):
-                        # another process may have computed it while we waited
-                        rec = self._stored(name, fp, force and name in targets)
-                        if rec is None:
-                            rec = self._execute(st, fp, stage_params, upstream,
-                                                len(executed) + 1, max(total, len(executed) + 1))
-                            executed.append(name)
-                if not executed or executed[-1] != name:
-                    skipped.append(name)
-                    events.emit(events.StageEvent("skipped", name, url))
+                name, future = finished.get()  # woken by the future's done-callback
+                st, index = running.pop(name)
+                try:
+                    rec, ran = future.result()
+                    if ran:
+                        self.registry.learn_outputs(st, rec["outputs"])
+                except BaseException as exc:  # noqa: BLE001 - re-raised once in-flight work ends
+                    _RUNNING.discard((url, name))
+                    events.emit(events.StageEvent("failed", name, url, index, total,
+                                                  error=_summary(exc)))
+                    error = error or exc
+                    continue
+                _RUNNING.discard((url, name))
                 done[name] = rec
+                (executed if ran else skipped).append(name)
+                events.emit(events.StageEvent("finished" if ran else "skipped", name, url,
+                                              index, total, duration=rec.get("duration")))
+                sorter.done(name)
+            if error is not None:
+                raise error
             values = {}
             for name in targets:
                 for out, info in done[name]["outputs"].items():
-                    values[out] = self._load(name, done[name], info)
+                    values[out] = _load_input(self.store, name, done[name], info)
         finally:
             events.emit(events.StageEvent("run_finished", None, url, len(executed), total))
         return RunResult(values, executed, skipped)
 
-    def _stored(self, name: str, fp: Fingerprint, forced: bool) -> dict | None:
-        if forced:
-            return None
-        failure = self.store.failure(name)
-        if failure is not None and failure.get("fingerprint") == fp.digest:
-            return None  # its last run at this fingerprint failed: try again
-        return self.store.record(name, fp.digest)
+    def _prepare(self, name: str, producers: Mapping[str, str], done: Mapping[str, dict],
+                 params: Mapping[str, Mapping[str, Any]] | None, forced: bool):
+        """A stored record that matches, or (stage, fingerprint, params, upstream) to run."""
+        st = self.registry.get(name)
+        if st is None:
+            rec = self.store.latest(name)
+            if rec is None:
+                raise MissingInputError(f"stage '{name}' has no stored result and is not "
+                                        f"defined in this session: define it first")
+            return rec
+        upstream = {}
+        for i in st.inputs:
+            p = producers.get(i)
+            if p is None or p == name:
+                raise MissingInputError(
+                    f"stage '{name}' needs artifact '{i}', which no stage produces: "
+                    f"define a stage that returns {{'{i}': ...}} (or run its cell)"
+                )
+            if i not in done[p]["outputs"]:
+                raise MissingInputError(
+                    f"stage '{name}' needs artifact '{i}', but stage '{p}' did not "
+                    f"produce it (it produced: {', '.join(done[p]['outputs']) or 'nothing'})"
+                )
+            upstream[i] = (p, done[p])
+        stage_params = st.resolve_params(self._params_for(name, params))
+        fp = fingerprint_of(st, stage_params,
+                            {i: r["outputs"][i]["hash"] for i, (_, r) in upstream.items()})
+        rec = _stored(self.store, name, fp, forced)
+        return rec if rec is not None else (st, fp, stage_params, upstream)
 
-    def _load(self, stage: str, record: dict, info: dict, verify: bool = False) -> Any:
-        try:
-            return self.store.load_value(info, verify=verify)
-        except CorruptArtifactError as exc:
-            raise _CorruptInput(stage, record, info, exc) from None
-
-    def _execute(self, st: Stage, fp: Fingerprint, params: dict, upstream: dict,
-                 index: int, total: int) -> dict:
+    def _execute_here(self, st: Stage, fp: Fingerprint, params: dict, upstream: dict,
+                      forced: bool, index: int, total: int) -> tuple[dict, bool]:
         __tracebackhide__ = True
-        inputs = {i: self._load(p, rec, rec["outputs"][i]) for i, (p, rec) in upstream.items()}
         url = self.store.url
-        key = (url, st.name)
-        _RUNNING.add(key)
-        events.emit(events.StageEvent("started", st.name, url, index, total))
-        started = _dt.datetime.now(_dt.timezone.utc)
-        t0 = time.perf_counter()
-        try:
+        with self.store.lock(st.name, fp.digest):
+            # another process may have computed it while we waited for the lock
+            rec = _stored(self.store, st.name, fp, forced)
+            if rec is not None:
+                return rec, False
+            _RUNNING.add((url, st.name))
+            events.emit(events.StageEvent("started", st.name, url, index, total))
             try:
-                outputs = st.normalize_result(st.call(inputs, params))
-                duration = time.perf_counter() - t0
-                self.registry.learn_outputs(st, outputs)
-                infos = {name: self._save(st, name, value) for name, value in outputs.items()}
-                attachments = {k: self.store.save_value(v)
-                               for k, v in st.take_attachments().items()}
-            except BaseException as exc:
-                self._fail(st, fp, exc, started, time.perf_counter() - t0, index, total)
+                rec = _compute(self.store, st, fp, params, upstream, self.registry.learn_outputs)
+            except _CorruptInput:
                 raise
-            record = {
-                "format_version": 1,
-                "stage": st.name,
-                "kind": st.kind,
-                "fingerprint": fp.digest,
-                "started": started.isoformat(timespec="milliseconds"),
-                "duration": round(duration, 6),
-                "save_duration": round(time.perf_counter() - t0 - duration, 6),
-                "params": {k: _short_repr(v) for k, v in params.items()},
-                "inputs": {i: {"hash": rec["outputs"][i]["hash"], "stage": p}
-                           for i, (p, rec) in upstream.items()},
-                "outputs": infos,
-                "attachments": attachments,
-                "parts": fp.parts,
-                "versions": _versions(),
-            }
-            self.store.write_result(st.name, fp.digest, record)
-        finally:
-            _RUNNING.discard(key)
-        events.emit(events.StageEvent("finished", st.name, url, index, total, duration=duration))
-        return record
+            except BaseException as exc:
+                events.emit(events.StageEvent("failed", st.name, url, index, total,
+                                              error=_summary(exc)))
+                raise
+            finally:
+                _RUNNING.discard((url, st.name))
+        events.emit(events.StageEvent("finished", st.name, url, index, total,
+                                      duration=rec["duration"]))
+        return rec, True
 
-    def _save(self, st: Stage, name: str, value: Any) -> dict:
-        try:
-            return self.store.save_value(value)
-        except (KeyboardInterrupt, PipeliteError, OSError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - an unstorable value is the stage's mistake
-            raise StageOutputError(
-                f"stage '{st.name}': output '{name}' ({type(value).__name__}) cannot be stored: "
-                f"{exc}. Return picklable values, or pipelite.register_format() for its type"
-            ) from exc
-
-    def _fail(self, st: Stage, fp: Fingerprint, exc: BaseException, started: _dt.datetime,
-              elapsed: float, index: int, total: int) -> None:
-        summary = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        self.store.write_failure(st.name, {
-            "stage": st.name,
-            "fingerprint": fp.digest,
-            "error": summary,
-            "traceback": tb,
-            "started": started.isoformat(timespec="milliseconds"),
-            "duration": round(elapsed, 6),
-        })
-        if hasattr(exc, "add_note") and not isinstance(exc, PipeliteError):
-            exc.add_note(f"(PipeLite: stage '{st.name}' failed; nothing was stored)")
-        events.emit(events.StageEvent("failed", st.name, self.store.url, index, total,
-                                      duration=elapsed, error=summary))
+    def _submit(self, st: Stage, fp: Fingerprint, params: dict, upstream: dict, forced: bool,
+                index: int, total: int, finished: queue.Queue) -> None:
+        """Run one stage on the executor; its future reports to ``finished`` when done."""
+        url = self.store.url
+        _RUNNING.add((url, st.name))
+        events.emit(events.StageEvent("started", st.name, url, index, total))
+        # dask would otherwise dedupe "identical" calls by key: every submission is a new run
+        extra = {"pure": False} if _is_dask(self.executor) else {}
+        future = self.executor.submit(_compute_locked, self.store, st, fp, params, upstream,
+                                      forced, **extra)
+        future.add_done_callback(lambda f, name=st.name: finished.put((name, f)))
 
     # -- results ------------------------------------------------------------------------------
     def load(self, artifact: Any, *, verify: bool = False) -> Any:
@@ -652,3 +649,101 @@ def _human(n: float) -> str:
     from .store import _human_bytes
 
     return _human_bytes(n)
+
+
+def _is_dask(executor: Any) -> bool:
+    return type(executor).__module__.startswith("distributed")
+
+
+def _summary(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _stored(store: Store, name: str, fp: Fingerprint, forced: bool) -> dict | None:
+    """The stored result for this fingerprint, unless forced or its last run there failed."""
+    if forced:
+        return None
+    failure = store.failure(name)
+    if failure is not None and failure.get("fingerprint") == fp.digest:
+        return None  # its last run at this fingerprint failed: try again
+    return store.record(name, fp.digest)
+
+
+def _load_input(store: Store, stage: str, record: dict, info: dict) -> Any:
+    try:
+        return store.load_value(info)
+    except CorruptArtifactError as exc:
+        raise _CorruptInput(stage, record, info, exc) from None
+
+
+def _compute_locked(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: dict,
+                    forced: bool) -> tuple[dict, bool]:
+    """On an executor's worker: compute once per (stage, fingerprint) across processes."""
+    with store.lock(st.name, fp.digest):
+        rec = _stored(store, st.name, fp, forced)
+        if rec is not None:
+            return rec, False
+        return _compute(store, st, fp, params, upstream, None), True
+
+
+def _compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: dict,
+             learn: Any) -> dict:
+    """Load the inputs, run the stage, store its outputs, commit the record (last)."""
+    __tracebackhide__ = True
+    inputs = {i: _load_input(store, p, rec, rec["outputs"][i]) for i, (p, rec) in upstream.items()}
+    started = _dt.datetime.now(_dt.timezone.utc)
+    t0 = time.perf_counter()
+    try:
+        outputs = st.normalize_result(st.call(inputs, params))
+        duration = time.perf_counter() - t0
+        if learn is not None:
+            learn(st, outputs)
+        infos = {name: _save_output(store, st, name, value) for name, value in outputs.items()}
+        attachments = {k: store.save_value(v) for k, v in st.take_attachments().items()}
+    except BaseException as exc:
+        _record_failure(store, st, fp, exc, started, time.perf_counter() - t0)
+        raise
+    record = {
+        "format_version": 1,
+        "stage": st.name,
+        "kind": st.kind,
+        "fingerprint": fp.digest,
+        "started": started.isoformat(timespec="milliseconds"),
+        "duration": round(duration, 6),
+        "save_duration": round(time.perf_counter() - t0 - duration, 6),
+        "params": {k: _short_repr(v) for k, v in params.items()},
+        "inputs": {i: {"hash": rec["outputs"][i]["hash"], "stage": p}
+                   for i, (p, rec) in upstream.items()},
+        "outputs": infos,
+        "attachments": attachments,
+        "parts": fp.parts,
+        "versions": _versions(),
+    }
+    store.write_result(st.name, fp.digest, record)
+    return record
+
+
+def _save_output(store: Store, st: Stage, name: str, value: Any) -> dict:
+    try:
+        return store.save_value(value)
+    except (KeyboardInterrupt, PipeliteError, OSError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - an unstorable value is the stage's mistake
+        raise StageOutputError(
+            f"stage '{st.name}': output '{name}' ({type(value).__name__}) cannot be stored: "
+            f"{exc}. Return picklable values, or pipelite.register_format() for its type"
+        ) from exc
+
+
+def _record_failure(store: Store, st: Stage, fp: Fingerprint, exc: BaseException,
+                    started: _dt.datetime, elapsed: float) -> None:
+    store.write_failure(st.name, {
+        "stage": st.name,
+        "fingerprint": fp.digest,
+        "error": _summary(exc),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "started": started.isoformat(timespec="milliseconds"),
+        "duration": round(elapsed, 6),
+    })
+    if hasattr(exc, "add_note") and not isinstance(exc, PipeliteError):
+        exc.add_note(f"(PipeLite: stage '{st.name}' failed; nothing was stored)")

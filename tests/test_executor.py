@@ -1,0 +1,86 @@
+"""Independent stages run in parallel on an executor: a thread pool, or a Dask cluster."""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from pipelite import Pipeline, stage
+
+
+def test_independent_stages_overlap_on_a_thread_pool(store_dir):
+    # both stages wait for each other: this only finishes if they run at the same time
+    barrier = threading.Barrier(2, timeout=20)
+
+    @stage(outputs="left")
+    def left():
+        barrier.wait()
+        return 1
+
+    @stage(outputs="right")
+    def right():
+        barrier.wait()
+        return 2
+
+    @stage(outputs="both")
+    def join(left, right):
+        return left + right
+
+    with ThreadPoolExecutor(2) as pool:
+        result = Pipeline(store_dir, executor=pool).run("join")
+    assert result["both"] == 3
+    assert sorted(result.executed) == ["join", "left", "right"]
+    assert result.executed[-1] == "join"
+    assert Pipeline(store_dir).run("join").executed == []
+
+
+def test_a_failure_on_the_executor_is_raised_after_in_flight_stages_finish(store_dir):
+    @stage(outputs="ok")
+    def fine():
+        return 1
+
+    @stage(outputs="bad")
+    def broken():
+        raise ValueError("broken stage")
+
+    with ThreadPoolExecutor(2) as pool:
+        with pytest.raises(ValueError, match="broken stage"):
+            Pipeline(store_dir, executor=pool).run(["fine", "broken"])
+    states = {s.name: s.state for s in Pipeline(store_dir).status()}
+    assert states == {"fine": "fresh", "broken": "failed"}
+
+
+@stage(outputs="square")
+def square():
+    return np.arange(5) ** 2
+
+
+@stage(outputs="cube")
+def cube():
+    return np.arange(5) ** 3
+
+
+@stage(outputs="total")
+def total(square, cube):
+    return int(square.sum() + cube.sum())
+
+
+def test_stages_run_on_a_dask_local_cluster_and_workers_write_the_shared_store(store_dir):
+    distributed = pytest.importorskip("distributed")
+    from pipelite import REGISTRY
+
+    for fn in (square, cube, total):  # the autouse fixture cleared the registry
+        REGISTRY.add(fn.__pipelite_stage__)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, host="127.0.0.1") as cluster, \
+            distributed.Client(cluster) as client:
+        result = Pipeline(store_dir, executor=client).run("total")
+        worker_pids = set(client.run(lambda: __import__("os").getpid()).values())
+    assert result["total"] == 30 + 100
+    assert sorted(result.executed) == ["cube", "square", "total"]
+    # the records were written by the workers, into the shared store
+    again = Pipeline(store_dir).run("total")
+    assert again.executed == [] and again["total"] == 130
+    assert len(worker_pids) == 2
