@@ -438,15 +438,18 @@ class Store:
                     self._fs.delete(rel)
                     removed_objects += 1
         if self._fs.is_local:
+            # leftovers of interrupted writes, and lock files nobody has used for a while
             now = time.time()
-            for name in self._fs.listdir("tmp"):
-                p = self._fs.path(f"tmp/{name}")
-                try:
-                    if now - os.stat(p).st_mtime > tmp_age:
-                        freed += os.stat(p).st_size
-                        _remove_quietly(p)
-                except FileNotFoundError:
-                    pass
+            for folder in ("tmp", "locks"):
+                for name in self._fs.listdir(folder):
+                    p = self._fs.path(f"{folder}/{name}")
+                    try:
+                        info = os.stat(p)
+                        if now - info.st_mtime > tmp_age:
+                            freed += info.st_size
+                            _remove_quietly(p)
+                    except FileNotFoundError:
+                        pass
         return GcReport(removed_records, removed_objects, freed)
 
     def iter_outputs(self) -> Iterator[tuple[str, dict, dict]]:

@@ -376,3 +376,17 @@ def test_stage_names_cannot_escape_the_store(pipeline, tmp_path):
     pipeline.run("f")
     inside = {p.name for p in tmp_path.rglob("*")}
     assert "v" not in inside
+
+
+def test_gc_removes_leftovers_of_interrupted_writes_but_not_fresh_ones(pipeline, chain):
+    pipeline.run("a")
+    root = pipeline.store._fs.root
+    old_tmp = os.path.join(root, "tmp", "leftover.npy")
+    new_tmp = os.path.join(root, "tmp", "in-progress.npy")
+    for path in (old_tmp, new_tmp):
+        with open(path, "wb") as f:
+            f.write(b"x" * 100)
+    os.utime(old_tmp, (0, 0))  # written long ago by a process that died
+    pipeline.gc()
+    assert not os.path.exists(old_tmp) and os.path.exists(new_tmp)
+    assert pipeline.run("a").executed == []
