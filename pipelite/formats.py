@@ -41,7 +41,8 @@ def hash_file(path: str) -> str:
     """xxh3-128 hex digest of a file's bytes."""
     h = xxhash.xxh3_128()
     with open(path, "rb", buffering=0) as f:
-        buf = bytearray(CHUNK)
+        # a buffer no bigger than the file: allocating 8 MiB dominated small loads
+        buf = bytearray(max(1, min(CHUNK, os.fstat(f.fileno()).st_size)))
         view = memoryview(buf)
         while True:
             n = f.readinto(buf)
