@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import difflib
+import functools
 import graphlib
 import queue
 import sys
@@ -101,6 +102,21 @@ class _CorruptInput(Exception):
     def __init__(self, stage: str, record: dict, info: dict, error: CorruptArtifactError):
         super().__init__(stage, record, info, error)  # all in args: survives pickling
         self.stage, self.record, self.info, self.error = stage, record, info, error
+
+
+def _user_facing(method):
+    """Raise a PipeliteError from the public call itself: the user sees their own frames and
+    one line of PipeLite, not its internals."""
+
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        __tracebackhide__ = True
+        try:
+            return method(*args, **kwargs)
+        except PipeliteError as exc:
+            raise exc.with_traceback(None) from exc.__cause__
+
+    return call
 
 
 def _short_repr(value: Any, limit: int = 60) -> str:
@@ -346,6 +362,7 @@ class Pipeline:
             produces=produces,
         )
 
+    @_user_facing
     def status(self, *, params: Mapping[str, Mapping[str, Any]] | None = None
                ) -> list[StageStatus]:
         """Every stage (registered, or known from the store) and its state, upstream first.
@@ -358,6 +375,7 @@ class Pipeline:
         evals = self._evaluate(order, producers, params)
         return [self._status_of(evals[n]) for n in order]
 
+    @_user_facing
     def explain(self, name: Any) -> str:
         """Why a stage is in its state, in words."""
         __tracebackhide__ = True
@@ -378,6 +396,7 @@ class Pipeline:
                                                   for o in s.outputs))
         return "\n".join(lines)
 
+    @_user_facing
     def plan(self, target: Any = None, *, force: bool = False,
              params: Mapping[str, Mapping[str, Any]] | None = None) -> list[PlannedStage]:
         """The stages ``run(target)`` would execute, in order, and why (nothing is run).
@@ -400,6 +419,7 @@ class Pipeline:
         return planned
 
     # -- running ------------------------------------------------------------------------------
+    @_user_facing
     def run(self, target: Any = None, *, force: bool = False,
             params: Mapping[str, Mapping[str, Any]] | None = None) -> RunResult:
         """Run ``target`` (a stage name, a list of them, or None for all) and what it needs.
@@ -569,6 +589,7 @@ class Pipeline:
         future.add_done_callback(lambda f, name=st.name: finished.put((name, f)))
 
     # -- results ------------------------------------------------------------------------------
+    @_user_facing
     def load(self, artifact: Any, *, verify: bool = False) -> Any:
         """The stored value of an artifact (a name or an ``Artifact`` class), if it is fresh.
 
@@ -603,6 +624,7 @@ class Pipeline:
             self.store.delete_object(ev.record["outputs"][name])
             raise
 
+    @_user_facing
     def attachment(self, stage: Any, name: str) -> Any:
         """A stored side value of a stage's fresh result (e.g. a cell's captured output)."""
         stage_name = self._stage_name(stage)
@@ -612,6 +634,7 @@ class Pipeline:
         info = (rec or {}).get("attachments", {}).get(name)
         return None if info is None else self.store.load_value(info)
 
+    @_user_facing
     def record(self, stage: Any) -> dict | None:
         """The stored record (as JSON data) of a stage's current result, or its newest one."""
         stage_name = self._stage_name(stage)
@@ -619,6 +642,7 @@ class Pipeline:
         ev = self._evaluate(self._order([stage_name], producers), producers, None)[stage_name]
         return ev.record if ev.record is not None else ev.latest
 
+    @_user_facing
     def invalidate(self, name: Any) -> int:
         """Forget every stored result of a stage (or of an artifact's producer)."""
         __tracebackhide__ = True
@@ -634,10 +658,12 @@ class Pipeline:
         events.emit(events.StageEvent("invalidated", stage_name, self.store.url))
         return count
 
+    @_user_facing
     def gc(self, keep: int = 1) -> GcReport:
         """Delete all but the newest ``keep`` results per stage, and unreferenced files."""
         return self.store.gc(keep=keep)
 
+    @_user_facing
     def graph(self, format: str = "mermaid") -> str:
         """The stage graph coloured by state: ``mermaid`` or ``dot`` text, or ``svg``."""
         from .graph import render

@@ -11,6 +11,7 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping
 
 from .errors import (
     DuplicateProducerError,
+    PipeliteError,
     InvalidNameError,
     ParameterError,
     StageDefinitionError,
@@ -496,14 +497,20 @@ def stage(name_or_obj: Any = None, *, outputs: Any = None, name: str | None = No
             pass
         return obj
 
+    def decorate_or_raise(obj: Any, stage_name: str | None) -> Any:
+        try:
+            return decorate(obj, stage_name)
+        except PipeliteError as exc:  # show the user's decorator line, not our internals
+            raise exc.with_traceback(None) from None
+
     if name_or_obj is not None and not isinstance(name_or_obj, str):
-        return decorate(name_or_obj, name)
+        return decorate_or_raise(name_or_obj, name)
     if name_or_obj is not None and name is not None:
         raise StageDefinitionError("give the stage name once: @stage('name') or @stage(name=...)")
     stage_name = name_or_obj if name_or_obj is not None else name
     if stage_name is not None:
         validate_stage_name(stage_name)
-    return lambda obj: decorate(obj, stage_name)
+    return lambda obj: decorate_or_raise(obj, stage_name)
 
 
 def stage_of(obj: Any) -> Stage | None:

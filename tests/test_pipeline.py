@@ -390,3 +390,22 @@ def test_gc_removes_leftovers_of_interrupted_writes_but_not_fresh_ones(pipeline,
     pipeline.gc()
     assert not os.path.exists(old_tmp) and os.path.exists(new_tmp)
     assert pipeline.run("a").executed == []
+
+
+def test_a_user_mistake_shows_no_pipelite_internals(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from pipelite import stage, Pipeline\n"
+        "@stage('t')\n"
+        "class T:\n"
+        "    def __init__(self, epochs): pass\n"
+        "    def run(self): return {'w': 1}\n"
+        f"Pipeline({str(tmp_path / 'store')!r}).run('t')\n"
+    )
+    err = subprocess.run([sys.executable, str(script)], capture_output=True, text=True).stderr
+    frames = [line for line in err.splitlines() if line.strip().startswith("File ")]
+    assert "ParameterError: stage 't' needs parameter 'epochs'" in err
+    assert len(frames) == 2 and "script.py" in frames[0]  # the user's line, then the raise
