@@ -92,7 +92,10 @@ def _present(exc: BaseException, shell: Any) -> None:
 
     def render() -> list[str]:
         tb = user_traceback(exc.__traceback__)
-        return shell.InteractiveTB.structured_traceback(type(exc), exc, tb, tb_offset=0)
+        stb = shell.InteractiveTB.structured_traceback(type(exc), exc, tb, tb_offset=0)
+        # older IPythons do not show PEP 678 notes, where PipeLite says nothing was stored
+        shown = "\n".join(stb[-2:])
+        return stb + [n for n in getattr(exc, "__notes__", ()) if n not in shown]
 
     try:
         exc._render_traceback_ = render  # type: ignore[attr-defined]

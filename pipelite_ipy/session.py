@@ -54,7 +54,8 @@ class PipeliteSession(Configurable):
 
     @observe("store")
     def _store_changed(self, change: dict) -> None:
-        self.pipeline = Pipeline(store=change["new"], params=self.pipeline.params)
+        old = getattr(self, "pipeline", None)  # config is applied before __init__ ends
+        self.pipeline = Pipeline(store=change["new"], params=old.params if old else None)
 
     def close(self) -> None:
         """Stop listening to stage events (the extension is being unloaded)."""
