@@ -96,6 +96,38 @@ class _Eval:
     failure: dict | None = None
 
 
+class _Producers:
+    """Artifact -> producing stage: registered stages first; the store is listed only when a
+    name is not found there (so a run of fresh stages never lists the store)."""
+
+    def __init__(self, registered: Mapping[str, str], pipeline: "Pipeline"):
+        self._registered = registered
+        self._extra: dict[str, str] | None = None
+        self._pipeline = pipeline
+
+    def _store_only(self) -> dict[str, str]:
+        if self._extra is None:
+            self._extra = {k: v for k, v in self._pipeline._store_only_producers().items()
+                           if k not in self._registered}
+        return self._extra
+
+    def get(self, key: str, default: Any = None) -> Any:
+        found = self._registered.get(key)
+        return found if found is not None else self._store_only().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._registered or key in self._store_only()
+
+    def __getitem__(self, key: str) -> str:
+        found = self.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def all(self) -> dict[str, str]:
+        return {**self._store_only(), **self._registered}
+
+
 class _CorruptInput(Exception):
     """A stored input turned out corrupt: drop its record and plan again."""
 
@@ -167,9 +199,8 @@ class Pipeline:
         return f"Pipeline(store={self.store.url!r}, stages={self.registry.names()})"
 
     # -- the graph ----------------------------------------------------------------------------
-    def _producers(self) -> dict[str, str]:
-        producers: dict[str, str] = {}
-        for st in self.registry:
+    def _producers(self) -> "_Producers":
+        for st in self.registry.with_unknown_outputs():
             if st.outputs is None:  # not run in this session: learn its outputs from the store
                 latest = self.store.latest(st.name)
                 if latest is not None:
@@ -177,14 +208,16 @@ class Pipeline:
                         self.registry.learn_outputs(st, latest["outputs"])
                     except PipeliteError:
                         pass
-            for out in st.outputs or ():
-                producers[out] = st.name
+        return _Producers(self.registry.producers(), self)
+
+    def _store_only_producers(self) -> dict[str, str]:
+        """Artifacts of stages known only from the store (e.g. after a kernel restart)."""
+        found: dict[str, str] = {}
         for name in self.store.stages():
             if name not in self.registry:
-                latest = self.store.latest(name)
-                for out in (latest or {}).get("outputs", {}):
-                    producers.setdefault(out, name)
-        return producers
+                for out in (self.store.latest(name) or {}).get("outputs", {}):
+                    found.setdefault(out, name)
+        return found
 
     def _deps(self, name: str, producers: Mapping[str, str]) -> list[str]:
         st = self.registry.get(name)
@@ -251,15 +284,15 @@ class Pipeline:
         evals: dict[str, _Eval] = {}
         for name in order:
             st = self.registry.get(name)
-            latest = self.store.latest(name)
             if st is None:
+                latest = self.store.latest(name)
                 when = latest.get("started", "?")[:19] if latest else None
                 evals[name] = _Eval(
                     name, "fresh" if latest else "missing",
                     [f"not defined in this session (stored result from {when})"] if latest
                     else ["not defined in this session"], None, record=latest, latest=latest)
                 continue
-            ev = _Eval(name, "missing", [], st, latest=latest)
+            ev = _Eval(name, "missing", [], st)
             evals[name] = ev
             input_hashes: dict[str, str] = {}
             blocked: list[str] = []
@@ -275,14 +308,16 @@ class Pipeline:
                     blocked.append(f"upstream stage '{p}' did not produce '{i}'")
                 else:
                     input_hashes[i] = up.record["outputs"][i]["hash"]
-            state_if_not = "stale" if latest else "missing"
             if blocked:
-                ev.state, ev.reasons = state_if_not, list(dict.fromkeys(blocked))
+                ev.latest = self.store.latest(name)
+                ev.state = "stale" if ev.latest else "missing"
+                ev.reasons = list(dict.fromkeys(blocked))
             else:
                 try:
                     stage_params = st.resolve_params(self._params_for(name, params))
                 except ParameterError as exc:
-                    ev.state, ev.reasons = state_if_not, [str(exc)]
+                    ev.latest = self.store.latest(name)
+                    ev.state, ev.reasons = "stale" if ev.latest else "missing", [str(exc)]
                 else:
                     fp = fingerprint_of(st, stage_params, input_hashes)
                     ev.fingerprint = fp
@@ -290,11 +325,12 @@ class Pipeline:
                     failure = self.store.failure(name)
                     if failure is not None and failure.get("fingerprint") == fp.digest:
                         ev.state, ev.failure = "failed", failure
+                        ev.latest = self.store.latest(name)
                         ev.reasons = [f"last run failed: {failure.get('error')}"]
                     elif ev.record is not None:
                         ev.state = "fresh"
-                    elif latest is not None:
-                        ev.state = "stale"
+                    elif (latest := self.store.latest(name)) is not None:
+                        ev.state, ev.latest = "stale", latest
                         ev.reasons = self._diff(latest, fp, stage_params, producers)
                     else:
                         ev.reasons = ["never run"]
@@ -600,7 +636,7 @@ class Pipeline:
         producers = self._producers()
         producer = producers.get(name)
         if producer is None:
-            known = sorted(producers)
+            known = sorted(producers.all())
             hint = difflib.get_close_matches(name, known, n=1)
             raise UnknownArtifactError(
                 f"no stage produces artifact '{name}'"

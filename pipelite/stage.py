@@ -6,6 +6,7 @@ import builtins
 import inspect
 import re
 import textwrap
+import types
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping
 
@@ -409,21 +410,31 @@ class Registry:
 
     def __init__(self) -> None:
         self._stages: dict[str, Stage] = {}
+        self._producers: dict[str, str] = {}  # artifact -> stage name, kept in step
+        self._unknown: set[str] = set()  # stages whose outputs are not known yet
 
     def add(self, st: Stage) -> Stage:
         """Register ``st``; raise ``DuplicateProducerError`` if another stage makes its outputs."""
         self._check_producers(st, st.outputs or ())
+        self.remove(st.name)
         self._stages[st.name] = st
+        self._index(st)
         return st
+
+    def _index(self, st: Stage) -> None:
+        if st.outputs is None:
+            self._unknown.add(st.name)
+        for out in st.outputs or ():
+            self._producers[out] = st.name
 
     def _check_producers(self, st: Stage, outputs: Iterable[str]) -> None:
         for out in outputs:
-            other = self.producer_of(out)
-            if other is not None and other.name != st.name:
+            other = self._producers.get(out)
+            if other is not None and other != st.name:
                 raise DuplicateProducerError(
-                    f"artifact '{out}' would be produced by both stage '{other.name}' and stage "
+                    f"artifact '{out}' would be produced by both stage '{other}' and stage "
                     f"'{st.name}': every artifact has exactly one producer. Rename one output, "
-                    f"or remove the old stage with pipelite.REGISTRY.remove('{other.name}')"
+                    f"or remove the old stage with pipelite.REGISTRY.remove('{other}')"
                 )
 
     def learn_outputs(self, st: Stage, outputs: Iterable[str]) -> None:
@@ -431,22 +442,41 @@ class Registry:
         outputs = tuple(outputs)
         if st.outputs != outputs:
             self._check_producers(st, outputs)
-        st.learnt_outputs = outputs
+        if self._stages.get(st.name) is st:
+            self._unindex(st.name)
+            st.learnt_outputs = outputs
+            self._index(st)
+        else:
+            st.learnt_outputs = outputs
+
+    def _unindex(self, name: str) -> None:
+        self._unknown.discard(name)
+        for out in [o for o, n in self._producers.items() if n == name]:
+            del self._producers[out]
 
     def remove(self, name: str) -> None:
         """Forget the stage called ``name`` (its stored results stay in the store)."""
-        self._stages.pop(name, None)
+        if self._stages.pop(name, None) is not None:
+            self._unindex(name)
 
     def clear(self) -> None:
         """Forget every stage."""
         self._stages.clear()
+        self._producers.clear()
+        self._unknown.clear()
 
     def producer_of(self, artifact: str) -> Stage | None:
         """The registered stage whose known outputs include ``artifact``."""
-        for st in self._stages.values():
-            if artifact in (st.outputs or ()):
-                return st
-        return None
+        name = self._producers.get(artifact)
+        return None if name is None else self._stages[name]
+
+    def producers(self) -> Mapping[str, str]:
+        """Artifact name -> name of the registered stage that produces it (read-only view)."""
+        return types.MappingProxyType(self._producers)
+
+    def with_unknown_outputs(self) -> list[Stage]:
+        """Registered stages whose outputs are not known yet (not declared, never run)."""
+        return [self._stages[n] for n in self._unknown]
 
     def get(self, name: str) -> Stage | None:
         return self._stages.get(name)

@@ -409,3 +409,20 @@ def test_a_user_mistake_shows_no_pipelite_internals(tmp_path):
     frames = [line for line in err.splitlines() if line.strip().startswith("File ")]
     assert "ParameterError: stage 't' needs parameter 'epochs'" in err
     assert len(frames) == 2 and "script.py" in frames[0]  # the user's line, then the raise
+
+
+def test_after_a_restart_stages_known_only_from_the_store_are_listed_and_used(store_dir,
+                                                                              chain):
+    from pipelite import REGISTRY
+
+    Pipeline(store_dir).run()
+    REGISTRY.remove("a")  # as after a kernel restart, before a's cell has run again
+    REGISTRY.remove("b")
+    p = Pipeline(store_dir)
+    s = {x.name: x for x in p.status()}
+    assert not s["a"].defined and s["a"].state == "fresh"
+    assert "not defined in this session" in s["a"].reasons[0]
+    assert s["c"].defined and s["c"].state == "fresh"
+    assert p.run("c").executed == [] and p.load("y") == 2
+    with pytest.raises(PipeliteError, match="not defined in this session"):
+        p.run("a")
