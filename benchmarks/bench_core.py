@@ -1,0 +1,353 @@
+"""Core benchmarks: PipeLite next to raw numpy and joblib.Memory, measured in one run.
+
+    python benchmarks/bench_core.py [--dir DIR] [--reps N] [--quick]
+
+Prints machine info and a markdown table: each PipeLite time, its baseline on the same
+workload in the same run, the ratio, and the target. Times are medians of several
+repetitions (``time.perf_counter``). ``--dir`` must be on the disk you care about (default: the
+system temp dir); about 3 GiB of free space and 4 GiB of RAM are needed (``--quick``: 1/8 of it).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import xxhash
+
+GIB = 1 << 30
+CHAIN = 1000
+
+
+@dataclass
+class Row:
+    benchmark: str
+    pipelite: float  # seconds
+    baseline_name: str
+    baseline: float | None  # seconds
+    target: str
+    met: bool | None
+
+
+def median_time(fn: Callable[[], object], reps: int) -> float:
+    """Median wall time of ``fn()`` over ``reps`` calls, after one untimed warm-up call."""
+    fn()
+    gc.collect()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def fmt_time(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s >= 1:
+        return f"{s:.3f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s * 1e6:.0f} µs"
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- workloads --------------------------------------------------------------------------------
+COMPUTE: dict[str, float] = {}  # how long joblib's last computation took
+
+
+def big_output(*, seed: int, nbytes: int):
+    """A stage returning ``nbytes`` of float64 (its record says how long that took)."""
+    return np.full(nbytes // 8, float(seed))
+
+
+def joblib_big(seed: int, nbytes: int):
+    t0 = time.perf_counter()
+    value = np.full(nbytes // 8, float(seed))
+    COMPUTE["joblib_big"] = time.perf_counter() - t0
+    return value
+
+
+def tiny() -> dict:
+    return {"tiny_value": 42}
+
+
+def joblib_tiny(x: int) -> int:
+    return 42
+
+
+def joblib_link(i: int) -> int:
+    return i + 1
+
+
+def write_chain_module(folder: str, n: int) -> str:
+    """A module of ``n`` function stages, each consuming the previous one's output."""
+    lines = ["from pipelite import stage", "", "",
+             "@stage", "def link_0():", "    return {'a_0': 0}", ""]
+    for i in range(1, n):
+        lines += ["", "@stage", f"def link_{i}(a_{i - 1}):",
+                  f"    return {{'a_{i}': a_{i - 1} + 1}}", ""]
+    name = "pipelite_bench_chain"
+    with open(os.path.join(folder, name + ".py"), "w") as f:
+        f.write("\n".join(lines))
+    return name
+
+
+# -- benchmarks ---------------------------------------------------------------------------------
+def bench_persist(root: str, nbytes: int, reps: int) -> list[Row]:
+    """Saving a big array through run() vs np.save + fsync vs joblib.Memory's store."""
+    import joblib
+
+    from pipelite import REGISTRY, Pipeline, stage
+
+    REGISTRY.clear()
+    stage(outputs="big")(big_output)
+    raw_times, pl_times, jl_times, jl_sync_times = [], [], [], []
+    for rep in range(reps):
+        # raw: np.save to a file, fsync it, and fsync its directory (what a durable write costs)
+        arr = np.full(nbytes // 8, float(rep))
+        raw_dir = os.path.join(root, "raw")
+        os.makedirs(raw_dir, exist_ok=True)
+        path = os.path.join(raw_dir, "a.npy")
+        gc.collect()
+        t0 = time.perf_counter()
+        with open(path, "wb") as f:
+            np.save(f, arr)
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_dir(raw_dir)
+        raw_times.append(time.perf_counter() - t0)
+        del arr
+        shutil.rmtree(raw_dir)
+
+        # pipelite: run() minus the stage's own compute time
+        store = os.path.join(root, "persist-store")
+        pipeline = Pipeline(store=store, params={"big_output": {"seed": rep, "nbytes": nbytes}})
+        gc.collect()
+        t0 = time.perf_counter()
+        result = pipeline.run("big_output")
+        elapsed = time.perf_counter() - t0
+        pl_times.append(elapsed - pipeline.store.latest("big_output")["duration"])
+        assert result.executed == ["big_output"]
+        del result
+        shutil.rmtree(store)
+
+        # joblib.Memory: a cache miss minus the function's compute time; joblib does not
+        # fsync, so also time it with an fsync of what it wrote (like for like)
+        jl_root = os.path.join(root, "joblib-persist")
+        mem = joblib.Memory(jl_root, verbose=0)
+        cached = mem.cache(joblib_big)
+        gc.collect()
+        t0 = time.perf_counter()
+        cached(rep, nbytes)
+        t1 = time.perf_counter()
+        for folder, _, files in os.walk(jl_root):
+            for name in files:
+                fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+                os.fsync(fd)
+                os.close(fd)
+            fsync_dir(folder)
+        t2 = time.perf_counter()
+        jl_times.append(t1 - t0 - COMPUTE["joblib_big"])
+        jl_sync_times.append(t2 - t0 - COMPUTE["joblib_big"])
+        shutil.rmtree(jl_root)
+    size = f"{nbytes / GIB:g} GiB" if nbytes >= GIB else f"{nbytes >> 20} MiB"
+    pl = statistics.median(pl_times)
+    raw = statistics.median(raw_times)
+    jl = statistics.median(jl_times)
+    jl_sync = statistics.median(jl_sync_times)
+    name = f"persist a {size} array (run() minus compute)"
+    return [
+        Row(name, pl, "np.save + fsync", raw, "<= 1.3x", pl <= 1.3 * raw),
+        Row(name, pl, "joblib.Memory store + fsync of its files", jl_sync, "<= 1x",
+            pl <= jl_sync),
+        Row(name, pl, "joblib.Memory store, not durable (no fsync)", jl, "(info)", None),
+    ]
+
+
+def bench_fresh_big(root: str, nbytes: int, reps: int) -> list[Row]:
+    """A fresh run() returning a big memory-mapped output vs np.load(mmap) vs joblib hit."""
+    import joblib
+
+    from pipelite import REGISTRY, Pipeline, stage
+
+    REGISTRY.clear()
+    stage(outputs="big")(big_output)
+    store = os.path.join(root, "fresh-store")
+    params = {"big_output": {"seed": 1, "nbytes": nbytes}}
+    pipeline = Pipeline(store=store, params=params)
+    pipeline.run("big_output")
+
+    def pl_run():
+        out = pipeline.run("big_output")
+        assert not out.executed and isinstance(out["big"], np.ndarray)
+
+    pl = median_time(pl_run, reps * 10)
+    # a new Pipeline each time (e.g. a fresh kernel reading the record from disk)
+    pl_cold = median_time(lambda: Pipeline(store=store, params=params).run("big_output"),
+                          reps * 10)
+
+    path = pipeline.store.object_path(pipeline.record("big_output")["outputs"]["big"])
+    raw = median_time(lambda: np.load(path, mmap_mode="r"), reps * 10)
+
+    mem = joblib.Memory(os.path.join(root, "joblib-fresh"), mmap_mode="r", verbose=0)
+    cached = mem.cache(joblib_big)
+    cached(1, nbytes)
+    jl = median_time(lambda: cached(1, nbytes), reps * 10)
+    size = f"{nbytes / GIB:g} GiB" if nbytes >= GIB else f"{nbytes >> 20} MiB"
+    name = f"fresh run() with a {size} output"
+    rows = [
+        Row(name, pl, "target", None, "<= 10 ms", pl <= 0.010),
+        Row(name, pl, "np.load(mmap_mode='r')", raw, "(O(1) floor)", None),
+        Row(name, pl, "joblib.Memory hit, mmap_mode='r'", jl, "<= 1x", pl <= jl),
+        Row(name + ", new Pipeline each time", pl_cold, "joblib.Memory hit, mmap_mode='r'", jl,
+            "<= 1x", pl_cold <= jl),
+    ]
+    del pipeline
+    shutil.rmtree(store)
+    shutil.rmtree(os.path.join(root, "joblib-fresh"))
+    return rows
+
+
+def bench_tiny(root: str, reps: int) -> list[Row]:
+    import joblib
+
+    from pipelite import REGISTRY, Pipeline, stage
+
+    REGISTRY.clear()
+    stage(tiny)
+    pipeline = Pipeline(store=os.path.join(root, "tiny-store"))
+    pipeline.run("tiny")
+    pl = median_time(lambda: pipeline.run("tiny"), reps * 100)
+    mem = joblib.Memory(os.path.join(root, "joblib-tiny"), verbose=0)
+    cached = mem.cache(joblib_tiny)
+    cached(1)
+    jl = median_time(lambda: cached(1), reps * 100)
+    return [
+        Row("fresh run() of a tiny stage", pl, "target", None, "< 1 ms", pl < 0.001),
+        Row("fresh run() of a tiny stage", pl, "joblib.Memory tiny hit", jl, "<= 1x", pl <= jl),
+    ]
+
+
+def bench_status(root: str, reps: int) -> list[Row]:
+    import joblib
+
+    from pipelite import REGISTRY, Pipeline
+
+    REGISTRY.clear()
+    folder = os.path.join(root, "chain-src")
+    os.makedirs(folder)
+    sys.path.insert(0, folder)
+    try:
+        importlib.import_module(write_chain_module(folder, CHAIN))
+    finally:
+        sys.path.remove(folder)
+    store = os.path.join(root, "chain-store")
+    pipeline = Pipeline(store=store)
+    t0 = time.perf_counter()
+    pipeline.run()
+    first_run = time.perf_counter() - t0
+
+    def check():
+        states = pipeline.status()
+        assert len(states) == CHAIN and all(s.state == "fresh" for s in states)
+
+    pl = median_time(check, reps)
+    pl_cold = median_time(lambda: Pipeline(store=store).status(), reps)
+
+    mem = joblib.Memory(os.path.join(root, "joblib-chain"), verbose=0)
+    cached = mem.cache(joblib_link)
+    for i in range(CHAIN):
+        cached(i)
+    jl = median_time(lambda: all(cached.check_call_in_cache(i) for i in range(CHAIN)), reps)
+    name = f"status() of a {CHAIN}-stage chain"
+    REGISTRY.clear()
+    print(f"(first run of the {CHAIN}-stage chain, storing every link: {first_run:.2f} s)")
+    return [
+        Row(name, pl, "target", None, "< 100 ms", pl < 0.100),
+        Row(name, pl, f"joblib check_call_in_cache x{CHAIN}", jl, "<= 1x", pl <= jl),
+        Row(name + ", new Pipeline (records read from disk)", pl_cold,
+            f"joblib check_call_in_cache x{CHAIN}", jl, "<= 1x", pl_cold <= jl),
+    ]
+
+
+def bench_hash(nbytes: int, reps: int) -> list[Row]:
+    arr = np.full(nbytes // 8, 1.5)
+    data = arr.view(np.uint8).data
+    t = median_time(lambda: xxhash.xxh3_128(data).hexdigest(), reps)
+    gbs = nbytes / t / 1e9
+    del arr
+    size = f"{nbytes / GIB:g} GiB" if nbytes >= GIB else f"{nbytes >> 20} MiB"
+    return [Row(f"xxh3_128 of {size} in memory ({gbs:.1f} GB/s)", t, "(baseline throughput)",
+                None, "-", None)]
+
+
+# -- report -------------------------------------------------------------------------------------
+def machine_info(root: str) -> str:
+    import joblib
+
+    import pipelite
+
+    return "\n".join([
+        f"- machine: {platform.platform()}, {os.cpu_count()} cores, {platform.processor() or '?'}",
+        f"- Python {platform.python_version()}, numpy {np.__version__}, joblib {joblib.__version__}, "
+        f"xxhash {xxhash.VERSION}, pipelite {pipelite.__version__}",
+        f"- temp dir: {root}",
+    ])
+
+
+def table(rows: list[Row]) -> str:
+    out = ["| benchmark | pipelite | baseline | baseline time | ratio | target | met |",
+           "|---|---:|---|---:|---:|---|:-:|"]
+    for r in rows:
+        ratio = f"{r.pipelite / r.baseline:.2f}x" if r.baseline else "-"
+        met = "-" if r.met is None else ("yes" if r.met else "**no**")
+        out.append(f"| {r.benchmark} | {fmt_time(r.pipelite)} | {r.baseline_name} | "
+                   f"{fmt_time(r.baseline)} | {ratio} | {r.target} | {met} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dir", default=None, help="scratch directory (on the disk to measure)")
+    ap.add_argument("--reps", type=int, default=5, help="repetitions of the slow measurements")
+    ap.add_argument("--quick", action="store_true", help="128 MiB instead of 1 GiB (smoke test)")
+    args = ap.parse_args(argv)
+    nbytes = GIB // 8 if args.quick else GIB
+    root = tempfile.mkdtemp(prefix="pipelite-bench-", dir=args.dir)
+    print(machine_info(root))
+    print()
+    rows: list[Row] = []
+    try:
+        rows += bench_persist(root, nbytes, args.reps)
+        rows += bench_fresh_big(root, nbytes, args.reps)
+        rows += bench_tiny(root, args.reps)
+        rows += bench_status(root, args.reps)
+        rows += bench_hash(nbytes, args.reps)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print()
+    print(table(rows))
+    missed = [r for r in rows if r.met is False]
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
