@@ -505,7 +505,12 @@ class Pipeline:
         try:
             while sorter.is_active():
                 for name in sorter.get_ready() if error is None else ():
-                    job = self._prepare(name, producers, done, params, force and name in targets)
+                    if first[name].state == "fresh" and not (force and name in targets):
+                        # fresh with every upstream fresh and unchanged: the check above holds
+                        job: Any = first[name].record
+                    else:
+                        job = self._prepare(name, producers, done, params,
+                                            force and name in targets)
                     if isinstance(job, dict):  # a stored result matches: nothing to run
                         done[name] = job
                         skipped.append(name)
