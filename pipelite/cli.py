@@ -16,6 +16,17 @@ def _pipeline(store: str):
     return Pipeline(store=store)
 
 
+def human_duration(seconds: float) -> str:
+    """``338 µs``, ``12 ms``, ``3.4 s``, ``2 min 5 s``."""
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+
+
 def format_status(statuses: Sequence) -> str:
     """A plain-text table of ``Pipeline.status()``."""
     from .store import _human_bytes
@@ -27,7 +38,7 @@ def format_status(statuses: Sequence) -> str:
             s.name + ("" if s.defined else " *"),
             s.state,
             f"{s.last_run:%Y-%m-%d %H:%M}" if s.last_run else "-",
-            f"{s.duration:.3g}s" if s.duration is not None else "-",
+            human_duration(s.duration) if s.duration is not None else "-",
             outs or "-",
             "; ".join(s.reasons) or "-",
         ))
@@ -49,13 +60,83 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--format", choices=("mermaid", "dot", "svg"), default="mermaid")
     gc = sub.add_parser("gc", help="delete all but the newest results per stage")
     gc.add_argument("--keep", type=int, default=1, help="results to keep per stage (default 1)")
+    run = sub.add_parser(
+        "run", help="run a notebook's stages headless, with the same cache as the notebook",
+        description="Execute NOTEBOOK in a fresh kernel with the PipeLite extension loaded. "
+                    "With STAGE names, every %%stage cell is only defined and just those stages "
+                    "(and whatever they need) run; other cells (imports, helpers) run as usual.")
+    run.add_argument("notebook", metavar="NOTEBOOK.ipynb")
+    run.add_argument("stages", nargs="*", metavar="STAGE")
+    run.add_argument("--force", action="store_true", help="recompute the named stages")
+    run.add_argument("--output", metavar="PATH",
+                     help="also write the executed notebook, with its outputs, to PATH")
+    run.add_argument("--timeout", type=int, default=None, metavar="SECONDS",
+                     help="per-cell timeout (default: none)")
     return parser
+
+
+def prepare_notebook(nb, stages: Sequence[str], store: str | None, force: bool = False):
+    """The notebook to execute for ``pipelite run``: the extension loaded first; with
+    ``stages``, each ``%%stage`` cell only defines its stage and a last cell runs the targets."""
+    import nbformat
+
+    nb = nbformat.from_dict(nb)
+    cells = []
+    for cell in nb.cells:
+        if cell.cell_type == "code" and stages and cell.source.lstrip().startswith("%%stage"):
+            first, _, rest = cell.source.lstrip().partition("\n")
+            if "--define" not in first.split():
+                first += " --define"
+            cell.source = first + "\n" + rest
+        cells.append(cell)
+    setup = "%load_ext pipelite" + (f"\n%pipelite store {store}" if store else "")
+    nb.cells = [nbformat.v4.new_code_cell(setup)] + cells
+    if stages:
+        nb.cells.append(nbformat.v4.new_code_cell(
+            "%pipelite run " + " ".join(stages) + (" --force" if force else "")))
+    return nb
+
+
+def _run_notebook(args: argparse.Namespace) -> int:
+    import os
+
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    path = os.path.abspath(args.notebook)
+    if not os.path.exists(path):
+        print(f"pipelite: error: no notebook at {args.notebook}", file=sys.stderr)
+        return 2
+    nb = nbformat.read(path, as_version=4)
+    store = args.store if args.store != ".pipelite" else None
+    if store and "://" not in store:
+        store = os.path.abspath(store)
+    runnable = prepare_notebook(nb, args.stages, store, args.force)
+    client = NotebookClient(runnable, timeout=args.timeout, kernel_name="python3",
+                            resources={"metadata": {"path": os.path.dirname(path)}})
+    try:
+        client.execute()
+    except CellExecutionError as exc:
+        print(f"pipelite: a cell of {args.notebook} failed:\n{exc}", file=sys.stderr)
+        return 1
+    finally:
+        if args.output:
+            nbformat.write(runnable, args.output)
+    for cell in runnable.cells:
+        for out in cell.get("outputs", []):
+            if out.get("name") in ("stdout", "stderr") and "[pipelite]" in out.get("text", ""):
+                print("".join(line for line in out["text"].splitlines(True)
+                              if line.startswith("[pipelite]")), end="")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pipelite`` console script."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "run":
+        return _run_notebook(args)
     try:
         pipe = _pipeline(args.store)
         if args.command == "status":

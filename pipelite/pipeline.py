@@ -221,8 +221,9 @@ class Pipeline:
 
     def _deps(self, name: str, producers: Mapping[str, str]) -> list[str]:
         st = self.registry.get(name)
-        if st is None:
-            return []
+        if st is None:  # known from the store only: its record says what it was made from
+            inputs = (self.store.latest(name) or {}).get("inputs", {})
+            return [i["stage"] for i in inputs.values() if i.get("stage") not in (None, name)]
         return [producers[i] for i in st.inputs if i in producers and producers[i] != name]
 
     def _order(self, roots: Iterable[str], producers: Mapping[str, str]) -> list[str]:
@@ -286,7 +287,7 @@ class Pipeline:
             st = self.registry.get(name)
             if st is None:
                 latest = self.store.latest(name)
-                when = latest.get("started", "?")[:19] if latest else None
+                when = latest.get("started", "?")[:16].replace("T", " ") if latest else None
                 evals[name] = _Eval(
                     name, "fresh" if latest else "missing",
                     [f"not defined in this session (stored result from {when})"] if latest

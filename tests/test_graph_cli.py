@@ -80,3 +80,37 @@ def test_the_core_never_imports_ipython():
             "bad = [m for m in ('IPython', 'ipywidgets', 'ipykernel') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_run_executes_a_notebook_with_the_same_cache(tmp_path):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "import numpy as np\n"
+            "def log(name):\n"
+            "    open('calls.log', 'a').write(name + '\\n')"),
+        nbformat.v4.new_code_cell("%%stage gen\nlog('gen')\ndata = np.arange(10)"),
+        nbformat.v4.new_code_cell("%%stage double\nlog('double')\ndoubled = data * 2"),
+        nbformat.v4.new_code_cell("%%stage other\nlog('other')\nunrelated = 1"),
+    ]
+    nbformat.write(nb, tmp_path / "demo.ipynb")
+    log = tmp_path / "calls.log"
+
+    def pipelite(*args):
+        return subprocess.run(["pipelite", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+
+    done = pipelite("run", "demo.ipynb", "double")
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().split() == ["gen", "double"]  # 'other' is only defined
+    done = pipelite("run", "demo.ipynb", "--output", "out.ipynb")
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().split() == ["gen", "double", "other"]  # gen, double from the store
+    assert "gen: loaded from store" in done.stdout
+    assert (tmp_path / "out.ipynb").exists()
+    status = pipelite("status").stdout
+    assert all(name in status for name in ("gen", "double", "other"))
+    bad = pipelite("run", "missing.ipynb")
+    assert bad.returncode == 2 and "no notebook at missing.ipynb" in bad.stderr
