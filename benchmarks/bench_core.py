@@ -307,8 +307,8 @@ def machine_info(root: str) -> str:
 
     return "\n".join([
         f"- machine: {platform.platform()}, {os.cpu_count()} cores, {platform.processor() or '?'}",
-        f"- Python {platform.python_version()}, numpy {np.__version__}, joblib {joblib.__version__}, "
-        f"xxhash {xxhash.VERSION}, pipelite {pipelite.__version__}",
+        f"- Python {platform.python_version()}, numpy {np.__version__}, "
+        f"joblib {joblib.__version__}, xxhash {xxhash.VERSION}, pipelite {pipelite.__version__}",
         f"- temp dir: {root}",
     ])
 
