@@ -1,0 +1,143 @@
+"""Across real kernel restarts, a notebook reloads what is fresh and recomputes exactly what an
+edit affects. Each run is a new kernel (nbclient); the stages append their name to ran.log, a
+side effect the cache cannot replay, so the log says what really executed."""
+from __future__ import annotations
+
+import pathlib
+import shutil
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from nbformat.v4 import new_code_cell, new_notebook
+
+LOAD = "%load_ext pipelite"
+HELPERS = '''\
+LOG = "ran.log"
+SCALE = 2
+
+def normalise(v):
+    return v / 10
+
+def make_offset(k):
+    def offset(x):
+        return x + k
+    return offset
+
+offset = make_offset(1)'''
+GEN = '''\
+%%stage gen_data
+import numpy as np
+open(LOG, "a").write("gen_data\\n")
+train_data = np.arange(12.0).reshape(3, 4) * SCALE'''
+TRAIN = '''\
+%%stage train_model
+open(LOG, "a").write("train_model\\n")
+model_weights = normalise(train_data.mean(axis=0))'''
+SHIFT = '''\
+%%stage shifted
+open(LOG, "a").write("shifted\\n")
+shifted = offset(model_weights)
+print("shifted", shifted.round(2).tolist())'''
+LABELS = '''\
+%%stage labels
+open(LOG, "a").write("labels\\n")
+labels = ["a", "b", "c", "d"]'''
+CELLS = [LOAD, HELPERS, GEN, TRAIN, SHIFT, LABELS]
+ALL = ["gen_data", "train_model", "shifted", "labels"]
+
+
+def execute(folder: pathlib.Path, cells: list[str]) -> list[str]:
+    """Run ``cells`` as a notebook in a new kernel working in ``folder``; each cell's text."""
+    nb = new_notebook(cells=[new_code_cell(c) for c in cells])
+    NotebookClient(nb, timeout=120, kernel_name="python3",
+                   resources={"metadata": {"path": str(folder)}}).execute()
+    texts = []
+    for cell in nb.cells:
+        texts.append("".join(o.get("text", "") for o in cell.outputs
+                             if o["output_type"] == "stream"))
+    return texts
+
+
+def log(folder: pathlib.Path) -> list[str]:
+    path = folder / "ran.log"
+    return path.read_text().split() if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory) -> pathlib.Path:
+    """A folder whose store holds the notebook's first run (all four stages computed)."""
+    folder = tmp_path_factory.mktemp("first")
+    execute(folder, CELLS)
+    assert log(folder) == ALL
+    return folder
+
+
+@pytest.fixture
+def restarted(first_run, tmp_path) -> pathlib.Path:
+    """A copy of the first run's folder, to be run again in a new kernel."""
+    folder = tmp_path / "nb"
+    shutil.copytree(first_run, folder)
+    return folder
+
+
+def edited(old: str, new: str) -> list[str]:
+    cells = [c.replace(old, new) for c in CELLS]
+    assert cells != CELLS, f"{old!r} is not in the notebook"
+    return cells
+
+
+def test_after_a_restart_every_fresh_stage_is_loaded_not_recomputed(restarted):
+    texts = execute(restarted, CELLS)
+    assert log(restarted) == ALL  # nothing ran a second time
+    for cell_text, name in zip(texts[2:], ALL):
+        assert f"[pipelite] {name}: loaded from store" in cell_text
+    assert "shifted [1.8, 2.0, 2.2, 2.4]" in texts[4]  # the print, replayed
+
+
+def test_after_a_restart_loaded_values_are_bound_and_read_only(restarted):
+    texts = execute(restarted, CELLS + [
+        "print(model_weights.tolist(), labels)",
+        "try:\n    train_data[0, 0] = 1.0\nexcept ValueError as exc:\n    print('refused:', exc)",
+    ])
+    assert texts[-2].strip() == "[0.8, 1.0, 1.2, 1.4] ['a', 'b', 'c', 'd']"
+    assert texts[-1].startswith("refused: assignment destination is read-only")
+
+
+def test_editing_a_comment_recomputes_nothing(restarted):
+    execute(restarted, edited('open(LOG, "a").write("train_model\\n")',
+                              '# the mean, scaled\nopen(LOG, "a").write("train_model\\n")  # log'))
+    assert log(restarted) == ALL
+
+
+def test_editing_a_helper_recomputes_its_callers_and_their_dependents(restarted):
+    execute(restarted, edited("return v / 10", "return v / 100"))
+    assert log(restarted)[4:] == ["train_model", "shifted"]
+
+
+def test_editing_a_global_constant_recomputes_what_reads_it_and_downstream(restarted):
+    execute(restarted, edited("SCALE = 2", "SCALE = 3"))
+    assert log(restarted)[4:] == ["gen_data", "train_model", "shifted"]
+
+
+def test_editing_a_closures_captured_value_recomputes_its_callers(restarted):
+    execute(restarted, edited("offset = make_offset(1)", "offset = make_offset(2)"))
+    assert log(restarted)[4:] == ["shifted"]
+
+
+def test_editing_an_upstream_cell_recomputes_it_and_its_dependents(restarted):
+    execute(restarted, edited("reshape(3, 4) * SCALE", "reshape(3, 4) * SCALE + 1"))
+    assert log(restarted)[4:] == ["gen_data", "train_model", "shifted"]
+
+
+def test_running_a_downstream_cell_first_runs_its_stale_upstreams(restarted):
+    texts = execute(restarted, [
+        LOAD, HELPERS.replace("SCALE = 2", "SCALE = 5"),
+        GEN.replace("%%stage gen_data", "%%stage gen_data --define"),
+        TRAIN.replace("%%stage train_model", "%%stage train_model --define"),
+        SHIFT,
+    ])
+    assert log(restarted)[4:] == ["gen_data", "train_model", "shifted"]
+    assert "[pipelite] running stage 'gen_data' (1/3)" in texts[4]
+    assert "[pipelite] running stage 'train_model' (2/3)" in texts[4]
+    assert "shifted [3.0, 3.5, 4.0, 4.5]" in texts[4]
