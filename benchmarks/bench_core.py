@@ -61,6 +61,12 @@ def fmt_time(s: float | None) -> str:
     return f"{s * 1e6:.0f} µs"
 
 
+def settle() -> None:
+    """Start a timed write from a quiet disk: no write-back of earlier files competing."""
+    gc.collect()
+    os.sync()
+
+
 def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -126,7 +132,7 @@ def bench_persist(root: str, nbytes: int, reps: int) -> list[Row]:
         raw_dir = os.path.join(root, "raw")
         os.makedirs(raw_dir, exist_ok=True)
         path = os.path.join(raw_dir, "a.npy")
-        gc.collect()
+        settle()
         t0 = time.perf_counter()
         with open(path, "wb") as f:
             np.save(f, arr)
@@ -140,7 +146,7 @@ def bench_persist(root: str, nbytes: int, reps: int) -> list[Row]:
         # pipelite: run() minus the stage's own compute time
         store = os.path.join(root, "persist-store")
         pipeline = Pipeline(store=store, params={"big_output": {"seed": rep, "nbytes": nbytes}})
-        gc.collect()
+        settle()
         t0 = time.perf_counter()
         result = pipeline.run("big_output")
         elapsed = time.perf_counter() - t0
@@ -154,7 +160,7 @@ def bench_persist(root: str, nbytes: int, reps: int) -> list[Row]:
         jl_root = os.path.join(root, "joblib-persist")
         mem = joblib.Memory(jl_root, verbose=0)
         cached = mem.cache(joblib_big)
-        gc.collect()
+        settle()
         t0 = time.perf_counter()
         cached(rep, nbytes)
         t1 = time.perf_counter()
