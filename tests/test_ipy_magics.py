@@ -575,3 +575,17 @@ def test_cell_output_attachment_is_json(two_stages):
     events = pipelite_ipy.current_session().pipeline.attachment("train_model", "outputs")
     assert json.loads(json.dumps(events)) == events
     assert events[0] == {"stream": "stdout", "text": "weights [0.182 0.227 0.273 0.318]\n"}
+
+
+def test_a_failing_function_stage_shows_the_users_function_not_pipelite(ip):
+    ok(ip, """\
+    from pipelite import stage
+    @stage(outputs="parsed")
+    def parse():
+        return int("not a number")
+    """)
+    result, cap = run(ip, "%pipelite run parse")
+    assert isinstance(result.error_in_exec, ValueError)
+    assert 'return int("not a number")' in cap.stdout
+    assert "pipelite/" not in cap.stdout and "pipelite_ipy/" not in cap.stdout
+    assert "stage 'parse' failed; nothing was stored" in cap.stdout
