@@ -30,10 +30,11 @@ _CSS = """
 <style>
 .pipelite-panel { border: 1px solid #d0d7de; border-radius: 6px; padding: 6px 10px;
   font-size: 13px; max-width: 1100px; background: var(--jp-layout-color0, #fff); }
-.pipelite-header { align-items: center; border-bottom: 1px solid #d0d7de; padding-bottom: 4px;
-  margin-bottom: 2px; flex-wrap: wrap; }
-.pipelite-title { margin-right: 12px; }
-.pipelite-store code { font-size: 12px; }
+.pipelite-header { border-bottom: 1px solid #d0d7de; padding-bottom: 2px; margin-bottom: 2px; }
+.pipelite-header-top { align-items: center; }
+.pipelite-title { margin-right: 12px; font-size: 14px; }
+.pipelite-store { color: #57606a; font-size: 12px; }
+.pipelite-store code { font-size: 12px; background: none; }
 .pipelite-counts .pipelite-chip { margin-right: 4px; }
 .pipelite-row { border-bottom: 1px solid #eef0f2; padding: 3px 0; }
 .pipelite-row-main { align-items: center; }
@@ -67,6 +68,8 @@ def _human_bytes(n: float) -> str:
 def _seconds(s: float | None) -> str:
     if s is None:
         return ""
+    if s < 0.001:
+        return "<1 ms"
     if s < 1:
         return f"{s * 1000:.0f} ms"
     if s < 120:
@@ -263,10 +266,14 @@ class PipelinePanel(widgets.VBox):
                                              layout=widgets.Layout(width="150px"))
         self.run_all_button.add_class("pipelite-run-all")
         self.run_all_button.on_click(lambda _b: self.run_all_stale())
+        self.store_label = widgets.HTML()
+        self.store_label.add_class("pipelite-store")
         spacer = widgets.HTML(layout=widgets.Layout(flex="1 1 auto"))
-        header = widgets.HBox([self.title, self.counts, spacer, self.refresh_button,
-                               self.graph_toggle, self.run_all_button],
-                              layout=widgets.Layout(width="100%"))
+        top = widgets.HBox([self.title, self.counts, spacer, self.refresh_button,
+                            self.graph_toggle, self.run_all_button],
+                           layout=widgets.Layout(width="100%"))
+        top.add_class("pipelite-header-top")
+        header = widgets.VBox([top, self.store_label], layout=widgets.Layout(width="100%"))
         header.add_class("pipelite-header")
 
         self.progress_bar = widgets.IntProgress(value=0, min=0, max=1,
@@ -340,8 +347,8 @@ class PipelinePanel(widgets.VBox):
             return
         pipeline = self.session.pipeline
         url = pipeline.store.url
-        self.title.value = (f"<b>PipeLite</b> <span class='pipelite-store'>store "
-                            f"<code>{html.escape(url)}</code></span>")
+        self.title.value = "<b>PipeLite</b>"
+        self.store_label.value = f"store <code>{html.escape(url, quote=False)}</code>"
         try:
             statuses = pipeline.status()
         except Exception as exc:  # noqa: BLE001 - e.g. a cycle: say so in the panel

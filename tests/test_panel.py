@@ -94,7 +94,7 @@ def test_a_stage_never_run_shows_a_missing_badge_in_its_colour(session, panels):
 
 def test_the_header_shows_the_store_and_the_counts_per_state(session, panels, store_dir):
     panel = panels(session)
-    assert str(store_dir) in panel.title.value
+    assert str(store_dir) in panel.store_label.value
     assert "3 missing" in panel.counts.value
     session.run(["numbers"])
     assert "1 fresh" in panel.counts.value and "2 missing" in panel.counts.value
