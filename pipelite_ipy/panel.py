@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
+import os
 import time
 import traceback
 from typing import Any, Callable, Sequence
@@ -84,6 +85,18 @@ def _when(t: _dt.datetime | None) -> str:
     local = t.astimezone() if t.tzinfo else t
     today = _dt.datetime.now(local.tzinfo).date()
     return local.strftime("%H:%M:%S" if local.date() == today else "%Y-%m-%d %H:%M")
+
+
+def _short_store(url: str) -> str:
+    """A local store under the working directory as ``./relative``; anything else as is."""
+    if "://" in url and not url.startswith("file://"):
+        return url
+    path = url[len("file://"):] if url.startswith("file://") else url
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return url
+    return url if rel.startswith("..") else os.path.join(".", rel)
 
 
 def _chip(state: str, text: str | None = None) -> str:
@@ -164,6 +177,7 @@ class _StageRow(widgets.VBox):
         self.add_class("pipelite-row")
         self.add_class(f"pipelite-row-{name}")
         self.defined = True
+        self.failure_detail: str | None = None  # the traceback of a failure seen by this panel
         self._hide(self.reason)
         self._hide(self.error)
 
@@ -212,8 +226,9 @@ class _StageRow(widgets.VBox):
         self.reason.value = "; ".join(html.escape(r, quote=False) for r in reasons) if show_reasons else ""
         self._hide(self.reason, not show_reasons)
         if s.state == "failed" and s.error:
-            self.set_error(f"last run failed: {s.error}")
+            self.set_error(f"last run failed: {s.error}", self.failure_detail)
         elif s.state != "failed":
+            self.failure_detail = None
             self.set_error(None)
         self.set_busy(busy)
 
@@ -244,6 +259,7 @@ class PipelinePanel(widgets.VBox):
         self._busy = False
         self._run_depth = 0
         self._run_t0 = 0.0
+        self._failed_in_run: list[str] = []
         self._rows: dict[str, _StageRow] = {}
         self._statuses: list[StageStatus] = []
         self._closed = False
@@ -348,7 +364,8 @@ class PipelinePanel(widgets.VBox):
         pipeline = self.session.pipeline
         url = pipeline.store.url
         self.title.value = "<b>PipeLite</b>"
-        self.store_label.value = f"store <code>{html.escape(url, quote=False)}</code>"
+        self.store_label.value = (f'store <code title="{html.escape(url)}">'
+                                  f"{html.escape(_short_store(url), quote=False)}</code>")
         try:
             statuses = pipeline.status()
         except Exception as exc:  # noqa: BLE001 - e.g. a cycle: say so in the panel
@@ -417,6 +434,7 @@ class PipelinePanel(widgets.VBox):
             self._run_depth += 1
             if self._run_depth == 1:
                 self._run_t0 = ev.time
+                self._failed_in_run = []
                 self._progress(f"checking {ev.total} stage{'s' if ev.total != 1 else ''}…",
                                0, max(ev.total, 1))
         elif ev.kind == "started":
@@ -432,10 +450,12 @@ class PipelinePanel(widgets.VBox):
                            f"running · {_seconds(ev.time - self._run_t0)} elapsed",
                            ev.index - 1, total)
         elif ev.kind in ("finished", "failed") and self._run_depth > 0:
+            if ev.kind == "failed" and ev.stage:
+                self._failed_in_run.append(ev.stage)
             if row is not None:
                 row.set_state("fresh" if ev.kind == "finished" else "failed")
                 if ev.kind == "failed":
-                    row.set_error(f"failed: {ev.error}")
+                    row.set_error(f"last run failed: {ev.error}")
                 self._show_counts()
             total = max(ev.total, ev.index, 1)
             verb = "done" if ev.kind == "finished" else "failed"
@@ -445,11 +465,13 @@ class PipelinePanel(widgets.VBox):
         elif ev.kind == "run_finished":
             self._run_depth = max(0, self._run_depth - 1)
             if self._run_depth == 0:
-                n = ev.index
+                n, failed = ev.index, self._failed_in_run
+                done = f"{n} stage{'s' if n != 1 else ''} computed" if n else ""
+                if failed:
+                    done += (", " if done else "") + f"{', '.join(failed)} failed"
                 self.progress_bar.layout.display = "none"
                 self.progress_text.value = (
-                    f"last run: {n} stage{'s' if n != 1 else ''} computed in "
-                    f"{_seconds(ev.time - self._run_t0)}" if n else
+                    f"last run: {done} in {_seconds(ev.time - self._run_t0)}" if done else
                     "last run: everything was fresh, nothing computed")
                 self.refresh()
         elif ev.kind == "skipped":
@@ -485,6 +507,7 @@ class PipelinePanel(widgets.VBox):
             return False
         self._set_busy(True)
         self._show_panel_error(None)
+        self._failed_in_run = []
         ok = False
         try:
             self.session.run(list(names) if names is not None else None, force=force)
@@ -494,8 +517,12 @@ class PipelinePanel(widgets.VBox):
         except Exception as exc:  # noqa: BLE001 - a failing stage must not break the kernel
             summary = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            what = ", ".join(names) if names else "all stages"
-            self._show_panel_error(f"running {what} failed: {summary}", detail)
+            failed = self._rows.get(self._failed_in_run[-1]) if self._failed_in_run else None
+            if failed is not None:  # a stage raised: its row shows the error and traceback
+                failed.failure_detail = detail
+            else:  # e.g. a missing input or parameter: not one stage's failure
+                what = ", ".join(names) if names else "all stages"
+                self._show_panel_error(f"running {what} failed: {summary}", detail)
         finally:
             self._set_busy(False)
             self._run_depth = 0

@@ -235,7 +235,7 @@ def run_the_scenario(page, jupyter: JupyterServer, route: str, notebook: str, na
     panel = page.locator(".pipelite-panel")
     expect(panel).to_be_visible(timeout=WAIT_MS)
     last = code_cell(page, "print('RESULT total ='")
-    expect(last.locator(".jp-OutputArea")).to_contain_text("RESULT total = 20")
+    expect(last.locator(".jp-OutputArea")).to_contain_text("RESULT total = 20 with SCALE = 2")
     for stage in ("numbers", "scaled", "total"):
         expect_state(page, stage, "fresh")
     expect(panel.locator(".pipelite-counts")).to_have_text("3 fresh")
@@ -244,7 +244,8 @@ def run_the_scenario(page, jupyter: JupyterServer, route: str, notebook: str, na
     expect(panel.locator(".pipelite-run-all")).to_be_disabled()
 
     # a new value for the global that `scaled` reads: the panel notices after the cell runs
-    run_cell(page, code_cell(page, "SCALE = 2"), "SCALE = 3")
+    scale_cell = code_cell(page, "SCALE = 2")
+    run_cell(page, scale_cell, "SCALE = 3")
     expect_state(page, "scaled", "stale")
     expect_state(page, "total", "stale")
     expect_state(page, "numbers", "fresh")
@@ -263,12 +264,27 @@ def run_the_scenario(page, jupyter: JupyterServer, route: str, notebook: str, na
     expect(panel.locator(".pipelite-panel-error")).to_be_hidden()
 
     run_cell(page, last)
-    expect(last.locator(".jp-OutputArea")).to_contain_text("RESULT total = 30")
+    expect(last.locator(".jp-OutputArea")).to_contain_text("RESULT total = 30 with SCALE = 3")
     shot(page, panel, f"{name}-fresh")
 
     panel.locator(".pipelite-graph-toggle").click()
     expect(panel.locator(".pipelite-graph svg, .pipelite-graph img").first).to_be_visible()
     shot(page, panel, f"{name}-graph")
+    panel.locator(".pipelite-graph-toggle").click()
+    expect(panel.locator(".pipelite-graph")).to_be_hidden()
+
+    # a stage that raises, run from the panel: the error shows in its row, the kernel lives on
+    run_cell(page, scale_cell, 'SCALE = "x"')  # total = sum(["x", "xx", ...]) raises
+    expect_state(page, "total", "stale")
+    panel.locator(".pipelite-row-total .pipelite-run").click()
+    expect_state(page, "total", "failed")
+    expect_state(page, "scaled", "fresh")
+    expect(panel.locator(".pipelite-row-total .pipelite-error")).to_contain_text(
+        "last run failed: TypeError: unsupported operand type(s) for +: 'int' and 'str'")
+    expect(panel.locator(".pipelite-counts")).to_have_text("2 fresh 1 failed")
+    shot(page, panel, f"{name}-failed")
+    run_cell(page, last)
+    expect(last.locator(".jp-OutputArea")).to_contain_text("RESULT total = 30 with SCALE = x")
 
 
 def run_or_record(page, jupyter, route: str, notebook: str, name: str) -> None:

@@ -92,9 +92,12 @@ def test_a_stage_never_run_shows_a_missing_badge_in_its_colour(session, panels):
     assert "never run" in row.when.value
 
 
-def test_the_header_shows_the_store_and_the_counts_per_state(session, panels, store_dir):
+def test_the_header_shows_the_store_and_the_counts_per_state(session, panels, store_dir,
+                                                            monkeypatch):
+    monkeypatch.chdir(store_dir.parent)
     panel = panels(session)
-    assert str(store_dir) in panel.store_label.value
+    assert "<code title=\"" + session.pipeline.store.url in panel.store_label.value
+    assert ">./store</code>" in panel.store_label.value
     assert "3 missing" in panel.counts.value
     session.run(["numbers"])
     assert "1 fresh" in panel.counts.value and "2 missing" in panel.counts.value
@@ -228,9 +231,22 @@ def test_a_failing_stage_shows_its_error_in_the_panel_and_does_not_raise(session
     assert "IndexError: list index out of range" in row.error.value
     assert row.error.layout.display != "none"
     assert "pipelite-error" in classes(row.error)
-    assert "IndexError" in panel.error.value and "traceback" in panel.error.value
+    assert "<summary>traceback</summary><pre>Traceback (most recent call last)" in row.error.value
+    assert panel.error.layout.display == "none"  # the row says it all
     assert badge(panel, "numbers") == "fresh"  # its upstream ran and was kept
+    assert panel.progress_text.value.startswith("last run: 1 stage computed, broken failed in")
     assert not panel.row("total").run_button.disabled  # the panel is usable again
+
+
+def test_an_error_that_is_no_stage_failure_is_shown_in_the_panel_header(session, panels):
+    session.define("lonely", "lonely = undefined_artifact")
+    session.namespace["undefined_artifact"] = 1
+    panel = panels(session)
+    REGISTRY.get("lonely").inputs = ("nobody_makes_this",)
+    panel.row("lonely").run_button.click()
+    assert "nobody_makes_this" in panel.error.value
+    assert panel.error.layout.display != "none"
+    assert "pipelite-panel-error" in classes(panel.error)
 
 
 def test_fixing_a_failed_stage_clears_its_error(session, panels):
@@ -317,3 +333,13 @@ def test_the_panel_refreshes_after_a_cell_changes_a_global(store_dir, panels):
     panel.close()
     shell.run_cell("SCALE = 2")
     assert badge(panel, "scaled") == "stale"  # closed: no longer listening
+
+
+def test_a_stage_failing_outside_the_panel_shows_failed_with_its_error(session, panels):
+    session.define("broken", "broken = numbers[99]")
+    panel = panels(session)
+    with pytest.raises(IndexError):
+        session.pipeline.run("broken")
+    row = panel.row("broken")
+    assert row.state == "failed"
+    assert "last run failed: IndexError: list index out of range" in row.error.value
