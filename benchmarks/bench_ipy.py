@@ -52,7 +52,8 @@ def _ipycache_status(ip) -> str | None:
 
         version = md.version("ipycache")
     except Exception:  # noqa: BLE001
-        return "not installed (`pip install ipycache` failed or was not run)"
+        return ("not installed. (ipycache 0.1.4, the newest on PyPI, installs but its module "
+                "imports cPickle, so it cannot load on Python 3)")
     try:
         ip.run_line_magic("load_ext", "ipycache")
         import ipycache  # noqa: F401
