@@ -343,3 +343,55 @@ def test_a_stage_failing_outside_the_panel_shows_failed_with_its_error(session, 
     row = panel.row("broken")
     assert row.state == "failed"
     assert "last run failed: IndexError: list index out of range" in row.error.value
+
+
+@pytest.fixture
+def ip(tmp_path, monkeypatch):
+    """A real shell with the extension loaded, working in a temporary directory."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    monkeypatch.chdir(tmp_path)
+    shell = InteractiveShell.instance()
+    shell.reset(new_session=False)
+    shell.run_line_magic("load_ext", "pipelite")
+    yield shell
+    if "pipelite" in shell.extension_manager.loaded:
+        shell.run_line_magic("unload_ext", "pipelite")
+
+
+def run_cell(shell, source: str) -> None:
+    from IPython.utils.capture import capture_output
+
+    with capture_output():
+        result = shell.run_cell(textwrap.dedent(source))
+    assert result.success, result.error_in_exec or result.error_before_exec
+
+
+def test_pipelite_panel_magic_shows_a_live_panel_over_the_extensions_session(ip):
+    from IPython.utils.capture import capture_output
+    from ipywidgets.widgets.widget import _instances
+
+    run_cell(ip, "SCALE = 2")
+    run_cell(ip, "%%stage numbers\nnumbers = [1, 2, 3]")
+    run_cell(ip, "%%stage scaled\nscaled = [n * SCALE for n in numbers]")
+    with capture_output() as cap:
+        ip.run_line_magic("pipelite", "panel")
+    (shown,) = [o.data for o in cap.outputs]
+    panel = _instances[shown["application/vnd.jupyter.widget-view+json"]["model_id"]]
+    try:
+        assert isinstance(panel, PipelinePanel)
+        assert [badge(panel, n) for n in ("numbers", "scaled")] == ["fresh", "fresh"]
+
+        run_cell(ip, "SCALE = 3")  # no stage ran: the panel learns it after the cell
+        assert badge(panel, "scaled") == "stale"
+        assert "global 'SCALE' changed" in panel.row("scaled").reason.value
+
+        panel.row("scaled").run_button.click()
+        assert badge(panel, "scaled") == "fresh"
+        assert ip.user_ns["scaled"] == [3, 6, 9]  # bound by the session
+
+        run_cell(ip, "%%stage scaled\nscaled = [n * SCALE * 10 for n in numbers]")
+        assert badge(panel, "scaled") == "fresh"
+        assert ip.user_ns["scaled"] == [30, 60, 90]
+    finally:
+        panel.close()
