@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import os
-import time
 import traceback
 from typing import Any, Callable, Sequence
 
@@ -112,6 +111,13 @@ def _error_html(summary: str, detail: str | None = None) -> str:
         body += ("<details><summary>traceback</summary>"
                  f"<pre>{html.escape(detail, quote=False)}</pre></details>")
     return body
+
+
+def _close_tree(w: widgets.Widget) -> None:
+    """Close a widget, its children and its layout (``close`` alone leaves them alive)."""
+    for child in getattr(w, "children", ()):
+        _close_tree(child)
+    w.close()
 
 
 def _definition_order(statuses: list[StageStatus], pipeline: Any) -> list[StageStatus]:
@@ -223,7 +229,8 @@ class _StageRow(widgets.VBox):
         if not s.defined and not any(_NOT_DEFINED in r for r in reasons):
             reasons.insert(0, _NOT_DEFINED)
         show_reasons = bool(reasons) and (s.state != "fresh" or not s.defined)
-        self.reason.value = "; ".join(html.escape(r, quote=False) for r in reasons) if show_reasons else ""
+        self.reason.value = ("; ".join(html.escape(r, quote=False) for r in reasons)
+                             if show_reasons else "")
         self._hide(self.reason, not show_reasons)
         if s.state == "failed" and s.error:
             self.set_error(f"last run failed: {s.error}", self.failure_detail)
@@ -263,13 +270,15 @@ class PipelinePanel(widgets.VBox):
         self._rows: dict[str, _StageRow] = {}
         self._statuses: list[StageStatus] = []
         self._closed = False
+        self._status_failed = False
 
         style = widgets.HTML(_CSS, layout=widgets.Layout(display="none"))
         self.title = widgets.HTML()
         self.title.add_class("pipelite-title")
         self.counts = widgets.HTML()
         self.counts.add_class("pipelite-counts")
-        self.refresh_button = widgets.Button(description="Refresh", tooltip="check every stage again",
+        self.refresh_button = widgets.Button(description="Refresh",
+                                             tooltip="check every stage again",
                                              layout=widgets.Layout(width="80px"))
         self.refresh_button.add_class("pipelite-refresh")
         self.refresh_button.on_click(lambda _b: self.refresh())
@@ -306,6 +315,9 @@ class PipelinePanel(widgets.VBox):
         self.error.add_class("pipelite-panel-error")
         self.rows = widgets.VBox()
         self.rows.add_class("pipelite-rows")
+        self._empty = widgets.HTML("no stages yet: define one with <code>%%stage NAME</code> "
+                                   "or <code>@stage</code>")
+        self._empty.add_class("pipelite-empty")
         self.graph = widgets.Output(layout=widgets.Layout(display="none"))
         self.graph.add_class("pipelite-graph")
 
@@ -342,6 +354,11 @@ class PipelinePanel(widgets.VBox):
                     self._shell.events.unregister("post_run_cell", self._after_cell)
                 except ValueError:
                     pass
+            for child in self.children:
+                _close_tree(child)
+            for row in self._rows.values():  # rows not shown at the moment
+                _close_tree(row)
+            _close_tree(self._empty)
         super().close()
 
     @property
@@ -369,8 +386,12 @@ class PipelinePanel(widgets.VBox):
         try:
             statuses = pipeline.status()
         except Exception as exc:  # noqa: BLE001 - e.g. a cycle: say so in the panel
+            self._status_failed = True
             self._show_panel_error(f"cannot check the stages: {exc}")
             return
+        if self._status_failed:
+            self._status_failed = False
+            self._show_panel_error(None)
         statuses = _definition_order(statuses, pipeline)
         self._statuses = statuses
         names = [s.name for s in statuses]
@@ -379,20 +400,11 @@ class PipelinePanel(widgets.VBox):
             if row is None:
                 row = self._rows[s.name] = _StageRow(s.name, self._run_from_button)
             row.show(s, self._busy)
-        for gone in set(self._rows) - set(names):
-            self._rows.pop(gone).close()
-        children = [self._rows[n] for n in names]
-        if not children:
-            empty = widgets.HTML("<span class='pipelite-empty'>no stages yet: define one with "
-                                 "<code>%%stage NAME</code> or <code>@stage</code></span>")
-            empty.add_class("pipelite-empty")
-            children = [empty]
+        children: list[widgets.Widget] = [self._rows[n] for n in names] or [self._empty]
         if list(self.rows.children) != children:
-            old = [c for c in self.rows.children if c not in children]
             self.rows.children = children
-            for c in old:
-                if not isinstance(c, _StageRow):
-                    c.close()
+        for gone in set(self._rows) - set(names):  # e.g. invalidated and no longer defined
+            _close_tree(self._rows.pop(gone))
         self._show_counts()
         if self.graph_toggle.value:
             self._draw_graph()

@@ -395,3 +395,22 @@ def test_pipelite_panel_magic_shows_a_live_panel_over_the_extensions_session(ip)
         assert ip.user_ns["scaled"] == [30, 60, 90]
     finally:
         panel.close()
+
+
+def test_a_pipeline_without_stages_says_how_to_define_one(store_dir, panels):
+    panel = panels(NamespaceSession(str(store_dir)))
+    (only,) = panel.rows.children
+    assert "pipelite-empty" in classes(only) and "%%stage NAME" in only.value
+    assert panel.counts.value == "" and panel.run_all_button.disabled
+
+
+def test_a_cycle_is_reported_in_the_panel_until_it_is_fixed(session, panels):
+    panel = panels(session)
+    REGISTRY.add(CellStage("numbers", "numbers = list(total)", session.namespace,
+                           inputs=["total"]))
+    panel.refresh()
+    assert "cannot check the stages" in panel.error.value and "cycle" in panel.error.value
+    session.define("numbers", STAGES["numbers"])
+    panel.refresh()
+    assert panel.error.layout.display == "none"
+    assert badge(panel, "numbers") == "missing"
