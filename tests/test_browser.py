@@ -182,8 +182,7 @@ def badge(page, stage: str):
 
 def expect_state(page, stage: str, state: str) -> None:
     loc = badge(page, stage)
-    expect(loc).to_have_class(re.compile(rf"(^|\s)pipelite-badge-{state}(\s|$)"),
-                              timeout=WAIT_MS)
+    expect(loc).to_have_class(re.compile(rf"(^|\s)pipelite-badge-{state}(\s|$)"))
     expect(loc).to_have_text(state)
 
 
@@ -200,7 +199,7 @@ def run_cell(page, cell, new_source: str | None = None) -> None:
     editor = cell.locator(".jp-InputArea .cm-content")
     editor.click()
     if new_source is not None:
-        page.keyboard.press("ControlOrMeta+a")
+        page.keyboard.press("Control+a")
         page.keyboard.type(new_source)
         expect(editor).to_have_text(new_source)
     page.keyboard.press("Shift+Enter")
@@ -214,6 +213,10 @@ def run_all_cells(page) -> None:
 def open_notebook(page, jupyter: JupyterServer, route: str, notebook: str) -> None:
     page.goto(jupyter.url(f"{route}/{notebook}"))
     expect(page.locator(".jp-Notebook .jp-CodeCell").first).to_be_visible()
+    # every cell is in the page (a notebook may render its cells progressively)
+    cells = json.loads(NOTEBOOK.read_text())["cells"]
+    expect(page.locator(".jp-Notebook .jp-CodeCell")).to_have_count(
+        sum(c["cell_type"] == "code" for c in cells))
     # "Run All" before the kernel is connected opens a kernel picker. The toolbar's indicator
     # says "idle" before a kernel even exists, so ask the server first, then the page.
     jupyter.wait_for_kernel(notebook)
@@ -233,7 +236,7 @@ def run_the_scenario(page, jupyter: JupyterServer, route: str, notebook: str, na
     run_all_cells(page)
 
     panel = page.locator(".pipelite-panel")
-    expect(panel).to_be_visible(timeout=WAIT_MS)
+    expect(panel).to_be_visible()
     last = code_cell(page, "print('RESULT total ='")
     expect(last.locator(".jp-OutputArea")).to_contain_text("RESULT total = 20 with SCALE = 2")
     for stage in ("numbers", "scaled", "total"):
