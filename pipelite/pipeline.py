@@ -76,12 +76,15 @@ class PlannedStage:
 
 
 class RunResult(dict):
-    """The target stages' outputs by artifact name; ``executed`` lists the stages that ran."""
+    """The target stages' outputs by artifact name; ``executed`` lists the stages that ran,
+    ``records`` holds each target stage's stored record."""
 
-    def __init__(self, values: Mapping[str, Any], executed: list[str], skipped: list[str]):
+    def __init__(self, values: Mapping[str, Any], executed: list[str], skipped: list[str],
+                 records: Mapping[str, dict] | None = None):
         super().__init__(values)
         self.executed = executed
         self.skipped = skipped
+        self.records = dict(records or {})
 
 
 @dataclass
@@ -561,7 +564,7 @@ class Pipeline:
                     values[out] = _load_input(self.store, name, done[name], info)
         finally:
             events.emit(events.StageEvent("run_finished", None, url, len(executed), total))
-        return RunResult(values, executed, skipped)
+        return RunResult(values, executed, skipped, {t: done[t] for t in targets})
 
     def _prepare(self, name: str, producers: Mapping[str, str], done: Mapping[str, dict],
                  params: Mapping[str, Mapping[str, Any]] | None, forced: bool):
@@ -667,14 +670,25 @@ class Pipeline:
             raise
 
     @_user_facing
-    def attachment(self, stage: Any, name: str) -> Any:
-        """A stored side value of a stage's fresh result (e.g. a cell's captured output)."""
-        stage_name = self._stage_name(stage)
-        producers = self._producers()
-        ev = self._evaluate(self._order([stage_name], producers), producers, None)[stage_name]
-        rec = ev.record if ev.state == "fresh" else None
-        info = (rec or {}).get("attachments", {}).get(name)
+    def attachment(self, stage: Any, name: str, *, record: dict | None = None) -> Any:
+        """A stored side value of a stage's fresh result (e.g. a cell's captured output).
+
+        Pass the stage's ``record`` (from ``RunResult.records``) to skip the freshness check.
+        """
+        if record is None:
+            stage_name = self._stage_name(stage)
+            producers = self._producers()
+            ev = self._evaluate(self._order([stage_name], producers), producers,
+                                None)[stage_name]
+            record = ev.record if ev.state == "fresh" else None
+        info = (record or {}).get("attachments", {}).get(name)
         return None if info is None else self.store.load_value(info)
+
+    @_user_facing
+    def producers(self) -> dict[str, str]:
+        """Every known artifact and the stage that produces it, including stages known only
+        from the store (e.g. after a kernel restart, before their cell has run again)."""
+        return self._producers().all()
 
     @_user_facing
     def record(self, stage: Any) -> dict | None:

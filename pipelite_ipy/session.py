@@ -9,6 +9,7 @@ from traitlets import Unicode, observe
 from traitlets.config import Configurable
 
 from pipelite import REGISTRY, CellStage, Pipeline, RunResult, StageEvent, subscribe
+from pipelite.cli import human_duration
 
 from .cell import CompiledCell, OutputCapture, replay
 
@@ -109,14 +110,15 @@ class PipeliteSession(Configurable):
         finally:
             self._current = None
         computed = name in result.executed
-        record = self.pipeline.record(name)
+        record = result.records.get(name)
         if not computed:
             when = _local_time(record.get("started")) if record else "?"
             saved = record.get("duration", 0.0) if record else 0.0
             print(f"[pipelite] {name}: loaded from store (run {when}, saved "
                   f"{_seconds(saved)} of compute)")
             sys.stdout.flush()
-            replay(self.shell, self.pipeline.attachment(name, OUTPUTS_ATTACHMENT) or [])
+            replay(self.shell, self.pipeline.attachment(name, OUTPUTS_ATTACHMENT,
+                                                        record=record) or [])
         return StageOutcome(name, computed, dict(result), record, list(result.executed))
 
     def _executor(self, name: str, compiled: CompiledCell) -> Callable[[str, dict], dict]:
@@ -135,22 +137,7 @@ class PipeliteSession(Configurable):
         Stages defined in this session count with their current outputs; stages known only
         from the store (e.g. after a restart, before their cell ran) with their last result's.
         """
-        produced: dict[str, str] = {}
-        for st in REGISTRY:
-            if st.name != exclude:
-                for out in st.outputs or ():
-                    produced[out] = st.name
-        store = self.pipeline.store
-        for name in store.stages():
-            if name == exclude:
-                continue
-            st = REGISTRY.get(name)
-            if st is not None and st.outputs is not None:
-                continue
-            latest = store.latest(name) or {}
-            for out in latest.get("outputs", {}):
-                produced.setdefault(out, name)
-        return produced
+        return {art: st for art, st in self.pipeline.producers().items() if st != exclude}
 
     # -- progress ----------------------------------------------------------------------------
     def _on_event(self, event: StageEvent) -> None:
@@ -162,14 +149,7 @@ class PipeliteSession(Configurable):
             print(f"[pipelite] {event.stage}: ran in {_seconds(event.duration or 0.0)}, stored")
 
 
-def _seconds(value: float) -> str:
-    if value < 0.001:
-        return f"{value * 1e6:.0f} µs"
-    if value < 1:
-        return f"{value * 1000:.0f} ms"
-    if value < 120:
-        return f"{value:.1f} s"
-    return f"{value / 60:.1f} min"
+_seconds = human_duration
 
 
 def _local_time(text: str | None) -> str:

@@ -430,3 +430,11 @@ def test_after_a_restart_stages_known_only_from_the_store_are_listed_and_used(st
     assert p.run("c").executed == [] and p.load("y") == 2
     with pytest.raises(PipeliteError, match="not defined in this session"):
         p.run("a")
+
+
+def test_run_result_carries_the_target_records_and_producers_lists_every_artifact(pipeline,
+                                                                                  chain):
+    result = pipeline.run("b")
+    assert set(result.records) == {"b"}
+    assert result.records["b"]["outputs"]["y"]["hash"] == pipeline.record("b")["outputs"]["y"]["hash"]
+    assert pipeline.producers() == {"x": "a", "y": "b", "z": "c"}
