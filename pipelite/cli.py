@@ -6,6 +6,7 @@ import sys
 from typing import Sequence
 
 from .errors import PipeliteError
+from .humanize import human_bytes, human_duration
 
 __all__ = ["main"]
 
@@ -16,24 +17,11 @@ def _pipeline(store: str):
     return Pipeline(store=store)
 
 
-def human_duration(seconds: float) -> str:
-    """``338 µs``, ``12 ms``, ``3.4 s``, ``2 min 5 s``."""
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.0f} µs"
-    if seconds < 1:
-        return f"{seconds * 1e3:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
-
-
 def format_status(statuses: Sequence) -> str:
     """A plain-text table of ``Pipeline.status()``."""
-    from .store import _human_bytes
-
     rows = [("STAGE", "STATE", "LAST RUN", "TOOK", "OUTPUTS", "WHY")]
     for s in statuses:
-        outs = ", ".join(f"{o.name} ({_human_bytes(o.size)})" for o in s.outputs)
+        outs = ", ".join(f"{o.name} ({human_bytes(o.size)})" for o in s.outputs)
         rows.append((
             s.name + ("" if s.defined else " *"),
             s.state,

@@ -46,4 +46,5 @@ def emit(event: StageEvent) -> None:
         try:
             listener(event)
         except Exception as exc:  # noqa: BLE001 - a broken listener must not break a run
-            warnings.warn(f"pipelite event listener {listener!r} failed: {exc!r}", stacklevel=2)
+            name = getattr(listener, "__qualname__", type(listener).__qualname__)
+            warnings.warn(f"pipelite event listener {name} failed: {exc!r}", stacklevel=2)

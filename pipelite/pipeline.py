@@ -25,6 +25,7 @@ from .errors import (
     UnknownArtifactError,
     UnknownStageError,
 )
+from .humanize import human_bytes, human_duration
 from .fingerprint import Fingerprint, PipeliteWarning, fingerprint_of
 from .stage import REGISTRY, Registry, Stage, artifact_name, stage_of
 from .store import GcReport, Store
@@ -61,6 +62,7 @@ class StageStatus:
     defined: bool = True
     error: str | None = None
     produces: tuple[str, ...] = ()  # artifact names, known before the first run where possible
+    traceback: str | None = None  # of the last failed run, when failed
 
     @property
     def fresh(self) -> bool:
@@ -238,8 +240,17 @@ class Pipeline:
                 continue
             graph[name] = self._deps(name, producers)
             stack.extend(graph[name])
+        # upstream first; among stages ready at the same time, the order they were defined in
+        rank = {name: i for i, name in enumerate(self.registry.names())}
         try:
-            return list(graphlib.TopologicalSorter(graph).static_order())
+            sorter = graphlib.TopologicalSorter(graph)
+            sorter.prepare()
+            order: list[str] = []
+            while sorter.is_active():
+                ready = sorted(sorter.get_ready(), key=lambda n: (rank.get(n, len(rank)), n))
+                order.extend(ready)
+                sorter.done(*ready)
+            return order
         except graphlib.CycleError as exc:
             cycle = " -> ".join(exc.args[1])
             raise CycleError(
@@ -400,6 +411,7 @@ class Pipeline:
             defined=st is not None,
             error=ev.failure.get("error") if ev.failure else None,
             produces=produces,
+            traceback=ev.failure.get("traceback") if ev.failure else None,
         )
 
     @_user_facing
@@ -430,9 +442,9 @@ class Pipeline:
         lines += [f"  - {r}" for r in s.reasons]
         if s.last_run:
             lines.append(f"last run: {s.last_run:%Y-%m-%d %H:%M:%S} UTC, took "
-                         f"{s.duration:.3g} s")
+                         f"{human_duration(s.duration or 0.0)}")
         if s.outputs:
-            lines.append("outputs: " + ", ".join(f"{o.name} ({o.summary}, {_human(o.size)})"
+            lines.append("outputs: " + ", ".join(f"{o.name} ({o.summary}, {human_bytes(o.size)})"
                                                   for o in s.outputs))
         return "\n".join(lines)
 
@@ -727,10 +739,6 @@ class Pipeline:
         return render(self.status(), format)
 
 
-def _human(n: float) -> str:
-    from .store import _human_bytes
-
-    return _human_bytes(n)
 
 
 def _is_dask(executor: Any) -> bool:

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import filelock
 
 from .errors import CorruptArtifactError, PipeliteError
+from .humanize import human_bytes
 from .formats import PICKLE, format_for, format_named, hash_file
 
 __all__ = ["Store", "GcReport"]
@@ -216,15 +217,7 @@ class GcReport:
 
     def __str__(self) -> str:
         return (f"removed {self.records} record(s) and {self.objects} object(s), "
-                f"freeing {_human_bytes(self.bytes)}")
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+                f"freeing {human_bytes(self.bytes)}")
 
 
 def _summary(value: Any) -> str:

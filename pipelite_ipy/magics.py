@@ -17,6 +17,7 @@ from IPython.display import display
 from IPython.utils.process import arg_split
 
 from pipelite import PipeliteError, StageStatus
+from pipelite.humanize import human_bytes, human_duration
 
 from .cell import CellSyntaxError, user_traceback
 from .session import PipeliteSession
@@ -124,13 +125,13 @@ class StatusTable:
             fill, stroke = STATE_COLOURS.get(s.state, STATE_COLOURS["missing"])
             badge = (f'<span style="background:{fill};border:1px solid {stroke};color:#000;'
                      f'border-radius:4px;padding:0 6px">{s.state}</span>')
-            outs = ", ".join(f"{html.escape(o.name)} ({_human(o.size)})" for o in s.outputs)
+            outs = ", ".join(f"{html.escape(o.name)} ({human_bytes(o.size)})" for o in s.outputs)
             rows.append(
                 "<tr>"
                 f"<td><code>{html.escape(s.name)}</code>{'' if s.defined else ' *'}</td>"
                 f"<td>{badge}</td>"
                 f"<td>{f'{s.last_run:%Y-%m-%d %H:%M}' if s.last_run else '-'}</td>"
-                f"<td>{f'{s.duration:.3g} s' if s.duration is not None else '-'}</td>"
+                f"<td>{human_duration(s.duration) if s.duration is not None else '-'}</td>"
                 f"<td>{outs or '-'}</td>"
                 f"<td>{html.escape('; '.join(s.reasons)) or '-'}</td>"
                 "</tr>"
@@ -140,14 +141,6 @@ class StatusTable:
         return ('<table class="pipelite-status"><thead><tr><th>stage</th><th>state</th>'
                 "<th>last run</th><th>took</th><th>outputs</th><th>why</th></tr></thead>"
                 f"<tbody>{''.join(rows)}</tbody></table>{foot}")
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n} B"
 
 
 @magics_class

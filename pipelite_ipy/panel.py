@@ -19,6 +19,7 @@ import ipywidgets as widgets
 
 from pipelite import StageEvent, StageStatus, subscribe
 from pipelite.graph import STATE_COLOURS
+from pipelite.humanize import human_bytes, human_duration
 
 __all__ = ["PipelinePanel"]
 
@@ -57,24 +58,10 @@ _CSS = """
 """
 
 
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover - unreachable
-
-
 def _seconds(s: float | None) -> str:
     if s is None:
         return ""
-    if s < 0.001:
-        return "<1 ms"
-    if s < 1:
-        return f"{s * 1000:.0f} ms"
-    if s < 120:
-        return f"{s:.1f} s"
-    return f"{s / 60:.1f} min"
+    return "<1 ms" if s < 0.001 else human_duration(s)
 
 
 def _when(t: _dt.datetime | None) -> str:
@@ -218,7 +205,7 @@ class _StageRow(widgets.VBox):
         else:
             self.add_class("pipelite-undefined")
         outs = [f'<span title="{html.escape(o.summary or o.format)}">{html.escape(o.name)} '
-                f"({_human_bytes(o.size)})</span>" for o in s.outputs]
+                f"({human_bytes(o.size)})</span>" for o in s.outputs]
         self.outputs.value = ", ".join(outs) or '<span class="pipelite-empty">no outputs yet</span>'
         if s.last_run is not None:
             self.when.value = (f'<span title="last run {s.last_run.isoformat()}">'

@@ -9,7 +9,7 @@ from traitlets import Unicode, observe
 from traitlets.config import Configurable
 
 from pipelite import REGISTRY, CellStage, Pipeline, RunResult, StageEvent, subscribe
-from pipelite.cli import human_duration
+from pipelite.humanize import human_duration
 
 from .cell import CompiledCell, OutputCapture, replay
 

@@ -438,3 +438,34 @@ def test_run_result_carries_the_target_records_and_producers_lists_every_artifac
     assert set(result.records) == {"b"}
     assert result.records["b"]["outputs"]["y"]["hash"] == pipeline.record("b")["outputs"]["y"]["hash"]
     assert pipeline.producers() == {"x": "a", "y": "b", "z": "c"}
+
+
+def test_status_lists_upstream_first_then_in_the_order_stages_were_defined(pipeline):
+    @stage(outputs="z_out")
+    def zeta():
+        return 1
+
+    @stage(outputs="a_out")
+    def alpha():
+        return 1
+
+    @stage(outputs="m_out")
+    def mid(z_out, a_out):
+        return 1
+
+    @stage(outputs="b_out")
+    def beta():
+        return 1
+
+    assert [s.name for s in pipeline.status()] == ["zeta", "alpha", "beta", "mid"]
+
+
+def test_a_failed_stage_status_carries_its_traceback(pipeline):
+    @stage(outputs="v")
+    def broken():
+        raise ValueError("deep problem")
+
+    with pytest.raises(ValueError):
+        pipeline.run("broken")
+    (s,) = pipeline.status()
+    assert "deep problem" in s.traceback and "in broken" in s.traceback
