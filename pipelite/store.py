@@ -239,7 +239,13 @@ class Store:
     def __init__(self, location: str | os.PathLike = ".pipelite",
                  storage_options: dict | None = None):
         """``storage_options`` go to the fsspec filesystem (e.g. S3 credentials, endpoint_url)."""
+        if not isinstance(location, (str, os.PathLike)):
+            raise PipeliteError(f"store must be a path or an fsspec URL string, not "
+                                f"{type(location).__name__}")
         loc = os.fspath(location)
+        if not isinstance(loc, str):
+            raise PipeliteError(f"store must be a path or an fsspec URL string, not "
+                                f"{type(loc).__name__} (from {type(location).__name__})")
         if "://" in loc and not loc.startswith("file://"):
             self._fs: _LocalFS | _FsspecFS = _FsspecFS(loc, storage_options)
         else:
