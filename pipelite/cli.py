@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -9,6 +10,9 @@ from .errors import PipeliteError
 from .humanize import human_bytes, human_duration
 
 __all__ = ["main"]
+
+
+DEFAULT_STORE = ".pipelite"
 
 
 def _pipeline(store: str):
@@ -38,21 +42,31 @@ def format_status(statuses: Sequence) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
+    store_help = "store location: a path or fsspec URL (default: ./.pipelite)"
+    # --store is accepted before the command (pipelite --store P status) and after it
+    # (pipelite status --store P). SUPPRESS keeps a subcommand from overwriting the global
+    # value with its own default when --store is not given after the command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", default=argparse.SUPPRESS, help=store_help)
     parser = argparse.ArgumentParser(
         prog="pipelite", description="Inspect a PipeLite store or run a notebook's stages.")
-    parser.add_argument("--store", default=".pipelite",
-                        help="store location: a path or fsspec URL (default: ./.pipelite)")
+    parser.add_argument("--store", default=None, help=store_help)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("status", help="list the stages in the store and their last results")
-    g = sub.add_parser("graph", help="print the stage graph")
+    sub.add_parser("status", parents=[common],
+                   help="list the stages in the store and their last results")
+    g = sub.add_parser("graph", parents=[common], help="print the stage graph")
     g.add_argument("--format", choices=("mermaid", "dot", "svg"), default="mermaid")
-    gc = sub.add_parser("gc", help="delete all but the newest results per stage")
+    gc = sub.add_parser("gc", parents=[common],
+                        help="delete all but the newest results per stage")
     gc.add_argument("--keep", type=int, default=1, help="results to keep per stage (default 1)")
     run = sub.add_parser(
-        "run", help="run a notebook's stages headless, with the same cache as the notebook",
+        "run", parents=[common],
+        help="run a notebook's stages headless, with the same cache as the notebook",
         description="Execute NOTEBOOK in a fresh kernel with the PipeLite extension loaded. "
                     "With STAGE names, every %%stage cell is only defined and just those stages "
-                    "(and whatever they need) run; other cells (imports, helpers) run as usual.")
+                    "(and whatever they need) run; other cells (imports, helpers) run as usual. "
+                    "The store is the notebook's own (./.pipelite beside it) unless --store "
+                    "is given.")
     run.add_argument("notebook", metavar="NOTEBOOK.ipynb")
     run.add_argument("stages", nargs="*", metavar="STAGE")
     run.add_argument("--force", action="store_true", help="recompute the named stages")
@@ -86,8 +100,6 @@ def prepare_notebook(nb, stages: Sequence[str], store: str | None, force: bool =
 
 
 def _run_notebook(args: argparse.Namespace) -> int:
-    import os
-
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -97,9 +109,9 @@ def _run_notebook(args: argparse.Namespace) -> int:
         print(f"pipelite: error: no notebook at {args.notebook}", file=sys.stderr)
         return 2
     nb = nbformat.read(path, as_version=4)
-    store = args.store if args.store != ".pipelite" else None
+    store = args.store  # None: the notebook's own store, ./.pipelite beside it
     if store and "://" not in store:
-        store = os.path.abspath(store)
+        store = os.path.abspath(os.path.expanduser(store))
     runnable = prepare_notebook(nb, args.stages, store, args.force)
     client = NotebookClient(runnable, timeout=args.timeout, kernel_name="python3",
                             resources={"metadata": {"path": os.path.dirname(path)}})
@@ -125,8 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         return _run_notebook(args)
+    store = args.store or DEFAULT_STORE
     try:
-        pipe = _pipeline(args.store)
+        pipe = _pipeline(store)
         if args.command == "status":
             print(format_status(pipe.status()))
         elif args.command == "graph":

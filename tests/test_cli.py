@@ -12,3 +12,52 @@ def test_a_store_that_is_not_a_path_is_a_pipelite_error(bad, kind):
     with pytest.raises(PipeliteError, match=f"store must be a path or an fsspec URL string, "
                                             f"not {kind}"):
         Pipeline(store=bad)
+
+
+# -- --store before or after the command -----------------------------------------------------
+@pytest.fixture
+def stored(store_dir):
+    """A store holding one result of stage 'a' (defined only while it ran)."""
+    from pipelite import REGISTRY, stage
+
+    @stage(outputs="x")
+    def a():
+        return 1
+
+    Pipeline(store_dir).run()
+    REGISTRY.clear()  # like the command line: no stage is defined, all come from the store
+    return store_dir
+
+
+@pytest.mark.parametrize("command, expect", [
+    (["status"], "STAGE"),
+    (["graph", "--format", "dot"], "digraph"),
+    (["gc", "--keep", "1"], "removed 0 record(s)"),
+])
+def test_store_is_accepted_after_every_command_and_before_it(stored, capsys, command, expect):
+    from pipelite.cli import main
+
+    for argv in (["--store", str(stored), *command], [*command, "--store", str(stored)],
+                 [command[0], "--store", str(stored), *command[1:]]):
+        assert main(argv) == 0, argv
+        out = capsys.readouterr().out
+        assert expect in out, argv
+        if command == ["status"]:
+            assert out.splitlines()[1].split()[0] == "a"
+
+
+def test_run_passes_a_store_given_after_the_command_to_the_notebook(tmp_path, monkeypatch):
+    import nbformat
+
+    from pipelite import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_run_notebook", lambda args: seen.append(args.store) or 0)
+    assert cli.main(["run", "nb.ipynb", "--store", "elsewhere"]) == 0
+    assert cli.main(["--store", "before", "run", "nb.ipynb"]) == 0
+    assert cli.main(["run", "nb.ipynb"]) == 0
+    assert seen == ["elsewhere", "before", None]
+    nb = cli.prepare_notebook(nbformat.v4.new_notebook(), [], str(tmp_path / "s"))
+    assert nb.cells[0].source == f"%load_ext pipelite\n%pipelite store {tmp_path / 's'}"
+    nb = cli.prepare_notebook(nbformat.v4.new_notebook(), [], None)
+    assert nb.cells[0].source == "%load_ext pipelite"  # the notebook's own store
