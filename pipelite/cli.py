@@ -21,6 +21,15 @@ def _pipeline(store: str):
     return Pipeline(store=store)
 
 
+def _check_store_exists(store: str) -> None:
+    """A local store that does not exist is a mistake (a typo, the wrong directory): say so
+    instead of showing an empty table. An existing, empty directory is a store with no stages."""
+    local = "://" not in store or store.startswith("file://")
+    path = store[len("file://"):] if store.startswith("file://") else store
+    if local and not os.path.isdir(os.path.expanduser(path)):
+        raise PipeliteError(f"no PipeLite store at {store}")
+
+
 def format_status(statuses: Sequence) -> str:
     """A plain-text table of ``Pipeline.status()``."""
     rows = [("STAGE", "STATE", "LAST RUN", "TOOK", "OUTPUTS", "WHY")]
@@ -139,9 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_notebook(args)
     store = args.store or DEFAULT_STORE
     try:
+        _check_store_exists(store)
         pipe = _pipeline(store)
         if args.command == "status":
-            print(format_status(pipe.status()))
+            statuses = pipe.status()
+            print(format_status(statuses) if statuses
+                  else f"no stages yet in {pipe.store.url}")
         elif args.command == "graph":
             print(pipe.graph(args.format), end="")
         elif args.command == "gc":

@@ -61,3 +61,24 @@ def test_run_passes_a_store_given_after_the_command_to_the_notebook(tmp_path, mo
     assert nb.cells[0].source == f"%load_ext pipelite\n%pipelite store {tmp_path / 's'}"
     nb = cli.prepare_notebook(nbformat.v4.new_notebook(), [], None)
     assert nb.cells[0].source == "%load_ext pipelite"  # the notebook's own store
+
+
+# -- a store that does not exist ---------------------------------------------------------------
+@pytest.mark.parametrize("command", [["status"], ["graph"], ["gc"]])
+def test_a_missing_local_store_is_an_error_not_an_empty_table(tmp_path, capsys, command):
+    from pipelite.cli import main
+
+    missing = tmp_path / "no-such-store"
+    for argv in ([*command, "--store", str(missing)], ["--store", str(missing), *command]):
+        assert main(argv) == 2
+        captured = capsys.readouterr()
+        assert captured.err == f"pipelite: error: no PipeLite store at {missing}\n"
+        assert captured.out == ""
+    assert not missing.exists()  # and nothing was created there
+
+
+def test_an_existing_empty_store_directory_has_no_stages_yet(tmp_path, capsys):
+    from pipelite.cli import main
+
+    assert main(["status", "--store", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("no stages yet")
