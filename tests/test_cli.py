@@ -82,3 +82,23 @@ def test_an_existing_empty_store_directory_has_no_stages_yet(tmp_path, capsys):
 
     assert main(["status", "--store", str(tmp_path)]) == 0
     assert capsys.readouterr().out.startswith("no stages yet")
+
+
+# -- the status table ----------------------------------------------------------------------------
+def test_cli_status_shows_stored_results_as_stored_without_a_why(stored, capsys):
+    from pipelite.cli import main
+
+    assert main(["status", "--store", str(stored)]) == 0
+    out = capsys.readouterr().out
+    header, row = out.splitlines()[:2]
+    assert header.split() == ["STAGE", "STATE", "LAST", "RUN", "TOOK", "OUTPUTS", "WHY"]
+    assert row.split()[:2] == ["a", "stored"]
+    assert row.split()[-1] == "-"
+    assert "not defined in this session" not in out and "fresh" not in out
+    assert "*" not in out  # every stage is from the store here: no footnote needed
+
+
+def test_the_api_status_is_unchanged(stored):
+    s = Pipeline(stored).status()[0]
+    assert s.state == "fresh" and not s.defined
+    assert "not defined in this session (stored result from" in s.reasons[0]
