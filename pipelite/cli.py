@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Sequence
 
@@ -116,6 +117,55 @@ def prepare_notebook(nb, stages: Sequence[str], store: str | None, force: bool =
     return nb
 
 
+def _stage_outputs(nb) -> set[str]:
+    """The names the notebook's ``%%stage`` cells bind (best effort: for messages only)."""
+    from ._cellcode import analyze
+
+    names: set[str] = set()
+    for cell in nb.cells:
+        if cell.cell_type != "code" or not cell.source.lstrip().startswith("%%stage"):
+            continue
+        first, _, body = cell.source.lstrip().partition("\n")
+        words = first.split()
+        for i, word in enumerate(words):
+            if word in ("-o", "--output"):
+                names.update(w for w in words[i + 1:] if not w.startswith("-"))
+        try:
+            names.update(analyze(body).outputs)
+        except SyntaxError:  # IPython syntax in the cell; the kernel will say if it matters
+            pass
+    return names
+
+
+def _report_cell_errors(runnable, notebook: str) -> bool:
+    """After a targeted run (errors allowed): warn about plain cells that failed, and fail on
+    an error in the setup, a ``%%stage`` cell or the final ``%pipelite run`` cell."""
+    from nbclient.exceptions import CellExecutionError
+
+    produced = _stage_outputs(runnable)
+    last = len(runnable.cells) - 1
+    for index, cell in enumerate(runnable.cells):
+        if cell.cell_type != "code":
+            continue
+        error = next((o for o in cell.get("outputs", []) if o.get("output_type") == "error"),
+                     None)
+        if error is None:
+            continue
+        plain = 0 < index < last and not cell.source.lstrip().startswith("%%stage")
+        if not plain:
+            exc = CellExecutionError.from_cell_and_msg(cell, error)
+            print(f"pipelite: a cell of {notebook} failed:\n{exc}", file=sys.stderr)
+            return False
+        ename, evalue = error.get("ename", "Error"), error.get("evalue", "")
+        match = re.match(r"name '([^']+)' is not defined", evalue)
+        why = ("reads a stage output that is not loaded in this mode"
+               if ename == "NameError" and match and match.group(1) in produced
+               else "it failed in this mode")
+        # index counts the notebook's own cells from 1 (index 0 is the added setup cell)
+        print(f"pipelite: skipped cell {index} ({why}): {ename}: {evalue}", file=sys.stderr)
+    return True
+
+
 def _run_notebook(args: argparse.Namespace) -> int:
     import nbformat
     from nbclient import NotebookClient
@@ -130,7 +180,11 @@ def _run_notebook(args: argparse.Namespace) -> int:
     if store and "://" not in store:
         store = os.path.abspath(os.path.expanduser(store))
     runnable = prepare_notebook(nb, args.stages, store, args.force)
+    # With STAGE names the %%stage cells only define their stages, so a plain cell that reads
+    # a stage output (print(train_data.shape)) cannot run: keep going, and judge afterwards.
+    targeted = bool(args.stages)
     client = NotebookClient(runnable, timeout=args.timeout, kernel_name="python3",
+                            allow_errors=targeted,
                             resources={"metadata": {"path": os.path.dirname(path)}})
     try:
         client.execute()
@@ -140,6 +194,8 @@ def _run_notebook(args: argparse.Namespace) -> int:
     finally:
         if args.output:
             nbformat.write(runnable, args.output)
+    if targeted and not _report_cell_errors(runnable, args.notebook):
+        return 1
     for cell in runnable.cells:
         for out in cell.get("outputs", []):
             if out.get("name") in ("stdout", "stderr") and "[pipelite]" in out.get("text", ""):

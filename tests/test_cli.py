@@ -102,3 +102,68 @@ def test_the_api_status_is_unchanged(stored):
     s = Pipeline(stored).status()[0]
     assert s.state == "fresh" and not s.defined
     assert "not defined in this session (stored result from" in s.reasons[0]
+
+
+# -- pipelite run NOTEBOOK STAGE ---------------------------------------------------------------
+def _notebook(path, *sources):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# demo")]
+    nb.cells += [nbformat.v4.new_code_cell(src) for src in sources]
+    nbformat.write(nb, path)
+
+
+def _pipelite(cwd, *args):
+    import subprocess
+
+    return subprocess.run(["pipelite", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_run_with_stage_names_skips_plain_cells_that_read_stage_outputs(tmp_path):
+    _notebook(
+        tmp_path / "demo.ipynb",
+        "import numpy as np\n"
+        "def log(name):\n"
+        "    open('calls.log', 'a').write(name + '\\n')",
+        "%%stage gen\nlog('gen')\ntrain_data = np.arange(10)",
+        "print(train_data.shape)",  # cell 4 (after the markdown): reads a stage output
+        "%%stage double\nlog('double')\ndoubled = train_data * 2",
+        "print(doubled.sum())",
+        "helper_ok = 1",
+    )
+    done = _pipelite(tmp_path, "run", "demo.ipynb", "double", "--store", "elsewhere")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "calls.log").read_text().split() == ["gen", "double"]
+    assert ("pipelite: skipped cell 4 (reads a stage output that is not loaded in this mode): "
+            "NameError: name 'train_data' is not defined") in done.stderr
+    assert "skipped cell 6 (reads a stage output" in done.stderr
+    assert "cell 7" not in done.stderr and "Traceback" not in done.stderr
+    assert (tmp_path / "elsewhere" / "records" / "double").is_dir()  # --store after `run`
+    assert not (tmp_path / ".pipelite").exists()
+
+
+def test_run_with_stage_names_fails_when_the_stage_fails(tmp_path):
+    _notebook(
+        tmp_path / "boom.ipynb",
+        "%%stage boom\nvalue = 1 / 0",
+        "print(value)",
+    )
+    done = _pipelite(tmp_path, "run", "boom.ipynb", "boom")
+    assert done.returncode == 1
+    assert "skipped cell 3 (reads a stage output" in done.stderr
+    assert "pipelite: a cell of boom.ipynb failed" in done.stderr
+    assert "ZeroDivisionError" in done.stderr and "%pipelite run boom" in done.stderr
+
+
+def test_run_with_stage_names_fails_when_a_stage_cell_cannot_be_defined(tmp_path):
+    _notebook(
+        tmp_path / "bad.ipynb",
+        "%%stage 9lives\nvalue = 1",
+        "%%stage ok\nfine = 1",
+    )
+    done = _pipelite(tmp_path, "run", "bad.ipynb", "ok")
+    assert done.returncode == 1
+    assert "pipelite: a cell of bad.ipynb failed" in done.stderr
+    assert "invalid stage name '9lives'" in done.stderr
