@@ -20,6 +20,7 @@ class CellAnalysis:
     free: tuple[str, ...]
     outputs: tuple[str, ...]
     defined: tuple[str, ...]
+    imports: tuple[str, ...] = ()  # modules the code imports, anywhere in it
 
 
 def analyze(source: str) -> CellAnalysis:
@@ -52,7 +53,14 @@ def analyze(source: str) -> CellAnalysis:
         if name not in bound:
             read(name)
     outputs = [o for o in outputs if o not in defined]
-    return CellAnalysis(tuple(free), tuple(outputs), tuple(defined))
+    imports: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imports += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            imports.append(node.module)
+    return CellAnalysis(tuple(free), tuple(outputs), tuple(defined),
+                        tuple(dict.fromkeys(imports)))
 
 
 def _top_level_names(stmt: ast.stmt) -> tuple[list[str], list[str], list[str]]:

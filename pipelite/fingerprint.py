@@ -107,54 +107,53 @@ def _library_token(modname: str, qualname: str = "") -> str:
     return f"lib:{modname}{'.' + qualname if qualname else ''}@{_version(top)}"
 
 
-# -- normalised code ------------------------------------------------------------------------
-_code_cache: "weakref.WeakKeyDictionary[types.CodeType, tuple[str, tuple[str, ...]]]" = (
-    weakref.WeakKeyDictionary()
-)
+# -- the code that is loaded ----------------------------------------------------------------
+# A function is fingerprinted by its compiled code (bytecode, names, constants), not by its
+# source file: that is what runs, even when the file was edited since it was imported.
+# Bytecode carries no comments, blank lines or line numbers; the docstring is left out.
+_code_cache: "weakref.WeakKeyDictionary[types.CodeType, tuple]" = weakref.WeakKeyDictionary()
 
 
-def _code_info(fn: types.FunctionType) -> tuple[str, tuple[str, ...]]:
-    """(digest of the normalised source, global names the code loads), cached per code object."""
+def _code_info(fn: types.FunctionType) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """(digest of the code, global names it loads, modules it imports), cached per code."""
     code = fn.__code__
     hit = _code_cache.get(code)
-    if hit is not None:
-        return hit
-    digest = None
-    if fn.__name__ != "<lambda>":
-        try:
-            digest = digest_text(normalize_source(textwrap.dedent(inspect.getsource(fn))))
-        except (OSError, TypeError, SyntaxError, IndentationError):
-            digest = None
-    if digest is None:  # no source (exec'd code) or a lambda inside a larger line
-        h = _hasher()
-        _feed_code(h, code)
-        digest = h.hexdigest()
-    info = (digest, _global_loads(code))
-    _code_cache[code] = info
+    if hit is not None and hit[0] == fn.__doc__:
+        return hit[1:]
+    h = _hasher()
+    _feed_code(h, code, fn.__doc__)
+    names, imports = _loads_and_imports(code)
+    info = (h.hexdigest(), names, imports)
+    _code_cache[code] = (fn.__doc__, *info)
     return info
 
 
-def _feed_code(h: Any, code: types.CodeType) -> None:
+def _feed_code(h: Any, code: types.CodeType, doc: str | None = None) -> None:
     h.update(code.co_code)
-    h.update(repr(code.co_names).encode())
-    h.update(repr(code.co_varnames).encode())
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
+    for names in (code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars):
+        h.update(("\x00".join(names) + "\x01").encode())
+    for i, const in enumerate(code.co_consts):
+        if i == 0 and doc is not None and const == doc:
+            h.update(b"<doc>")
+        elif isinstance(const, types.CodeType):
             _feed_code(h, const)
-        else:
-            h.update(repr(const).encode())
+        else:  # frozensets hash in a stable order, whatever the hash seed
+            _feed_value(h, const, set(), "constant", None)
 
 
-def _global_loads(code: types.CodeType) -> tuple[str, ...]:
+def _loads_and_imports(code: types.CodeType) -> tuple[tuple[str, ...], tuple[str, ...]]:
     names: list[str] = []
+    imports: list[str] = []
     stack = [code]
     while stack:
         co = stack.pop()
         for ins in dis.get_instructions(co):
             if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and ins.argval not in names:
                 names.append(ins.argval)
+            elif ins.opname == "IMPORT_NAME" and ins.argval not in imports:
+                imports.append(ins.argval)
         stack.extend(c for c in co.co_consts if isinstance(c, types.CodeType))
-    return tuple(names)
+    return tuple(names), tuple(imports)
 
 
 # -- values by content ----------------------------------------------------------------------
@@ -163,13 +162,18 @@ _warned_types: set[str] = set()
 
 def value_digest(value: Any) -> str:
     """A content digest of a Python value: numbers, strings, containers, numpy arrays, pandas
-    objects by their data; other objects by their pickled state; unpicklable ones by type."""
+    objects by their data; functions and classes by their code; instances of your classes by
+    their attributes; other objects by their pickled state; unpicklable ones by type."""
+    return value_digest_labelled(value, "value")
+
+
+def value_digest_labelled(value: Any, label: str, walker: "_Walker | None" = None) -> str:
     h = _hasher()
-    _feed_value(h, value, set(), "value")
+    _feed_value(h, value, set(), label, walker or _Walker(set()))
     return h.hexdigest()
 
 
-def _feed_value(h: Any, v: Any, seen: set[int], label: str) -> None:
+def _feed_value(h: Any, v: Any, seen: set[int], label: str, walker: "_Walker | None") -> None:
     t = type(v)
     if v is None or t in (bool, int, float, complex):
         h.update(f"{t.__name__}:{v!r};".encode())
@@ -183,35 +187,61 @@ def _feed_value(h: Any, v: Any, seen: set[int], label: str) -> None:
         h.update(b"b%d:" % len(v))
         h.update(v)
         return
+    if walker is not None:
+        token = walker.token(v)  # functions, classes, modules, wrappers: by their code
+        if token is not None:
+            h.update(f"code:{token};".encode())
+            return
     if id(v) in seen:
         h.update(b"<cycle>")
         return
     seen.add(id(v))
     try:
-        if t in (list, tuple):
-            h.update(b"%s%d[" % (t.__name__.encode(), len(v)))
-            for item in v:
-                _feed_value(h, item, seen, label)
-            h.update(b"]")
-        elif t in (dict,) or (isinstance(v, dict) and t.__module__ == "collections"):
-            h.update(b"%s%d{" % (t.__name__.encode(), len(v)))
-            for key, item in v.items():
-                _feed_value(h, key, seen, label)
-                _feed_value(h, item, seen, label)
-            h.update(b"}")
-        elif t in (set, frozenset):
-            h.update(b"%s%d{" % (t.__name__.encode(), len(v)))
-            for d in sorted(value_digest(item) for item in v):
-                h.update(d.encode())
-            h.update(b"}")
-        elif t.__module__ == "numpy" or isinstance(v, _numpy_types()):
-            _feed_numpy(h, v, label)
-        elif t.__module__.startswith("pandas"):
-            _feed_pandas(h, v, label)
-        else:
-            _feed_pickled(h, v, label)
+        _feed_object(h, v, t, seen, label, walker)
     finally:
         seen.discard(id(v))
+
+
+def _feed_object(h: Any, v: Any, t: type, seen: set[int], label: str,
+                 walker: "_Walker | None") -> None:
+    if isinstance(v, (list, tuple)):
+        h.update(b"%s%d[" % (t.__qualname__.encode(), len(v)))
+        for item in v:
+            _feed_value(h, item, seen, label, walker)
+        h.update(b"]")
+    elif isinstance(v, dict):
+        h.update(b"%s%d{" % (t.__qualname__.encode(), len(v)))
+        for key, item in v.items():
+            _feed_value(h, key, seen, label, walker)
+            _feed_value(h, item, seen, label, walker)
+        h.update(b"}")
+    elif isinstance(v, (set, frozenset)):
+        h.update(b"%s%d{" % (t.__qualname__.encode(), len(v)))
+        for d in sorted(value_digest_labelled(item, label, walker) for item in v):
+            h.update(d.encode())
+        h.update(b"}")
+    elif isinstance(v, _numpy_types()):
+        _feed_numpy(h, v, label)
+        return
+    elif t.__module__.startswith("pandas"):
+        _feed_pandas(h, v, label)
+        return
+    elif walker is not None and _is_user_object(v, t):
+        # an instance of your own class: its class's code and its attributes
+        h.update(f"obj:{walker.token(t)}:".encode())
+        _feed_value(h, vars(v), seen, label, walker)
+        return
+    else:
+        _feed_pickled(h, v, label)
+        return
+    if walker is not None and _is_user_object(v, t):  # a subclass of a container
+        h.update(f"obj:{walker.token(t)}:".encode())
+        _feed_value(h, vars(v), seen, label, walker)
+
+
+def _is_user_object(v: Any, t: type) -> bool:
+    return hasattr(v, "__dict__") and (t is types.SimpleNamespace or
+                                       not _is_library_module(t.__module__ or ""))
 
 
 @functools.lru_cache(maxsize=1)
@@ -223,7 +253,12 @@ def _numpy_types() -> tuple[type, ...]:
 def _feed_numpy(h: Any, v: Any, label: str) -> None:
     import numpy as np
 
-    if isinstance(v, np.ndarray) and v.dtype != object:
+    if isinstance(v, np.ma.MaskedArray):
+        h.update(b"masked:")
+        _feed_numpy(h, np.ma.getdata(v), label)
+        _feed_numpy(h, np.ma.getmaskarray(v), label)
+        h.update(repr(v.fill_value).encode())
+    elif isinstance(v, np.ndarray) and v.dtype != object:
         arr = np.ascontiguousarray(v)
         h.update(f"ndarray:{arr.dtype.str}:{arr.shape};".encode())
         h.update(arr.reshape(-1).view(np.uint8))
@@ -243,6 +278,10 @@ def _feed_pandas(h: Any, v: Any, label: str) -> None:
             h.update(f"{type(v).__name__}:{v.shape};".encode())
             h.update(repr(v.dtypes if isinstance(v, pd.DataFrame) else v.dtype).encode())
             h.update(repr(list(v.columns) if isinstance(v, pd.DataFrame) else v.name).encode())
+            index = v if isinstance(v, pd.Index) else v.index
+            h.update(repr((list(index.names), type(index).__name__)).encode())
+            if isinstance(v, pd.DataFrame):
+                h.update(repr(list(v.columns.names)).encode())
             h.update(rows.to_numpy().tobytes())
             return
         except TypeError:  # unhashable cells (lists, dicts): fall back to pickling
@@ -276,6 +315,21 @@ def _feed_pickled(h: Any, v: Any, label: str) -> None:
 
 
 # -- reachable code ----------------------------------------------------------------------------
+_SKIP_CLASS_KEYS = frozenset({"__dict__", "__weakref__", "__module__", "__doc__", "__qualname__",
+                              "__pipelite_stage__", "__annotations__", "__firstlineno__",
+                              "__static_attributes__"})
+
+
+def _helper_key(obj: Any) -> str:
+    module = getattr(obj, "__module__", None)
+    qual = getattr(obj, "__qualname__", repr(obj))
+    key = qual if module in (None, "__main__") else f"{module}.{qual}"
+    code = getattr(obj, "__code__", None)
+    if code is not None and code.co_name != obj.__name__:  # a functools.wraps wrapper
+        key += f" [{code.co_name}]"
+    return key
+
+
 class _Walker:
     """Collects the helpers and globals reachable from a stage's code."""
 
@@ -283,7 +337,7 @@ class _Walker:
         self.skip = skip  # names that are inputs: tracked by content hash, not as globals
         self.helpers: dict[str, str] = {}
         self.globals: dict[str, str] = {}
-        self._visited: set[int] = set()
+        self._visited: dict[int, str] = {}
 
     def reference(self, name: str, value: Any, owner: str, scope_is_stage: bool) -> None:
         """``owner``'s code reads global ``name`` bound to ``value``."""
@@ -291,112 +345,147 @@ class _Walker:
             return
         token = self.token(value)
         if token is not None:
-            self.helpers.setdefault(name if owner == "" else f"{name}", token)
+            if not isinstance(value, (types.FunctionType, type)) or token.startswith("lib:"):
+                self.helpers[name] = token  # user functions and classes are listed already
             return
         key = name if owner == "" or scope_is_stage else f"{name} (read by {owner})"
-        self.globals[key] = value_digest_labelled(value, f"global '{name}'")
-        cls = type(value)
-        if not _is_library_module(cls.__module__):  # its methods are code the stage may call
-            self.visit_class(cls)
+        self.globals[key] = value_digest_labelled(value, f"global '{name}'", self)
 
     def token(self, value: Any) -> str | None:
-        """A digest for code-like values (functions, classes, modules), else None."""
-        if isinstance(value, type) and issubclass(value, Artifact):
-            return f"artifact:{value.name}"
-        if isinstance(value, types.ModuleType):
-            return self._module_token(value)
-        if isinstance(value, types.FunctionType):
+        """A digest for code-like values (functions, classes, modules, wrappers), else None."""
+        if isinstance(value, type):
+            if issubclass(value, Artifact):
+                return f"artifact:{value.name}"
             if _is_library_module(value.__module__ or ""):
                 return _library_token(value.__module__, value.__qualname__)
-            return self.visit_function(value)
-        if isinstance(value, type):
-            if _is_library_module(value.__module__):
-                return _library_token(value.__module__, value.__qualname__)
             return self.visit_class(value)
-        if isinstance(value, (types.BuiltinFunctionType, types.MethodType)) or (
+        if isinstance(value, types.FunctionType):
+            if _is_library_module(value.__module__ or ""):
+                return _library_token(value.__module__ or "", value.__qualname__)
+            return self.visit_function(value)
+        if isinstance(value, types.ModuleType):
+            return self.module_token(value)
+        if isinstance(value, types.MethodType):
+            return (f"method:{self.token(value.__func__)}:"
+                    f"{value_digest_labelled(value.__self__, 'bound object', self)}")
+        if isinstance(value, functools.partial):
+            return (f"partial:{self.token(value.func)}:"
+                    f"{value_digest_labelled((value.args, value.keywords), 'partial', self)}")
+        wrapped = getattr(value, "__wrapped__", None) if callable(value) else None
+        if wrapped is not None and not isinstance(value, types.BuiltinFunctionType):
+            # functools.lru_cache / cache and other callable wrappers: the wrapped code counts
+            kind = type(value)
+            return f"wrapped:{kind.__module__}.{kind.__qualname__}:{self.token(wrapped)}"
+        if isinstance(value, types.BuiltinFunctionType) or (
             callable(value) and _is_library_module(type(value).__module__)
-            and not hasattr(value, "__dict__") and hasattr(value, "__name__")
+            and hasattr(value, "__name__") and not hasattr(value, "__dict__")
         ):
-            if isinstance(value, types.MethodType) and isinstance(value.__func__,
-                                                                  types.FunctionType):
-                return self.token(value.__func__)
             mod = getattr(value, "__module__", None) or type(value).__module__
             return _library_token(mod, getattr(value, "__qualname__", value.__name__))
-        if isinstance(value, functools.partial):
-            return f"partial:{self.token(value.func)}:{value_digest((value.args, value.keywords))}"
         return None
 
-    def _module_token(self, mod: types.ModuleType) -> str:
+    def module_token(self, mod: types.ModuleType) -> str:
+        """A library module by name and version; your own module by what it holds now."""
         if _is_library_module(mod.__name__):
             return _library_token(mod.__name__)
-        path = getattr(mod, "__file__", None)
-        if path and os.path.exists(path):
-            with open(path, "rb") as f:
-                return f"module:{mod.__name__}:{xxhash.xxh3_128_hexdigest(f.read())}"
-        return f"module:{mod.__name__}"
+        if id(mod) in self._visited:
+            return self._visited[id(mod)]
+        self._visited[id(mod)] = f"module:{mod.__name__}:<cycle>"
+        h = _hasher()
+        for key, member in sorted(vars(mod).items()):
+            if key.startswith("__") and key.endswith("__"):
+                continue
+            h.update(key.encode())
+            h.update((self.token(member) or value_digest_labelled(
+                member, f"'{key}' of module {mod.__name__}", self)).encode())
+        digest = f"module:{mod.__name__}:{h.hexdigest()}"
+        self._visited[id(mod)] = digest
+        return digest
+
+    def import_token(self, name: str) -> str:
+        """A module the code imports: loaded, by its content; not loaded yet, by its file."""
+        mod = sys.modules.get(name)
+        if mod is not None:
+            return self.module_token(mod)
+        top = name.split(".")[0]
+        if top in sys.stdlib_module_names:
+            return _library_token(name)
+        import importlib.machinery
+
+        try:  # PathFinder finds without importing anything
+            spec = importlib.machinery.PathFinder.find_spec(top)
+        except (ImportError, ValueError):
+            spec = None
+        origin = getattr(spec, "origin", None)
+        if not origin or not os.path.exists(origin):
+            return f"module:{name}:<not found>"
+        if any(os.path.realpath(origin).startswith(root) for root in _LIB_ROOTS):
+            return _library_token(name)
+        with open(origin, "rb") as f:
+            return f"module-file:{name}:{xxhash.xxh3_128_hexdigest(f.read())}"
 
     def visit_function(self, fn: types.FunctionType, as_stage: bool = False) -> str:
-        code_digest, names = _code_info(fn)
-        qual = fn.__qualname__
+        code_digest, names, imports = _code_info(fn)
+        token = f"fn:{code_digest}"
         if id(fn) in self._visited:
-            return f"fn:{code_digest}"
-        self._visited.add(id(fn))
+            return token
+        self._visited[id(fn)] = token
+        key = _helper_key(fn)
         if not as_stage:
-            self.helpers[qual] = f"fn:{code_digest}"
-        owner = "" if as_stage else qual
+            self.helpers[key] = token
+        owner = "" if as_stage else key
         g = fn.__globals__
         b = g.get("__builtins__", {})
         for name in names:
             if name in g:
                 self.reference(name, g[name], owner, as_stage)
             elif not (name in b if isinstance(b, dict) else hasattr(b, name)):
-                self.globals.setdefault(name if as_stage else f"{name} (read by {qual})",
+                self.globals.setdefault(name if as_stage else f"{name} (read by {key})",
                                         "<undefined>")
+        for modname in imports:
+            self.helpers[f"imported module '{modname}'"] = self.import_token(modname)
         if fn.__closure__:
             for var, cell in zip(fn.__code__.co_freevars, fn.__closure__):
                 try:
                     val = cell.cell_contents
-                except ValueError:
+                except ValueError:  # not assigned yet
                     continue
-                label = f"closure '{var}' of {qual}"
-                tok = self.token(val)
-                self.globals[label] = tok if tok is not None else value_digest_labelled(val,
-                                                                                        label)
-        if fn.__defaults__ and not as_stage:
-            self.globals[f"defaults of {qual}"] = value_digest_labelled(
-                fn.__defaults__, f"defaults of {qual}")
-        if fn.__kwdefaults__ and not as_stage:
-            self.globals[f"keyword defaults of {qual}"] = value_digest_labelled(
-                fn.__kwdefaults__, f"keyword defaults of {qual}")
-        return f"fn:{code_digest}"
+                label = f"closure '{var}' of {key}"
+                self.globals[label] = value_digest_labelled(val, label, self)
+        # defaults are evaluated once, when the function is defined: not part of its code
+        if fn.__defaults__:
+            self.globals[f"defaults of {key}"] = value_digest_labelled(
+                fn.__defaults__, f"defaults of {key}", self)
+        if fn.__kwdefaults__:
+            self.globals[f"keyword defaults of {key}"] = value_digest_labelled(
+                fn.__kwdefaults__, f"keyword defaults of {key}", self)
+        return token
 
     def visit_class(self, cls: type, as_stage: bool = False) -> str:
-        """A class digest from its members: methods by normalised code, attributes by value."""
+        """A class digest from its members: methods by their code, attributes by value."""
         if id(cls) in self._visited:
-            return f"class:{cls.__qualname__}"
-        self._visited.add(id(cls))
+            return self._visited[id(cls)]
+        self._visited[id(cls)] = f"class:{cls.__qualname__}:<cycle>"
         h = _hasher()
         h.update(cls.__qualname__.encode())
         for base in cls.__bases__:
             h.update((self.token(base) or "").encode())
         for key, member in sorted(vars(cls).items()):
-            if key in ("__dict__", "__weakref__", "__module__", "__doc__", "__qualname__",
-                       "__pipelite_stage__", "__annotations__", "__firstlineno__",
-                       "__static_attributes__"):
+            if key in _SKIP_CLASS_KEYS:
                 continue
             h.update(key.encode())
-            for fn in _functions_of(member):
-                h.update(_code_info(fn)[0].encode())
-                self._visited.discard(id(fn))
-                self.visit_function(fn, as_stage=as_stage)
+            fns = _functions_of(member)
+            for fn in fns:
+                h.update(self.visit_function(fn, as_stage=as_stage).encode())
                 if not as_stage:
-                    self.helpers.pop(fn.__qualname__, None)  # counted in the class digest
-            if not _functions_of(member):
+                    self.helpers.pop(_helper_key(fn), None)  # counted in the class digest
+            if not fns:
                 h.update((self.token(member) or value_digest_labelled(
-                    member, f"attribute '{key}' of {cls.__qualname__}")).encode())
+                    member, f"attribute '{key}' of {cls.__qualname__}", self)).encode())
         digest = f"class:{h.hexdigest()}"
+        self._visited[id(cls)] = digest
         if not as_stage:
-            self.helpers[cls.__qualname__] = digest
+            self.helpers[_helper_key(cls)] = digest
         return digest
 
 
@@ -407,12 +496,6 @@ def _functions_of(member: Any) -> list[types.FunctionType]:
         return [f for f in (member.fget, member.fset, member.fdel)
                 if isinstance(f, types.FunctionType)]
     return [member] if isinstance(member, types.FunctionType) else []
-
-
-def value_digest_labelled(value: Any, label: str) -> str:
-    h = _hasher()
-    _feed_value(h, value, set(), label)
-    return h.hexdigest()
 
 
 # -- the fingerprint --------------------------------------------------------------------------
@@ -428,6 +511,8 @@ def code_parts(st: Stage) -> tuple[str, dict[str, str], dict[str, str]]:
                 walker.reference(name, ns[name], "", True)
             elif not (name in b if isinstance(b, dict) else hasattr(b, name)):
                 walker.globals[name] = "<undefined>"
+        for modname in st.analysis.imports:
+            walker.helpers[f"imported module '{modname}'"] = walker.import_token(modname)
         return code, walker.helpers, walker.globals
     digests = []
     for obj in st.code_objects():

@@ -810,6 +810,23 @@ def _compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: d
         "versions": _versions(),
     }
     store.write_result(st.name, fp.digest, record)
+    # A stage may change what it reads while it runs (a memo cache in a helper's default, an
+    # import inside it, a global it appends to): store the result for the state after the run
+    # too, or the stage would look stale right after running.
+    after = fingerprint_of(st, params, {i: rec["outputs"][i]["hash"]
+                                        for i, (_, rec) in upstream.items()})
+    if after.digest != fp.digest:
+        changed = Pipeline._diff({"parts": fp.parts, "params": record["params"]}, after,
+                                 params, {})
+        record = dict(record, fingerprint=after.digest, parts=after.parts,
+                      same_result_as=fp.digest)
+        store.write_result(st.name, after.digest, record)
+        if fp.parts["globals"] != after.parts["globals"]:
+            warnings.warn(
+                f"stage '{st.name}' changed what it reads while running ({'; '.join(changed)}): "
+                f"its result is stored for the state before and after the run. If that state "
+                f"matters to the result, pass it as a parameter or an artifact instead",
+                PipeliteWarning, stacklevel=2)
     return record
 
 

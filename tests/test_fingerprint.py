@@ -244,7 +244,10 @@ def test_changing_a_helper_default_argument_makes_the_stage_stale(pipeline, sign
     assert pipeline.run("f")["y"] == 7
 
 
-def test_editing_an_imported_user_module_makes_the_stage_stale(pipeline, tmp_path, monkeypatch):
+def test_an_imported_user_module_counts_as_loaded_not_as_on_disk(pipeline, tmp_path,
+                                                                   monkeypatch):
+    import importlib
+
     mod = tmp_path / "my_helpers_mod.py"
     mod.write_text("def clean(x):\n    return x + 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -256,11 +259,61 @@ def test_editing_an_imported_user_module_makes_the_stage_stale(pipeline, tmp_pat
             return my_helpers_mod.clean(1)
         """, ns)
     try:
-        pipeline.run("f")
+        assert pipeline.run("f")["y"] == 2
         mod.write_text("def clean(x):\n    return x + 5\n")
-        assert state(pipeline, "f").state == "stale"
+        # edited on disk but not reloaded: Python still runs the old code, so the stored
+        # result is still the one this code gives
+        assert state(pipeline, "f").state == "fresh"
+        importlib.reload(ns["my_helpers_mod"])
+        s = state(pipeline, "f")
+        assert s.state == "stale" and "helper 'np' changed" not in s.reasons
+        assert pipeline.run("f")["y"] == 6
     finally:
         sys.modules.pop("my_helpers_mod", None)
+
+
+def test_a_module_imported_inside_the_stage_is_tracked(pipeline, tmp_path, monkeypatch):
+    mod = tmp_path / "late_mod.py"
+    mod.write_text("def f(x):\n    return x + 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ns = notebook()
+    run_cell("""
+        @stage(outputs="y")
+        def apply(*, x=1):
+            import late_mod
+            return late_mod.f(x)
+        """, ns)
+    try:
+        assert pipeline.run("apply")["y"] == 2
+        assert state(pipeline, "apply").state == "fresh"  # importing it changed nothing
+        sys.modules.pop("late_mod")  # as after a restart, before anything imports it
+        assert state(pipeline, "apply").state == "fresh"
+        mod.write_text("def f(x):\n    return x + 1000\n")
+        s = state(pipeline, "apply")
+        assert s.state == "stale" and "imported module 'late_mod' changed" in s.reasons
+        assert pipeline.run("apply")["y"] == 1001
+    finally:
+        sys.modules.pop("late_mod", None)
+
+
+def test_runtime_state_of_a_user_module_is_tracked(pipeline, tmp_path, monkeypatch):
+    mod = tmp_path / "scaling_mod.py"
+    mod.write_text("FACTOR = 2\ndef scale(x):\n    return x * FACTOR\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ns = notebook()
+    run_cell("""
+        import scaling_mod
+        @stage(outputs="y")
+        def f():
+            return scaling_mod.scale(1)
+        """, ns)
+    try:
+        assert pipeline.run("f")["y"] == 2
+        ns["scaling_mod"].FACTOR = 5
+        assert state(pipeline, "f").state == "stale"
+        assert pipeline.run("f")["y"] == 5
+    finally:
+        sys.modules.pop("scaling_mod", None)
 
 
 def test_library_functions_are_tracked_by_module_and_version_not_source(pipeline):
@@ -494,3 +547,142 @@ def test_editing_the_class_of_a_global_instance_makes_the_stage_stale(pipeline):
     s = state(pipeline, "f")
     assert s.state == "stale" and "helper 'Model' changed" in s.reasons
     assert pipeline.run("f")["y"] == 7
+
+
+@pytest.mark.parametrize("holder", ["[clean]", "{'t': clean}", "SimpleNamespace(t=clean)",
+                                    "Config(clean)"])
+def test_functions_held_in_containers_and_objects_are_tracked_by_code(pipeline, holder):
+    ns = notebook()
+    src = """
+        from types import SimpleNamespace
+        from dataclasses import dataclass
+        @dataclass
+        class Config:
+            t: object
+        def clean(x):
+            return x + {k}
+        HOLDER = {holder}
+        @stage(outputs="y")
+        def apply():
+            return len(repr(HOLDER)) > 0
+        """
+    run_cell(src.format(k=1, holder=holder), ns)
+    pipeline.run("apply")
+    run_cell(src.format(k=1, holder=holder), ns)
+    assert state(pipeline, "apply").state == "fresh"
+    run_cell(src.format(k=100, holder=holder), ns)
+    assert state(pipeline, "apply").state == "stale"
+
+
+@pytest.mark.parametrize("decorator", ["functools.lru_cache(maxsize=None)", "functools.cache",
+                                       "twice"])
+def test_decorated_helpers_are_tracked_by_the_code_they_run(pipeline, decorator):
+    ns = notebook()
+    src = """
+        import functools
+        def twice(f):
+            @functools.wraps(f)
+            def wrapper(x):
+                return f(x) * {w}
+            return wrapper
+        @{decorator}
+        def helper(x):
+            return x + {k}
+        @stage(outputs="y")
+        def apply():
+            return helper(1)
+        """
+    run_cell(src.format(decorator=decorator, k=1, w=2), ns)
+    first = pipeline.run("apply")["y"]
+    run_cell(src.format(decorator=decorator, k=100, w=2), ns)
+    assert state(pipeline, "apply").state == "stale"
+    if decorator == "twice":  # the wrapper's own code counts too
+        pipeline.run("apply")
+        run_cell(src.format(decorator=decorator, k=100, w=3), ns)
+        assert state(pipeline, "apply").state == "stale"
+    assert pipeline.run("apply")["y"] != first
+
+
+def test_defaults_of_a_class_stage_method_are_tracked(pipeline):
+    ns = notebook()
+    run_cell("""
+        K = 2
+        @stage("apply")
+        class Apply:
+            def scale(self, x, k=K):
+                return x * k
+            def run(self):
+                return {"y": self.scale(3)}
+        """, ns)
+    assert pipeline.run("apply")["y"] == 6
+    run_cell("""
+        K = 7
+        @stage("apply")
+        class Apply:
+            def scale(self, x, k=K):
+                return x * k
+            def run(self):
+                return {"y": self.scale(3)}
+        """, ns)
+    assert state(pipeline, "apply").state == "stale"
+    assert pipeline.run("apply")["y"] == 21
+
+
+@pytest.mark.parametrize("before, after", [
+    ("np.ma.masked_array([1, 2, 3], mask=[0, 0, 0])",
+     "np.ma.masked_array([1, 2, 3], mask=[0, 0, 1])"),
+    ("pd.DataFrame({'a': [1]}, index=pd.Index([0], name='id'))",
+     "pd.DataFrame({'a': [1]}, index=pd.Index([0], name='row'))"),
+])
+def test_masks_and_index_names_are_part_of_a_global_value(pipeline, before, after):
+    ns = notebook()
+    run_cell(f"""
+        import numpy as np, pandas as pd
+        DATA = {before}
+        @stage(outputs="y")
+        def f():
+            return repr(DATA)
+        """, ns)
+    pipeline.run("f")
+    run_cell(f"DATA = {after}", ns)
+    assert state(pipeline, "f").state == "stale"
+
+
+def test_a_helper_that_memoises_into_its_default_does_not_make_its_stage_stale(pipeline):
+    ns = notebook()
+    run_cell("""
+        def slow_square(x, _cache={}):
+            if x not in _cache:
+                _cache[x] = x * x
+            return _cache[x]
+        @stage(outputs="y")
+        def apply(*, x=3):
+            return slow_square(x)
+        """, ns)
+    with pytest.warns(PipeliteWarning, match="changed what it reads while running"):
+        assert pipeline.run("apply").executed == ["apply"]
+    assert state(pipeline, "apply").state == "fresh"
+    assert pipeline.run("apply").executed == []
+
+
+def test_fingerprints_do_not_depend_on_the_hash_seed(tmp_path):
+    import subprocess
+
+    script = tmp_path / "fp.py"
+    script.write_text(textwrap.dedent("""
+        from types import SimpleNamespace
+        from pipelite import stage, REGISTRY
+        from pipelite.fingerprint import fingerprint_of
+        TAGS = SimpleNamespace(tags={"alpha", "beta", "gamma", "delta", "eps"})
+        is_ok = lambda t: t in {"alpha", "beta", "gamma", "delta", "eps"}
+        @stage(outputs="y")
+        def f(*, x="beta"):
+            return is_ok(x) and x in TAGS.tags
+        print(fingerprint_of(REGISTRY.get("f"), {"x": "beta"}, {}).digest)
+        """))
+    digests = {
+        subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True,
+                       env={**__import__("os").environ, "PYTHONHASHSEED": seed}).stdout
+        for seed in ("1", "2", "3", "4")
+    }
+    assert len(digests) == 1
