@@ -1,6 +1,7 @@
 """The extension's state in one kernel: the shell, its pipeline, and running stages from cells."""
 from __future__ import annotations
 
+import ast
 import datetime as _dt
 import sys
 from typing import Any, Callable
@@ -9,13 +10,19 @@ from traitlets import Unicode, observe
 from traitlets.config import Configurable
 
 from pipelite import REGISTRY, CellStage, Pipeline, RunResult, StageEvent, subscribe
+from pipelite.errors import DuplicateProducerError
 from pipelite.humanize import human_duration
 
 from .cell import CompiledCell, OutputCapture, replay
 
-__all__ = ["PipeliteSession", "StageOutcome"]
+__all__ = ["PipeliteSession", "StageOutcome", "ReassignedInputError"]
 
 OUTPUTS_ATTACHMENT = "outputs"  # the captured stdout/stderr/displays of a cell stage
+
+
+class ReassignedInputError(DuplicateProducerError):
+    """A cell stage assigns a name it reads from another stage (``a = a + 1``): the cell
+    would become a second producer of that artifact, and its own input."""
 
 
 class StageOutcome:
@@ -93,10 +100,11 @@ class PipeliteSession(Configurable):
         """
         compiled = CompiledCell(self.shell, header, source)
         ns = self.shell.user_ns
+        probe = CellStage(name, source, ns, inputs=(), outputs=outputs)
+        produced = self.known_artifacts(exclude=name)
         if inputs is None:
-            probe = CellStage(name, source, ns, inputs=(), outputs=outputs)
-            produced = self.known_artifacts(exclude=name)
             inputs = [n for n in probe.analysis.free if n in produced]
+        _check_no_reassigned_input(name, source, probe, inputs, produced)
         st = CellStage(name, source, ns, inputs=inputs, outputs=outputs,
                        execute=self._executor(name, compiled), filename=compiled.filename)
         REGISTRY.add(st)
@@ -150,6 +158,44 @@ class PipeliteSession(Configurable):
 
 
 _seconds = human_duration
+
+
+def _check_no_reassigned_input(name: str, source: str, probe: CellStage, inputs: list[str],
+                               produced: dict[str, str]) -> None:
+    """Refuse a cell whose outputs include a name it reads from another stage.
+
+    Registering it would make the cell a second producer of the artifact (the registry would
+    suggest removing the upstream stage, which is not the fix): say what is.
+    """
+    for out in probe.declared_outputs:
+        if out not in inputs and not (out in probe.analysis.free and out in produced):
+            continue
+        owner = produced.get(out)
+        where = (f"which stage '{owner}' produces" if owner
+                 else "which it also reads as an input")
+        raise ReassignedInputError(
+            f"stage '{name}' assigns '{out}', {where}: assign the result to a new name "
+            f"(e.g. {_renamed_example(source, out)}), or choose the cell's outputs with -o")
+
+
+def _renamed_example(source: str, name: str, limit: int = 40) -> str:
+    """``a2 = a + 1`` for a cell that does ``a = a + 1`` (or ``a += 1``): the suggested fix."""
+    new = f"{name}2"
+    value = None
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        tree = None
+    for node in getattr(tree, "body", []):
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name) and node.targets[0].id == name):
+            value = ast.unparse(node.value)
+        elif (isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name)
+                and node.target.id == name):
+            value = ast.unparse(ast.BinOp(ast.Name(name), node.op, node.value))
+    if value is None or len(value) > limit:
+        value = "..."
+    return f"{new} = {value}"
 
 
 def _local_time(text: str | None) -> str:

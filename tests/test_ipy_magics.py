@@ -395,6 +395,34 @@ def test_a_second_producer_of_an_artifact_is_a_one_line_error(two_stages):
     assert "Traceback" not in cap.stdout
 
 
+@pytest.mark.parametrize("body, example", [
+    ("train_data = train_data + 1", "train_data2 = train_data + 1"),
+    ("train_data += 1", "train_data2 = train_data + 1"),
+    ("train_data = np.log1p(train_data)", "train_data2 = np.log1p(train_data)"),
+])
+def test_a_cell_that_reassigns_its_input_says_to_use_a_new_name(two_stages, tmp_path, body,
+                                                               example):
+    ip = two_stages
+    result, cap = run(ip, f"%%stage rebind\n{body}\n")
+    assert isinstance(result.error_in_exec, pipelite.DuplicateProducerError)
+    assert isinstance(result.error_in_exec, pipelite_ipy.session.ReassignedInputError)
+    assert cap.stdout.strip() == (
+        "ReassignedInputError: stage 'rebind' assigns 'train_data', which stage 'gen_data' "
+        f"produces: assign the result to a new name (e.g. {example}), or choose the cell's "
+        "outputs with -o")
+    assert "REGISTRY.remove" not in cap.stdout
+    assert "rebind" not in REGISTRY  # nothing registered
+    ok(ip, "%%stage rebind\ntrain_data2 = train_data + 1\n")  # the suggested fix works
+    assert ip.user_ns["train_data2"][0, 1] == 3.0
+    assert ran(tmp_path).count("gen_data") == 1
+
+
+def test_reassigning_an_input_named_with_dash_i_is_refused_too(ip):
+    result, cap = run(ip, "%%stage loop -i a\na = a + 1\n")
+    assert isinstance(result.error_in_exec, pipelite_ipy.session.ReassignedInputError)
+    assert "stage 'loop' assigns 'a', which it also reads as an input" in cap.stdout
+
+
 # -- %pipelite -----------------------------------------------------------------------------------
 def test_pipelite_run_binds_every_output(two_stages, tmp_path):
     ip = two_stages
