@@ -100,6 +100,23 @@ def test_changing_the_code_makes_the_stage_stale(pipeline):
     assert pipeline.run("f")["y"] == 2
 
 
+def test_changing_only_an_operator_makes_the_stage_stale(pipeline):
+    ns = notebook()
+    s = fresh_after_edit(pipeline, ns, """
+        A, B = 5, 3
+        @stage(outputs="y")
+        def f():
+            return A + B
+        """, """
+        A, B = 5, 3
+        @stage(outputs="y")
+        def f():
+            return A - B
+        """)
+    assert s.state == "stale" and "its code changed" in s.reasons
+    assert pipeline.run("f")["y"] == 2
+
+
 def test_editing_a_class_stage_method_makes_it_stale(pipeline):
     ns = notebook()
     s = fresh_after_edit(pipeline, ns, """
