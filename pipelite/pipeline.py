@@ -27,7 +27,7 @@ from .errors import (
 )
 from .humanize import human_bytes, human_duration
 from .fingerprint import Fingerprint, PipeliteWarning, fingerprint_of
-from .stage import REGISTRY, Registry, Stage, artifact_name, stage_of
+from .stage import REGISTRY, REQUIRED, Registry, Stage, artifact_name, stage_of
 from .store import GcReport, Store
 
 __all__ = ["Pipeline", "StageStatus", "OutputInfo", "PlannedStage", "RunResult", "STATES"]
@@ -231,7 +231,10 @@ class Pipeline:
             return [i["stage"] for i in inputs.values() if i.get("stage") not in (None, name)]
         return [producers[i] for i in st.inputs if i in producers and producers[i] != name]
 
-    def _order(self, roots: Iterable[str], producers: Mapping[str, str]) -> list[str]:
+    def _order(self, roots: Iterable[str], producers: Mapping[str, str],
+               cycles: dict[str, str] | None = None) -> list[str]:
+        """Stages needed for ``roots``, upstream first. A cycle raises ``CycleError``, unless
+        ``cycles`` is given: then its stages are cut loose and listed there (for status)."""
         graph: dict[str, list[str]] = {}
         stack = list(roots)
         while stack:
@@ -242,21 +245,28 @@ class Pipeline:
             stack.extend(graph[name])
         # upstream first; among stages ready at the same time, the order they were defined in
         rank = {name: i for i, name in enumerate(self.registry.names())}
-        try:
-            sorter = graphlib.TopologicalSorter(graph)
-            sorter.prepare()
+        while True:
+            try:
+                sorter = graphlib.TopologicalSorter(graph)
+                sorter.prepare()
+            except graphlib.CycleError as exc:
+                members = exc.args[1]
+                text = " -> ".join(members)
+                if cycles is None:
+                    raise CycleError(
+                        f"stages form a cycle ({text}): an artifact cannot depend on itself; "
+                        f"split one of these stages"
+                    ) from None
+                for node in members:
+                    cycles[node] = text
+                    graph[node] = [d for d in graph[node] if d not in members]
+                continue
             order: list[str] = []
             while sorter.is_active():
                 ready = sorted(sorter.get_ready(), key=lambda n: (rank.get(n, len(rank)), n))
                 order.extend(ready)
                 sorter.done(*ready)
             return order
-        except graphlib.CycleError as exc:
-            cycle = " -> ".join(exc.args[1])
-            raise CycleError(
-                f"stages form a cycle ({cycle}): an artifact cannot depend on itself; "
-                f"split one of these stages"
-            ) from None
 
     def _all_names(self) -> list[str]:
         names = self.registry.names()
@@ -288,6 +298,18 @@ class Pipeline:
             return [self._stage_name(t) for t in target]
         return [self._stage_name(target)]
 
+    def _check_param_stages(self, params: Mapping[str, Any] | None) -> None:
+        """Parameters for a stage nobody knows are a typo, not something to ignore."""
+        for name in (*self.params, *(params or {})):
+            if name not in self.registry and name not in self.store.stages():
+                known = self._all_names()
+                hint = difflib.get_close_matches(name, known, n=1)
+                raise ParameterError(
+                    f"parameters given for stage '{name}', but there is no such stage"
+                    + (f"; did you mean '{hint[0]}'?" if hint
+                       else f"; known stages: {', '.join(known) or 'none'}")
+                )
+
     def _params_for(self, name: str, extra: Mapping[str, Mapping[str, Any]] | None) -> dict:
         merged = dict(self.params.get(name, {}))
         merged.update((extra or {}).get(name, {}))
@@ -295,9 +317,16 @@ class Pipeline:
 
     # -- freshness ----------------------------------------------------------------------------
     def _evaluate(self, order: list[str], producers: Mapping[str, str],
-                  params: Mapping[str, Mapping[str, Any]] | None) -> dict[str, _Eval]:
+                  params: Mapping[str, Mapping[str, Any]] | None,
+                  cycles: Mapping[str, str] | None = None) -> dict[str, _Eval]:
         evals: dict[str, _Eval] = {}
         for name in order:
+            if cycles and name in cycles:
+                latest = self.store.latest(name)
+                evals[name] = _Eval(name, "stale" if latest else "missing",
+                                    [f"part of a cycle ({cycles[name]}): split one of these "
+                                     f"stages"], self.registry.get(name), latest=latest)
+                continue
             st = self.registry.get(name)
             if st is None:
                 latest = self.store.latest(name)
@@ -348,7 +377,7 @@ class Pipeline:
                         ev.state, ev.latest = "stale", latest
                         ev.reasons = self._diff(latest, fp, stage_params, producers)
                     else:
-                        ev.reasons = ["never run"]
+                        ev.reasons = ["no stored result"]
             if (self.store.url, name) in _RUNNING:
                 ev.state = "running"
         return evals
@@ -370,7 +399,9 @@ class Pipeline:
                 elif k not in n:
                     reasons.append(f"no longer uses {what}")
                 elif b[k] != n[k]:
-                    if b[k].startswith("lib:") and n[k].startswith("lib:"):
+                    if n[k] == "<undefined>":
+                        reasons.append(f"{what} is no longer defined")
+                    elif b[k].startswith("lib:") and n[k].startswith("lib:"):
                         reasons.append(f"library '{k}' changed ({b[k][4:]} -> {n[k][4:]})")
                     else:
                         reasons.append(f"{what} changed")
@@ -423,8 +454,9 @@ class Pipeline:
         """
         __tracebackhide__ = True
         producers = self._producers()
-        order = self._order(self._all_names(), producers)
-        evals = self._evaluate(order, producers, params)
+        cycles: dict[str, str] = {}
+        order = self._order(self._all_names(), producers, cycles)
+        evals = self._evaluate(order, producers, params, cycles)
         return [self._status_of(evals[n]) for n in order]
 
     @_user_facing
@@ -481,6 +513,7 @@ class Pipeline:
         """
         __tracebackhide__ = True
         targets = self._targets(target)
+        self._check_param_stages(params)
         for name in targets:
             if name not in self.registry:
                 raise PipeliteError(
@@ -592,10 +625,7 @@ class Pipeline:
         for i in st.inputs:
             p = producers.get(i)
             if p is None or p == name:
-                raise MissingInputError(
-                    f"stage '{name}' needs artifact '{i}', which no stage produces: "
-                    f"define a stage that returns {{'{i}': ...}} (or run its cell)"
-                )
+                raise MissingInputError(self._missing_input_message(st, i))
             if i not in done[p]["outputs"]:
                 raise MissingInputError(
                     f"stage '{name}' needs artifact '{i}', but stage '{p}' did not "
@@ -607,6 +637,19 @@ class Pipeline:
                             {i: r["outputs"][i]["hash"] for i, (_, r) in upstream.items()})
         rec = _stored(self.store, name, fp, forced)
         return rec if rec is not None else (st, fp, stage_params, upstream)
+
+    def _missing_input_message(self, st: Stage, artifact: str) -> str:
+        text = (f"stage '{st.name}' needs artifact '{artifact}', which no stage produces: "
+                f"define a stage that returns {{'{artifact}': ...}} (or run its cell)")
+        default = st.input_defaults.get(artifact, REQUIRED)
+        if default is not REQUIRED:
+            text += (f". If '{artifact}' is meant as a parameter, make it keyword-only: "
+                     f"def {st.name}(..., *, {artifact}={default!r})")
+        unknown = [s.name for s in self.registry.with_unknown_outputs()]
+        if unknown:
+            text += (f". Stages whose outputs are not known until they first run: "
+                     f"{', '.join(unknown)} (declare them with @stage(outputs=...))")
+        return text
 
     def _execute_here(self, st: Stage, fp: Fingerprint, params: dict, upstream: dict,
                       forced: bool, index: int, total: int) -> tuple[dict, bool]:

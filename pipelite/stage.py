@@ -132,6 +132,7 @@ class Stage:
                 self.single_output = self.declared_outputs[0]
         self.inferred_outputs: tuple[str, ...] | None = None
         self.learnt_outputs: tuple[str, ...] | None = None
+        self.input_defaults: dict[str, Any] = {}  # inputs that have a default value
 
     # -- outputs -----------------------------------------------------------------------------
     @property
@@ -236,13 +237,14 @@ class FunctionStage(Stage):
         self.fn = fn
         name = fn.__name__ if name is None else name
         inputs: list[str] = []
-        self._positional: list[str] = []
+        defaults: dict[str, Any] = {}
         params: dict[str, Any] = {}
         any_param = False
         for p in inspect.signature(fn).parameters.values():
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
                 inputs.append(_annotation_artifact(p.annotation, fn) or p.name)
-                self._positional.append(p.name)
+                if p.default is not p.empty:
+                    defaults[inputs[-1]] = p.default
             elif p.kind is p.KEYWORD_ONLY:
                 params[p.name] = p.default
             elif p.kind is p.VAR_KEYWORD:
@@ -253,6 +255,7 @@ class FunctionStage(Stage):
                     f"positional parameter"
                 )
         super().__init__(name, inputs, params, outputs, accepts_any_param=any_param)
+        self.input_defaults = defaults
         if outputs is None:
             self.inferred_outputs = _literal_return_keys(fn)
 
@@ -433,8 +436,9 @@ class Registry:
             if other is not None and other != st.name:
                 raise DuplicateProducerError(
                     f"artifact '{out}' would be produced by both stage '{other}' and stage "
-                    f"'{st.name}': every artifact has exactly one producer. Rename one output, "
-                    f"or remove the old stage with pipelite.REGISTRY.remove('{other}')"
+                    f"'{st.name}': every artifact has exactly one producer. Give the output of "
+                    f"'{st.name}' another name; or, if '{other}' is obsolete, remove it with "
+                    f"pipelite.REGISTRY.remove('{other}')"
                 )
 
     def learn_outputs(self, st: Stage, outputs: Iterable[str]) -> None:

@@ -128,7 +128,7 @@ def test_status_names_every_state(pipeline, chain):
     s = {x.name: x for x in pipeline.status()}
     assert s["a"].state == "fresh" and s["a"].last_run is not None
     assert s["a"].outputs[0].name == "x" and s["a"].outputs[0].format == "json"
-    assert s["b"].state == "missing" and s["b"].reasons == ("never run",)
+    assert s["b"].state == "missing" and s["b"].reasons == ("no stored result",)
     assert s["c"].reasons == ("upstream stage 'b' is missing",)
 
 
@@ -206,7 +206,7 @@ def test_explain_says_why_in_words(pipeline, chain):
 def test_plan_lists_what_run_would_execute_without_running_it(pipeline, chain):
     plan = pipeline.plan("c")
     assert [p.name for p in plan] == ["a", "b", "c"]
-    assert plan[0].reasons == ("never run",)
+    assert plan[0].reasons == ("no stored result",)
     assert chain == [] and states(pipeline)["a"] == "missing"
     pipeline.run("c")
     assert pipeline.plan("c") == []
@@ -281,6 +281,10 @@ def test_a_cycle_is_reported_with_its_stages(pipeline):
 
     with pytest.raises(CycleError, match="cycle"):
         pipeline.run("one")
+    # status and the graph still work, and say where the cycle is
+    states = {s.name: s for s in pipeline.status()}
+    assert states["one"].state == "missing" and "part of a cycle" in states["one"].reasons[0]
+    assert "s_one" in pipeline.graph()
 
 
 def test_invalidate_forgets_a_stage_and_its_dependents_become_stale(pipeline, chain):
@@ -469,3 +473,49 @@ def test_a_failed_stage_status_carries_its_traceback(pipeline):
         pipeline.run("broken")
     (s,) = pipeline.status()
     assert "deep problem" in s.traceback and "in broken" in s.traceback
+
+
+def test_parameters_for_a_stage_that_does_not_exist_are_an_error(pipeline, chain):
+    from pipelite import ParameterError
+
+    with pytest.raises(ParameterError, match="no such stage; did you mean 'b'"):
+        pipeline.run("b", params={"bb": {"k": 3}})
+
+
+def test_a_positional_input_with_a_default_hints_at_keyword_only(pipeline):
+    @stage(outputs="y")
+    def posdef(extra=5):
+        return extra
+
+    with pytest.raises(MissingInputError, match=r"make it keyword-only: def posdef\(\.\.\., \*, extra=5\)"):
+        pipeline.run("posdef")
+
+
+def test_a_missing_input_names_stages_whose_outputs_are_not_known_yet(pipeline):
+    @stage
+    def up():
+        d = {"a": 1}
+        return d
+
+    @stage(outputs="y")
+    def down(a):
+        return a
+
+    with pytest.raises(MissingInputError, match=r"not known until they first run: up"):
+        pipeline.run("down")
+
+
+def test_a_deleted_global_is_reported_as_no_longer_defined(pipeline):
+    ns = {"__name__": "__main__", "stage": stage}
+    from tests.helpers import run_cell
+
+    run_cell("""
+        THRESH = 1
+        @stage(outputs="y")
+        def f():
+            return THRESH
+        """, ns)
+    pipeline.run("f")
+    del ns["THRESH"]
+    (s,) = pipeline.status()
+    assert s.state == "stale" and s.reasons == ("global 'THRESH' is no longer defined",)
