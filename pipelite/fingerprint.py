@@ -10,13 +10,11 @@ from __future__ import annotations
 import dis
 import functools
 import importlib.metadata
-import inspect
 import json
 import os
 import pickle
 import sys
 import sysconfig
-import textwrap
 import types
 import warnings
 import weakref

@@ -7,7 +7,6 @@ import inspect
 import re
 import textwrap
 import types
-from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping
 
 from .errors import (

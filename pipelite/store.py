@@ -324,7 +324,10 @@ class Store:
 
     def failure(self, stage: str) -> dict | None:
         """The last failed run of ``stage`` since its last success, or None."""
-        return self._read_json(f"records/{stage}/FAILED.json")
+        rel = f"records/{stage}/FAILED.json"
+        if self._fs.is_local and not self._fs.exists(rel):  # the usual case, without raising
+            return None
+        return self._read_json(rel)
 
     def write_failure(self, stage: str, info: dict) -> None:
         self._fs.write_atomic(f"records/{stage}/FAILED.json", json.dumps(info, indent=1).encode())

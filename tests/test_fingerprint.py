@@ -11,7 +11,6 @@ import textwrap
 import warnings
 
 import numpy as np
-import pandas as pd
 import pytest
 
 import pipelite.formats

@@ -9,8 +9,6 @@ import subprocess
 import sys
 import zipfile
 
-import nbformat
-import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_notebook

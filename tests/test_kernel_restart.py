@@ -6,7 +6,6 @@ from __future__ import annotations
 import pathlib
 import shutil
 
-import nbformat
 import pytest
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_notebook

@@ -296,8 +296,6 @@ def test_invalidate_forgets_a_stage_and_its_dependents_become_stale(pipeline, ch
 
 
 def test_gc_keeps_the_newest_results_per_stage(pipeline):
-    ns = {"n": 0}
-
     @stage(outputs="v")
     def f(*, n=0):
         return np.full(10, n)

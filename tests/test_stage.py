@@ -10,7 +10,6 @@ from pipelite import (
     DuplicateProducerError,
     InvalidNameError,
     ParameterError,
-    Pipeline,
     StageDefinitionError,
     StageOutputError,
     stage,
@@ -210,8 +209,8 @@ def test_re_registering_a_stage_under_the_same_name_replaces_it(pipeline):
     def f():
         return 1
 
-    @stage(outputs="v")  # noqa: F811 - a notebook re-running its cell
-    def f():
+    @stage(outputs="v")  # a notebook re-running its cell
+    def f():  # noqa: F811
         return 2
 
     assert len(REGISTRY) == 1
