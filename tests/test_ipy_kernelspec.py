@@ -55,3 +55,21 @@ def test_a_notebook_on_the_pipelite_kernel_has_the_magics_without_load_ext(tmp_p
     assert text[1].startswith("[pipelite] hello: loaded from store")
     assert "records" in text[2]
     assert os.path.isdir(tmp_path / ".pipelite")
+
+
+def test_an_ipython_profile_can_load_the_extension_for_every_session(tmp_path):
+    """The README's other way: c.InteractiveShellApp.extensions in ipython_config.py."""
+    import subprocess
+    import sys
+
+    profile = tmp_path / "ipython" / "profile_default"
+    profile.mkdir(parents=True)
+    (profile / "ipython_config.py").write_text(
+        'c.InteractiveShellApp.extensions = ["pipelite"]\n')
+    env = {**__import__("os").environ, "IPYTHONDIR": str(tmp_path / "ipython")}
+    done = subprocess.run(
+        [sys.executable, "-m", "IPython", "--no-banner", "-c", "%pipelite status"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "UsageError" not in done.stdout + done.stderr
+    assert "no stages yet" in done.stdout
