@@ -33,6 +33,17 @@ class PipeliteWarning(UserWarning):
     """Something PipeLite cannot track precisely (it still runs)."""
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def warn_user(message: str) -> None:
+    """A ``PipeliteWarning`` attributed to the user's line that called into PipeLite."""
+    frame, level = sys._getframe(1), 2  # 1 is this function, 2 its caller
+    while frame is not None and os.path.dirname(frame.f_code.co_filename) == _PACKAGE_DIR:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, PipeliteWarning, stacklevel=level)
+
+
 def _hasher() -> "xxhash.xxh3_128":
     return xxhash.xxh3_128()
 
@@ -299,12 +310,10 @@ def _feed_pickled(h: Any, v: Any, label: str) -> None:
             tname = f"{type(v).__module__}.{type(v).__qualname__}"
             if tname not in _warned_types:
                 _warned_types.add(tname)
-                warnings.warn(
+                warn_user(
                     f"{label} of type {tname} cannot be hashed by content: PipeLite tracks only "
                     f"its type, so changing it will not make stages stale. Pass it as a "
-                    f"parameter or an artifact to track it.",
-                    PipeliteWarning,
-                    stacklevel=2,
+                    f"parameter or an artifact to track it."
                 )
             h.update(f"<unhashable {tname}>".encode())
             return

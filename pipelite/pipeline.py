@@ -9,7 +9,6 @@ import queue
 import sys
 import time
 import traceback
-import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -26,7 +25,7 @@ from .errors import (
     UnknownStageError,
 )
 from .humanize import human_bytes, human_duration
-from .fingerprint import Fingerprint, PipeliteWarning, fingerprint_of
+from .fingerprint import Fingerprint, fingerprint_of, warn_user
 from .stage import REGISTRY, REQUIRED, Registry, Stage, artifact_name, stage_of
 from .store import GcReport, Store
 
@@ -526,8 +525,7 @@ class Pipeline:
                 return self._run(targets, force, params)
             except _CorruptInput as bad:
                 last = bad
-                warnings.warn(f"{bad.error}; recomputing stage '{bad.stage}'", PipeliteWarning,
-                              stacklevel=2)
+                warn_user(f"{bad.error}; recomputing stage '{bad.stage}'")
                 self.store.drop_record(bad.stage, bad.record["fingerprint"])
                 self.store.delete_object(bad.info)
         assert last is not None
@@ -865,11 +863,10 @@ def _compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: d
                       same_result_as=fp.digest)
         store.write_result(st.name, after.digest, record)
         if fp.parts["globals"] != after.parts["globals"]:
-            warnings.warn(
+            warn_user(
                 f"stage '{st.name}' changed what it reads while running ({'; '.join(changed)}): "
                 f"its result is stored for the state before and after the run. If that state "
-                f"matters to the result, pass it as a parameter or an artifact instead",
-                PipeliteWarning, stacklevel=2)
+                f"matters to the result, pass it as a parameter or an artifact instead")
     return record
 
 

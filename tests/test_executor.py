@@ -10,6 +10,7 @@ import pytest
 from pipelite import Pipeline, stage
 
 
+@pytest.mark.filterwarnings("ignore:closure 'barrier'")  # a Barrier has no content to hash
 def test_independent_stages_overlap_on_a_thread_pool(store_dir):
     # both stages wait for each other: this only finishes if they run at the same time
     barrier = threading.Barrier(2, timeout=20)
