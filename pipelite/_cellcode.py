@@ -24,34 +24,109 @@ class CellAnalysis:
 
 
 def analyze(source: str) -> CellAnalysis:
-    """Analyze Python ``source``; raise ``SyntaxError`` if it does not parse."""
+    """Analyze Python ``source``; raise ``SyntaxError`` if it does not parse.
+
+    Statements are followed in order, into the bodies of ``for``, ``while``, ``if``, ``with``
+    and ``try``: a name is free only if it is read before the code binds it. Outputs are the
+    names bound by assignments; loop and ``with`` targets, exception names and ``:=`` targets
+    are bound but are not outputs (they are working names, not results).
+    """
     tree = ast.parse(source)
     bound: set[str] = set()
     free: list[str] = []
     outputs: list[str] = []
     defined: list[str] = []
 
-    def read(name: str) -> None:
-        if name not in bound and name not in free and name not in _BUILTINS:
-            free.append(name)
+    def read(names: list[str]) -> None:
+        for name in names:
+            if name not in bound and name not in free and name not in _BUILTINS:
+                free.append(name)
 
-    for stmt in tree.body:
-        loads, stores, defs = _top_level_names(stmt)
-        for n in loads:
-            read(n)
-        for n in defs:
-            bound.add(n)
-            if n not in defined:
-                defined.append(n)
-        for n in stores:
-            bound.add(n)
-            if not n.startswith("_") and n not in outputs:
-                outputs.append(n)
+    def bind(names: list[str], output: bool) -> None:
+        for name in names:
+            bound.add(name)
+            if output and not name.startswith("_") and name not in outputs:
+                outputs.append(name)
+
+    def expr(node: ast.AST | None, output: bool = False) -> None:
+        """Evaluate ``node``: its reads first, then what it binds (``:=``)."""
+        if node is None:
+            return
+        loads: list[str] = []
+        stores: list[str] = []
+        _collect(node, loads, stores)
+        read(loads)
+        bind(stores, output)
+
+    def target(node: ast.AST, output: bool) -> None:
+        loads: list[str] = []
+        stores: list[str] = []
+        _collect(node, loads, stores)  # subscripts and attributes read their base
+        read(loads)
+        bind(stores, output)
+
+    def block(stmts: list[ast.stmt]) -> None:
+        for stmt in stmts:
+            statement(stmt)
+
+    def statement(stmt: ast.stmt) -> None:
+        if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            for alias in stmt.names:
+                if alias.name != "*":
+                    name = (alias.asname or alias.name).split(".")[0]
+                    bound.add(name)
+                    if name not in defined:
+                        defined.append(name)
+        elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            # decorators, defaults and bases are evaluated here; the body later
+            outer = list(stmt.decorator_list)
+            if isinstance(stmt, ast.ClassDef):
+                outer += stmt.bases + [k.value for k in stmt.keywords]
+            else:
+                outer += stmt.args.defaults + [d for d in stmt.args.kw_defaults if d]
+            for node in outer:
+                expr(node)
+            bound.add(stmt.name)
+            if stmt.name not in defined:
+                defined.append(stmt.name)
+        elif isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            if isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name):
+                read([stmt.target.id])
+            expr(stmt.value)
+            for t in (stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]):
+                if stmt.value is not None or not isinstance(stmt, ast.AnnAssign):
+                    target(t, output=True)
+        elif isinstance(stmt, (ast.For, ast.AsyncFor)):
+            expr(stmt.iter)
+            target(stmt.target, output=False)
+            block(stmt.body)
+            block(stmt.orelse)
+        elif isinstance(stmt, (ast.While, ast.If)):
+            expr(stmt.test)
+            block(stmt.body)
+            block(stmt.orelse)
+        elif isinstance(stmt, (ast.With, ast.AsyncWith)):
+            for item in stmt.items:
+                expr(item.context_expr)
+                if item.optional_vars is not None:
+                    target(item.optional_vars, output=False)
+            block(stmt.body)
+        elif isinstance(stmt, ast.Try) or type(stmt).__name__ == "TryStar":
+            block(stmt.body)
+            for handler in stmt.handlers:
+                expr(handler.type)
+                if handler.name:
+                    bound.add(handler.name)
+                block(handler.body)
+            block(stmt.orelse)
+            block(stmt.finalbody)
+        else:
+            expr(stmt)
+
+    block(tree.body)
     # Names read inside functions, lambdas, classes and comprehensions are globals unless the
     # cell binds them itself: symtable knows the scoping rules.
-    for name in _nested_globals(source):
-        if name not in bound:
-            read(name)
+    read([n for n in _nested_globals(source) if n not in bound])
     outputs = [o for o in outputs if o not in defined]
     imports: list[str] = []
     for node in ast.walk(tree):
@@ -61,40 +136,6 @@ def analyze(source: str) -> CellAnalysis:
             imports.append(node.module)
     return CellAnalysis(tuple(free), tuple(outputs), tuple(defined),
                         tuple(dict.fromkeys(imports)))
-
-
-def _top_level_names(stmt: ast.stmt) -> tuple[list[str], list[str], list[str]]:
-    """Names loaded and stored by ``stmt`` outside nested scopes; defs/imports apart."""
-    loads: list[str] = []
-    stores: list[str] = []
-    defs: list[str] = []
-    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
-        for alias in stmt.names:
-            if alias.name != "*":
-                defs.append((alias.asname or alias.name).split(".")[0])
-        return loads, stores, defs
-    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-        defs.append(stmt.name)
-        # decorators, defaults and bases are evaluated at top level
-        outer = list(stmt.decorator_list)
-        if isinstance(stmt, ast.ClassDef):
-            outer += stmt.bases + [k.value for k in stmt.keywords]
-        else:
-            outer += stmt.args.defaults + [d for d in stmt.args.kw_defaults if d is not None]
-        for node in outer:
-            _collect(node, loads, stores)
-        return loads, stores, defs
-    if isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name):
-        loads.append(stmt.target.id)
-    # evaluate the right-hand side before the targets, as Python does
-    if isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and stmt.value is not None:
-        _collect(stmt.value, loads, stores)
-        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
-        for t in targets:
-            _collect(t, loads, stores)
-        return loads, stores, defs
-    _collect(stmt, loads, stores)
-    return loads, stores, defs
 
 
 def _collect(node: ast.AST, loads: list[str], stores: list[str]) -> None:

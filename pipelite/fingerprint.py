@@ -10,6 +10,7 @@ from __future__ import annotations
 import dis
 import functools
 import importlib.metadata
+import io
 import json
 import os
 import pickle
@@ -139,6 +140,8 @@ def _code_info(fn: types.FunctionType) -> tuple[str, tuple[str, ...], tuple[str,
 
 def _feed_code(h: Any, code: types.CodeType, doc: str | None = None) -> None:
     h.update(code.co_code)
+    h.update(b"%d,%d,%d,%d;" % (code.co_argcount, code.co_posonlyargcount,
+                                code.co_kwonlyargcount, code.co_flags))
     for names in (code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars):
         h.update(("\x00".join(names) + "\x01").encode())
     for i, const in enumerate(code.co_consts):
@@ -218,7 +221,7 @@ def _feed_object(h: Any, v: Any, t: type, seen: set[int], label: str,
         for item in v:
             _feed_value(h, item, seen, label, walker)
         h.update(b"]")
-    elif isinstance(v, dict):
+    elif isinstance(v, (dict, types.MappingProxyType)):
         h.update(b"%s%d{" % (t.__qualname__.encode(), len(v)))
         for key, item in v.items():
             _feed_value(h, key, seen, label, walker)
@@ -236,21 +239,34 @@ def _feed_object(h: Any, v: Any, t: type, seen: set[int], label: str,
         _feed_pandas(h, v, label)
         return
     elif walker is not None and _is_user_object(v, t):
-        # an instance of your own class: its class's code and its attributes
-        h.update(f"obj:{walker.token(t)}:".encode())
-        _feed_value(h, vars(v), seen, label, walker)
+        _feed_state(h, v, t, seen, label, walker)  # your own class: its code and attributes
         return
     else:
-        _feed_pickled(h, v, label)
+        _feed_pickled(h, v, label, walker)
         return
+    factory = getattr(v, "default_factory", None)  # collections.defaultdict
+    if factory is not None:
+        _feed_value(h, factory, seen, label, walker)
     if walker is not None and _is_user_object(v, t):  # a subclass of a container
-        h.update(f"obj:{walker.token(t)}:".encode())
-        _feed_value(h, vars(v), seen, label, walker)
+        _feed_state(h, v, t, seen, label, walker)
 
 
 def _is_user_object(v: Any, t: type) -> bool:
-    return hasattr(v, "__dict__") and (t is types.SimpleNamespace or
-                                       not _is_library_module(t.__module__ or ""))
+    if t is types.SimpleNamespace:
+        return True
+    return not _is_library_module(t.__module__ or "") and not isinstance(v, type)
+
+
+def _feed_state(h: Any, v: Any, t: type, seen: set[int], label: str, walker: "_Walker") -> None:
+    """An instance of a user-defined class: its class's code, then its attributes and slots."""
+    h.update(f"obj:{walker.token(t) if t is not types.SimpleNamespace else 'ns'}:".encode())
+    if hasattr(v, "__dict__"):
+        _feed_value(h, vars(v), seen, label, walker)
+    for klass in t.__mro__:
+        for slot in getattr(klass, "__slots__", ()) if klass is not object else ():
+            if slot not in ("__dict__", "__weakref__"):
+                h.update(slot.encode())
+                _feed_value(h, getattr(v, slot, "<unset>"), seen, label, walker)
 
 
 @functools.lru_cache(maxsize=1)
@@ -269,7 +285,8 @@ def _feed_numpy(h: Any, v: Any, label: str) -> None:
         h.update(repr(v.fill_value).encode())
     elif isinstance(v, np.ndarray) and v.dtype != object:
         arr = np.ascontiguousarray(v)
-        h.update(f"ndarray:{arr.dtype.str}:{arr.shape};".encode())
+        kind = arr.dtype.descr if arr.dtype.fields else arr.dtype.str  # field names and order
+        h.update(f"ndarray:{kind}:{arr.shape};".encode())
         h.update(arr.reshape(-1).view(np.uint8))
     elif isinstance(v, np.generic) and not isinstance(v, np.object_):
         h.update(f"npscalar:{v.dtype.str}:".encode())
@@ -285,7 +302,8 @@ def _feed_pandas(h: Any, v: Any, label: str) -> None:
         try:
             rows = pd.util.hash_pandas_object(v, index=not isinstance(v, pd.Index))
             h.update(f"{type(v).__name__}:{v.shape};".encode())
-            h.update(repr(v.dtypes if isinstance(v, pd.DataFrame) else v.dtype).encode())
+            dtypes = list(v.dtypes) if isinstance(v, pd.DataFrame) else [v.dtype]
+            h.update(repr([repr(d) for d in dtypes]).encode())  # categories and their order
             h.update(repr(list(v.columns) if isinstance(v, pd.DataFrame) else v.name).encode())
             index = v if isinstance(v, pd.Index) else v.index
             h.update(repr((list(index.names), type(index).__name__)).encode())
@@ -298,9 +316,29 @@ def _feed_pandas(h: Any, v: Any, label: str) -> None:
     _feed_pickled(h, v, label)
 
 
-def _feed_pickled(h: Any, v: Any, label: str) -> None:
+class _ContentPickler(pickle.Pickler):
+    """Pickles an object's state for hashing: functions and classes inside it count by their
+    code, sets in a stable order, whatever the hash seed."""
+
+    def __init__(self, file: Any, walker: "_Walker | None"):
+        super().__init__(file, protocol=5)
+        self.walker = walker
+
+    def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, (set, frozenset)):
+            return "set:" + ",".join(sorted(value_digest_labelled(x, "set item", self.walker)
+                                            for x in obj))
+        if self.walker is not None and isinstance(obj, (types.FunctionType, type,
+                                                        types.ModuleType)):
+            return self.walker.token(obj)
+        return None
+
+
+def _feed_pickled(h: Any, v: Any, label: str, walker: "_Walker | None" = None) -> None:
     try:
-        data = pickle.dumps(v, protocol=5)
+        buf = io.BytesIO()
+        _ContentPickler(buf, walker).dump(v)
+        data = buf.getvalue()
     except Exception:  # noqa: BLE001 - any object may refuse to pickle
         try:
             import cloudpickle
@@ -340,8 +378,9 @@ def _helper_key(obj: Any) -> str:
 class _Walker:
     """Collects the helpers and globals reachable from a stage's code."""
 
-    def __init__(self, skip: set[str]):
+    def __init__(self, skip: set[str], memo: dict | None = None):
         self.skip = skip  # names that are inputs: tracked by content hash, not as globals
+        self.memo = memo  # id -> (array or frame, digest), shared by one status() check
         self.helpers: dict[str, str] = {}
         self.globals: dict[str, str] = {}
         self._visited: dict[int, str] = {}
@@ -356,7 +395,19 @@ class _Walker:
                 self.helpers[name] = token  # user functions and classes are listed already
             return
         key = name if owner == "" or scope_is_stage else f"{name} (read by {owner})"
-        self.globals[key] = value_digest_labelled(value, f"global '{name}'", self)
+        self.globals[key] = self._data_digest(value, f"global '{name}'")
+
+    def _data_digest(self, value: Any, label: str) -> str:
+        # A large array or frame read by many stages is hashed once per check. Only pure data:
+        # a value holding code adds helpers as it is hashed, which a memo would skip.
+        memo = self.memo
+        if memo is None or not (isinstance(value, _numpy_types()) or
+                                type(value).__module__.startswith("pandas")):
+            return value_digest_labelled(value, label, self)
+        hit = memo.get(id(value))
+        if hit is None or hit[0] is not value:
+            hit = memo[id(value)] = (value, value_digest_labelled(value, label, self))
+        return hit[1]
 
     def token(self, value: Any) -> str | None:
         """A digest for code-like values (functions, classes, modules, wrappers), else None."""
@@ -388,7 +439,13 @@ class _Walker:
             and hasattr(value, "__name__") and not hasattr(value, "__dict__")
         ):
             mod = getattr(value, "__module__", None) or type(value).__module__
-            return _library_token(mod, getattr(value, "__qualname__", value.__name__))
+            token = _library_token(mod or "builtins",
+                                   getattr(value, "__qualname__", value.__name__))
+            bound = getattr(value, "__self__", None)
+            if bound is not None and not isinstance(bound, (types.ModuleType, type)):
+                # RATES.get, pattern.findall, "{:.2f}".format: the object it is bound to counts
+                token += ":" + value_digest_labelled(bound, "bound object", self)
+            return token
         return None
 
     def module_token(self, mod: types.ModuleType) -> str:
@@ -458,15 +515,29 @@ class _Walker:
                 except ValueError:  # not assigned yet
                     continue
                 label = f"closure '{var}' of {key}"
-                self.globals[label] = value_digest_labelled(val, label, self)
+                self._put(label, value_digest_labelled(val, label, self))
+        attributes = {k: v for k, v in vars(fn).items()  # bound methods there are plumbing
+                      if not k.startswith("__") and not _is_bound_method(v)}
+        if attributes:  # e.g. a singledispatch function's registry of implementations
+            self._put(f"attributes of {key}", value_digest_labelled(
+                attributes, f"attributes of {key}", self))
         # defaults are evaluated once, when the function is defined: not part of its code
         if fn.__defaults__:
-            self.globals[f"defaults of {key}"] = value_digest_labelled(
-                fn.__defaults__, f"defaults of {key}", self)
+            self._put(f"defaults of {key}", value_digest_labelled(
+                fn.__defaults__, f"defaults of {key}", self))
         if fn.__kwdefaults__:
-            self.globals[f"keyword defaults of {key}"] = value_digest_labelled(
-                fn.__kwdefaults__, f"keyword defaults of {key}", self)
+            self._put(f"keyword defaults of {key}", value_digest_labelled(
+                fn.__kwdefaults__, f"keyword defaults of {key}", self))
         return token
+
+    def _put(self, label: str, digest: str) -> None:
+        """Record a global-like value; functions sharing a name (closures made by one factory,
+        lambdas) each keep their own entry."""
+        key, n = label, 1
+        while key in self.globals and self.globals[key] != digest:
+            n += 1
+            key = f"{label} #{n}"
+        self.globals[key] = digest
 
     def visit_class(self, cls: type, as_stage: bool = False) -> str:
         """A class digest from its members: methods by their code, attributes by value."""
@@ -496,6 +567,11 @@ class _Walker:
         return digest
 
 
+def _is_bound_method(value: Any) -> bool:
+    bound = getattr(value, "__self__", None)
+    return callable(value) and bound is not None and not isinstance(bound, types.ModuleType)
+
+
 def _functions_of(member: Any) -> list[types.FunctionType]:
     if isinstance(member, (staticmethod, classmethod)):
         member = member.__func__
@@ -506,9 +582,10 @@ def _functions_of(member: Any) -> list[types.FunctionType]:
 
 
 # -- the fingerprint --------------------------------------------------------------------------
-def code_parts(st: Stage) -> tuple[str, dict[str, str], dict[str, str]]:
+def code_parts(st: Stage, memo: dict | None = None
+               ) -> tuple[str, dict[str, str], dict[str, str]]:
     """(own code digest, helpers, globals) of a stage as its code stands now."""
-    walker = _Walker(set(st.inputs))
+    walker = _Walker(set(st.inputs), memo)
     if isinstance(st, CellStage):
         code = digest_text(normalize_source(st.source))
         ns = st.namespace
@@ -535,10 +612,13 @@ def canonical_params(params: Mapping[str, Any]) -> dict[str, str]:
     return {k: value_digest_labelled(v, f"parameter '{k}'") for k, v in sorted(params.items())}
 
 
-def fingerprint_of(st: Stage, params: Mapping[str, Any], input_hashes: Mapping[str, str]
-                   ) -> Fingerprint:
-    """The fingerprint of running ``st`` with these parameters on inputs with these hashes."""
-    code, helpers, globs = code_parts(st)
+def fingerprint_of(st: Stage, params: Mapping[str, Any], input_hashes: Mapping[str, str],
+                   memo: dict | None = None) -> Fingerprint:
+    """The fingerprint of running ``st`` with these parameters on inputs with these hashes.
+
+    ``memo`` (a dict shared across the stages of one check) hashes each large array or frame
+    global once; values must not change while it is in use."""
+    code, helpers, globs = code_parts(st, memo)
     parts = {
         "code": code,
         "helpers": dict(sorted(helpers.items())),

@@ -319,6 +319,7 @@ class Pipeline:
                   params: Mapping[str, Mapping[str, Any]] | None,
                   cycles: Mapping[str, str] | None = None) -> dict[str, _Eval]:
         evals: dict[str, _Eval] = {}
+        memo: dict = {}
         for name in order:
             if cycles and name in cycles:
                 latest = self.store.latest(name)
@@ -362,7 +363,7 @@ class Pipeline:
                     ev.latest = self.store.latest(name)
                     ev.state, ev.reasons = "stale" if ev.latest else "missing", [str(exc)]
                 else:
-                    fp = fingerprint_of(st, stage_params, input_hashes)
+                    fp = fingerprint_of(st, stage_params, input_hashes, memo)
                     ev.fingerprint = fp
                     ev.record = self.store.record(name, fp.digest)
                     failure = self.store.failure(name)

@@ -702,3 +702,179 @@ def test_fingerprints_do_not_depend_on_the_hash_seed(tmp_path):
         for seed in ("1", "2", "3", "4")
     }
     assert len(digests) == 1
+
+
+@pytest.mark.parametrize("setup, change", [
+    ("RATES = {'a': 1}\nlookup = RATES.get", "RATES['a'] = 99"),
+    ("import re\nlookup = re.compile(r'\\d+').findall", "lookup = re.compile(r'\\d').findall"),
+    ("lookup = '{:.2f}'.format", "lookup = '{:.4f}'.format"),
+])
+def test_a_builtin_method_counts_with_the_object_it_is_bound_to(pipeline, setup, change):
+    ns = notebook()
+    run_cell(setup, ns)
+    run_cell("""
+        @stage(outputs="y")
+        def f():
+            return repr(lookup)
+        """, ns)
+    pipeline.run("f")
+    run_cell(change, ns)
+    assert state(pipeline, "f").state == "stale"
+
+
+def test_closures_made_by_one_factory_are_each_tracked(pipeline):
+    ns = notebook()
+    run_cell("""
+        def make(k):
+            def scale(x):
+                return x * k
+            return scale
+        f2, f3 = make(2), make(3)
+        MULT = [lambda x, k=k: x * k for k in (1, 2, 3)]
+        @stage(outputs="y")
+        def apply():
+            return f2(1) + f3(1) + sum(m(1) for m in MULT)
+        """, ns)
+    assert pipeline.run("apply")["y"] == 11
+    run_cell("f2 = make(5)", ns)
+    assert state(pipeline, "apply").state == "stale"
+    assert pipeline.run("apply")["y"] == 14
+    run_cell("MULT = [lambda x, k=k: x * k for k in (5, 2, 3)]", ns)
+    assert state(pipeline, "apply").state == "stale"
+    assert pipeline.run("apply")["y"] == 18
+
+
+def test_changing_a_helper_signature_makes_the_stage_stale(pipeline):
+    ns = notebook()
+    src = """
+        def count(*xs):
+            return len(xs)
+        @stage(outputs="y")
+        def f():
+            return count([1, 2, 3])
+        """
+    run_cell(src, ns)
+    assert pipeline.run("f")["y"] == 1
+    run_cell(src.replace("*xs", "xs"), ns)
+    assert state(pipeline, "f").state == "stale"
+    assert pipeline.run("f")["y"] == 3
+
+
+@pytest.mark.parametrize("definition, instance", [
+    ("class P(NamedTuple):\n    v: int\n    def scaled(self):\n        return self.v * {k}",
+     "P(3)"),
+    ("@dataclass(slots=True)\nclass P:\n    v: int\n    def scaled(self):\n"
+     "        return self.v * {k}", "P(3)"),
+])
+def test_instances_without_a_dict_count_with_their_class_code(pipeline, definition, instance):
+    ns = notebook()
+    run_cell("from typing import NamedTuple\nfrom dataclasses import dataclass", ns)
+    run_cell(definition.format(k=2) + f"\nPT = {instance}", ns)
+    run_cell("""
+        @stage(outputs="y")
+        def f():
+            return PT.scaled()
+        """, ns)
+    assert pipeline.run("f")["y"] == 6
+    run_cell(definition.format(k=10) + f"\nPT = {instance}", ns)
+    assert state(pipeline, "f").state == "stale"
+    assert pipeline.run("f")["y"] == 30
+
+
+@pytest.mark.parametrize("setup, use", [
+    ("import numpy as np\nvf = np.vectorize(base)", "list(vf([0, 1]))"),
+    ("import functools\n@functools.singledispatch\ndef conv(x):\n    return x\n"
+     "conv.register(int)(base)", "conv(0)"),
+    ("import collections\nDD = collections.defaultdict(base_factory)", "DD.default_factory()"),
+])
+def test_your_functions_inside_library_wrappers_are_tracked(pipeline, setup, use):
+    ns = notebook()
+    src = """
+        def base(x):
+            return x + {k}
+        def base_factory():
+            return {k}
+        """
+    run_cell(src.format(k=1), ns)
+    run_cell(setup, ns)
+    run_cell(f"""
+        @stage(outputs="y")
+        def f():
+            return repr({use})
+        """, ns)
+    pipeline.run("f")
+    run_cell(src.format(k=100), ns)
+    run_cell(setup, ns)
+    assert state(pipeline, "f").state == "stale"
+
+
+def test_numpy_structured_field_names_are_part_of_the_content(pipeline):
+    ns = notebook()
+    run_cell("""
+        import numpy as np
+        ARR = np.array([(1, 2)], dtype=[('a', '<i4'), ('b', '<i4')])
+        @stage(outputs="y")
+        def f():
+            return int(ARR['a'][0])
+        """, ns)
+    assert pipeline.run("f")["y"] == 1
+    run_cell("ARR = np.array([(1, 2)], dtype=[('b', '<i4'), ('a', '<i4')])", ns)
+    assert state(pipeline, "f").state == "stale"
+
+
+def test_categorical_categories_and_their_order_are_part_of_a_frame(pipeline):
+    ns = notebook()
+    src = """
+        import pandas as pd
+        DF = pd.DataFrame({{"c": pd.Categorical(["a", "b"], categories={cats}, ordered=True)}})
+        @stage(outputs="y")
+        def f():
+            return list(DF.sort_values("c")["c"])
+        """
+    run_cell(src.format(cats='["a", "b"]'), ns)
+    assert pipeline.run("f")["y"] == ["a", "b"]
+    run_cell(src.format(cats='["b", "a"]'), ns)
+    assert state(pipeline, "f").state == "stale"
+    assert pipeline.run("f")["y"] == ["b", "a"]
+
+
+def test_pickled_objects_holding_sets_hash_the_same_under_any_hash_seed(tmp_path):
+    import subprocess
+
+    script = tmp_path / "fp2.py"
+    script.write_text(textwrap.dedent("""
+        import argparse
+        import numpy as np
+        from pipelite.fingerprint import value_digest
+        print(value_digest(argparse.Namespace(tags={"alpha", "beta", "gamma", "delta"})),
+              value_digest(np.array([{"a", "b", "c", "d"}, "x"], dtype=object)))
+        """))
+    digests = {
+        subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True,
+                       env={**__import__("os").environ, "PYTHONHASHSEED": seed}).stdout
+        for seed in ("1", "2", "3", "4")
+    }
+    assert len(digests) == 1
+
+
+def test_one_check_hashes_a_frame_read_by_many_stages_once(pipeline, monkeypatch):
+    import pandas as pd
+
+    ns = notebook()
+    run_cell("""
+        import pandas as pd
+        DF = pd.DataFrame({"a": range(1000)})
+        """, ns)
+    for i in range(5):
+        run_cell(f"""
+            @stage(outputs="y{i}")
+            def s{i}():
+                return int(DF["a"].sum()) + {i}
+            """, ns)
+    pipeline.run()
+    calls = []
+    real = pd.util.hash_pandas_object
+    monkeypatch.setattr(pd.util, "hash_pandas_object",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert {s.state for s in pipeline.status()} == {"fresh"}
+    assert len(calls) == 1
