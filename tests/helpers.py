@@ -23,3 +23,17 @@ def notebook() -> dict:
     from pipelite import stage
 
     return {"__name__": "__main__", "stage": stage}
+
+
+def notebook_main(monkeypatch) -> dict:
+    """A namespace that is ``sys.modules['__main__'].__dict__``, as IPython's user namespace
+    is: pickle then finds notebook functions by reference, as it does in a real notebook."""
+    import sys
+    import types
+
+    from pipelite import stage
+
+    module = types.ModuleType("__main__")
+    monkeypatch.setitem(sys.modules, "__main__", module)
+    module.__dict__["stage"] = stage
+    return module.__dict__

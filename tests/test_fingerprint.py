@@ -16,7 +16,7 @@ import pytest
 import pipelite.formats
 import pipelite.store
 from pipelite import Pipeline, PipeliteWarning
-from tests.helpers import notebook, run_cell
+from tests.helpers import notebook, notebook_main, run_cell
 
 def state(pipeline: Pipeline, name: str):
     (s,) = [s for s in pipeline.status() if s.name == name]
@@ -787,8 +787,8 @@ def test_instances_without_a_dict_count_with_their_class_code(pipeline, definiti
      "conv.register(int)(base)", "conv(0)"),
     ("import collections\nDD = collections.defaultdict(base_factory)", "DD.default_factory()"),
 ])
-def test_your_functions_inside_library_wrappers_are_tracked(pipeline, setup, use):
-    ns = notebook()
+def test_your_functions_inside_library_wrappers_are_tracked(pipeline, setup, use, monkeypatch):
+    ns = notebook_main(monkeypatch)
     src = """
         def base(x):
             return x + {k}
