@@ -5,6 +5,7 @@ import datetime as _dt
 import difflib
 import functools
 import graphlib
+import os
 import queue
 import sys
 import time
@@ -246,8 +247,7 @@ class Pipeline:
         rank = {name: i for i, name in enumerate(self.registry.names())}
         while True:
             try:
-                sorter = graphlib.TopologicalSorter(graph)
-                sorter.prepare()
+                graphlib.TopologicalSorter(graph).prepare()  # finds cycles
             except graphlib.CycleError as exc:
                 members = exc.args[1]
                 text = " -> ".join(members)
@@ -260,11 +260,24 @@ class Pipeline:
                     cycles[node] = text
                     graph[node] = [d for d in graph[node] if d not in members]
                 continue
+            # depth first, in definition order: each stage right after what it needs, so a
+            # notebook's stages keep the order of its cells
             order: list[str] = []
-            while sorter.is_active():
-                ready = sorted(sorter.get_ready(), key=lambda n: (rank.get(n, len(rank)), n))
-                order.extend(ready)
-                sorter.done(*ready)
+            placed: set[str] = set()
+
+            def place(node: str) -> None:
+                if node in placed:
+                    return
+                placed.add(node)
+                for dep in sorted(graph[node], key=key):
+                    place(dep)
+                order.append(node)
+
+            def key(n: str) -> tuple:
+                return (rank.get(n, len(rank)), n)
+
+            for node in sorted(graph, key=key):
+                place(node)
             return order
 
     def _all_names(self) -> list[str]:
@@ -883,13 +896,32 @@ def _save_output(store: Store, st: Stage, name: str, value: Any) -> dict:
         ) from exc
 
 
+_INTERNAL_DIRS = (os.path.dirname(os.path.abspath(__file__)),
+                  os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "pipelite_ipy"))
+
+
+def _user_frames(tb: Any) -> Any:
+    """The traceback from the first of the user's frames that PipeLite called (whole if the
+    error came from PipeLite itself)."""
+    node, seen_internal = tb, False
+    while node is not None:
+        if os.path.dirname(os.path.abspath(node.tb_frame.f_code.co_filename)) in _INTERNAL_DIRS:
+            seen_internal = True
+        elif seen_internal:
+            return node
+        node = node.tb_next
+    return tb
+
+
 def _record_failure(store: Store, st: Stage, fp: Fingerprint, exc: BaseException,
                     started: _dt.datetime, elapsed: float) -> None:
     store.write_failure(st.name, {
         "stage": st.name,
         "fingerprint": fp.digest,
         "error": _summary(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "traceback": "".join(traceback.format_exception(type(exc), exc,
+                                                        _user_frames(exc.__traceback__))),
         "started": started.isoformat(timespec="milliseconds"),
         "duration": round(elapsed, 6),
     })

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import html
 import os
+import tempfile
 from typing import Any, Callable, Sequence
 
 from IPython.core.error import UsageError
@@ -88,7 +89,8 @@ def _present(exc: BaseException, shell: Any) -> None:
         line = f"{type(exc).__name__}: {exc}"
         exc._render_traceback_ = lambda: [line]  # type: ignore[attr-defined]
         return
-    if isinstance(exc, (UsageError, SyntaxError)) or not isinstance(exc, Exception):
+    if isinstance(exc, (UsageError, SyntaxError)) or not isinstance(exc, (Exception,
+                                                                          KeyboardInterrupt)):
         return
 
     def render() -> list[str]:
@@ -282,17 +284,28 @@ class PipeliteMagics(Magics):
         print(f"[pipelite] {args.name}: forgot {count} stored result(s)")
 
     def _cmd_gc(self, args: Any) -> None:
-        if args.keep < 0:
-            raise UsageError("%pipelite gc: --keep must be 0 or more")
+        if args.keep < 1:
+            raise UsageError("%pipelite gc: --keep must be 1 or more (to forget a stage "
+                             "entirely, use %pipelite invalidate NAME)")
         print(f"[pipelite] gc: {self.pipeline.gc(keep=args.keep)}")
 
     def _cmd_store(self, args: Any) -> None:
+        note = ""
         if args.path:
             path = args.path
             if "://" not in path:
                 path = os.path.abspath(os.path.expanduser(path))
+                existed = os.path.isdir(path)
+                try:  # a store you cannot write to should fail here, not in a later cell
+                    os.makedirs(path, exist_ok=True)
+                    with tempfile.TemporaryFile(dir=path):
+                        pass
+                except OSError as exc:
+                    raise UsageError(f"%pipelite store: cannot use {args.path} as a store: "
+                                     f"{exc.strerror or exc}") from None
+                note = "" if existed else " (a new, empty store)"
             self.session.store = path
-        print(f"[pipelite] store: {self.pipeline.store.url}")
+        print(f"[pipelite] store: {self.pipeline.store.url}{note}")
 
     def _cmd_panel(self, args: Any) -> None:
         try:

@@ -206,7 +206,9 @@ class _StageRow(widgets.VBox):
             self.add_class("pipelite-undefined")
         outs = [f'<span title="{html.escape(o.summary or o.format)}">{html.escape(o.name)} '
                 f"({human_bytes(o.size)})</span>" for o in s.outputs]
-        self.outputs.value = ", ".join(outs) or '<span class="pipelite-empty">no outputs yet</span>'
+        prefix = "previous result: " if outs and s.state in ("failed", "stale") else ""
+        self.outputs.value = (prefix + ", ".join(outs) if outs
+                              else '<span class="pipelite-empty">no outputs yet</span>')
         if s.last_run is not None:
             self.when.value = (f'<span title="last run {s.last_run.isoformat()}">'
                                f"{_when(s.last_run)} · {_seconds(s.duration)}</span>")
@@ -220,7 +222,7 @@ class _StageRow(widgets.VBox):
                              if show_reasons else "")
         self._hide(self.reason, not show_reasons)
         if s.state == "failed" and s.error:
-            self.set_error(f"last run failed: {s.error}", self.failure_detail)
+            self.set_error(f"last run failed: {s.error}", self.failure_detail or s.traceback)
         elif s.state != "failed":
             self.failure_detail = None
             self.set_error(None)
@@ -517,8 +519,8 @@ class PipelinePanel(widgets.VBox):
             summary = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             failed = self._rows.get(self._failed_in_run[-1]) if self._failed_in_run else None
-            if failed is not None:  # a stage raised: its row shows the error and traceback
-                failed.failure_detail = detail
+            if failed is not None:  # a stage raised: its row shows the error and the stored
+                failed.failure_detail = None  # traceback, which holds only the user's frames
             else:  # e.g. a missing input or parameter: not one stage's failure
                 what = ", ".join(names) if names else "all stages"
                 self._show_panel_error(f"running {what} failed: {summary}", detail)

@@ -591,7 +591,7 @@ def test_pipelite_panel_shows_the_panel_or_says_it_is_not_there(ip):
     ("%pipelite frobnicate", "invalid choice: 'frobnicate'"),
     ("%pipelite explain", "the following arguments are required: NAME"),
     ("%pipelite gc --keep many", "invalid int value: 'many'"),
-    ("%pipelite gc --keep -1", "--keep must be 0 or more"),
+    ("%pipelite gc --keep -1", "--keep must be 1 or more"),
     ("%pipelite run --keep 2", "unrecognized arguments: --keep"),
     ("%pipelite graph --format png", "invalid choice: 'png'"),
     ("%pipelite load", "the following arguments are required: NAME"),
@@ -629,3 +629,30 @@ def test_a_failing_function_stage_shows_the_users_function_not_pipelite(ip):
     assert 'return int("not a number")' in cap.stdout
     assert "pipelite/" not in cap.stdout and "pipelite_ipy/" not in cap.stdout
     assert "stage 'parse' failed; nothing was stored" in cap.stdout
+
+
+def test_an_interrupted_cell_shows_only_the_users_lines_and_stores_nothing(ip):
+    result, cap = run(ip, "%%stage slow\nv = 42\nraise KeyboardInterrupt\n")
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)
+    out = cap.stdout
+    assert "raise KeyboardInterrupt" in out
+    assert "pipelite/" not in out and "pipelite_ipy/" not in out
+    assert "nothing was stored" in out
+    status = {s.name: s for s in pipelite_ipy.current_session().pipeline.status()}
+    assert status["slow"].state == "failed" and status["slow"].outputs == ()
+
+
+def test_switching_to_a_store_that_cannot_be_written_is_a_usage_error(ip, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result, _ = run(ip, f"%pipelite store {blocker}/store")
+    assert isinstance(result.error_in_exec, UsageError)
+    assert "cannot use" in str(result.error_in_exec)
+    _, cap = run(ip, f"%pipelite store {tmp_path / 'brand-new'}")
+    assert "(a new, empty store)" in cap.stdout
+
+
+def test_gc_keep_must_be_at_least_one_in_the_magic(ip):
+    result, _ = run(ip, "%pipelite gc --keep 0")
+    assert isinstance(result.error_in_exec, UsageError)
+    assert "1 or more" in str(result.error_in_exec)

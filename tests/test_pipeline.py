@@ -443,24 +443,24 @@ def test_run_result_carries_the_target_records_and_producers_lists_every_artifac
     assert pipeline.producers() == {"x": "a", "y": "b", "z": "c"}
 
 
-def test_status_lists_upstream_first_then_in_the_order_stages_were_defined(pipeline):
+def test_status_lists_stages_in_definition_order_each_after_what_it_needs(pipeline):
     @stage(outputs="z_out")
     def zeta():
+        return 1
+
+    @stage(outputs="m_out")
+    def mid(z_out, a_out):  # defined before one of its inputs' producers
         return 1
 
     @stage(outputs="a_out")
     def alpha():
         return 1
 
-    @stage(outputs="m_out")
-    def mid(z_out, a_out):
-        return 1
-
     @stage(outputs="b_out")
     def beta():
         return 1
 
-    assert [s.name for s in pipeline.status()] == ["zeta", "alpha", "beta", "mid"]
+    assert [s.name for s in pipeline.status()] == ["zeta", "alpha", "mid", "beta"]
 
 
 def test_a_failed_stage_status_carries_its_traceback(pipeline):
@@ -472,6 +472,7 @@ def test_a_failed_stage_status_carries_its_traceback(pipeline):
         pipeline.run("broken")
     (s,) = pipeline.status()
     assert "deep problem" in s.traceback and "in broken" in s.traceback
+    assert "pipelite/pipeline.py" not in s.traceback  # the user's frames only
 
 
 def test_parameters_for_a_stage_that_does_not_exist_are_an_error(pipeline, chain):
