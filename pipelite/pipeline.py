@@ -262,22 +262,25 @@ class Pipeline:
                 continue
             # depth first, in definition order: each stage right after what it needs, so a
             # notebook's stages keep the order of its cells
-            order: list[str] = []
-            placed: set[str] = set()
-
-            def place(node: str) -> None:
-                if node in placed:
-                    return
-                placed.add(node)
-                for dep in sorted(graph[node], key=key):
-                    place(dep)
-                order.append(node)
-
             def key(n: str) -> tuple:
                 return (rank.get(n, len(rank)), n)
 
-            for node in sorted(graph, key=key):
-                place(node)
+            order: list[str] = []
+            placed: set[str] = set()
+            for root in sorted(graph, key=key):
+                stack = [(root, iter(sorted(graph[root], key=key)))]  # no recursion limit
+                while stack:
+                    node, deps = stack[-1]
+                    if node in placed:
+                        stack.pop()
+                        continue
+                    dep = next((d for d in deps if d not in placed), None)
+                    if dep is None:
+                        placed.add(node)
+                        order.append(node)
+                        stack.pop()
+                    else:
+                        stack.append((dep, iter(sorted(graph[dep], key=key))))
             return order
 
     def _all_names(self) -> list[str]:

@@ -519,3 +519,14 @@ def test_a_deleted_global_is_reported_as_no_longer_defined(pipeline):
     del ns["THRESH"]
     (s,) = pipeline.status()
     assert s.state == "stale" and s.reasons == ("global 'THRESH' is no longer defined",)
+
+
+def test_a_long_chain_defined_downstream_first_is_ordered_without_recursion_limits(pipeline):
+    ns = {"__name__": "__main__", "stage": stage}
+    n = 1500  # deeper than Python's default recursion limit
+    for i in reversed(range(n)):
+        src = (f"@stage(outputs='a{i}')\ndef s{i}(a{i - 1}):\n    return a{i - 1} + 1\n" if i
+               else "@stage(outputs='a0')\ndef s0():\n    return 0\n")
+        exec(src, ns)
+    names = [s.name for s in pipeline.status()]
+    assert names == [f"s{i}" for i in range(n)]
