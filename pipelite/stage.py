@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ast
-import builtins
 import inspect
 import re
 import textwrap
@@ -468,11 +467,6 @@ class Registry:
         self._producers.clear()
         self._unknown.clear()
 
-    def producer_of(self, artifact: str) -> Stage | None:
-        """The registered stage whose known outputs include ``artifact``."""
-        name = self._producers.get(artifact)
-        return None if name is None else self._stages[name]
-
     def producers(self) -> Mapping[str, str]:
         """Artifact name -> name of the registered stage that produces it (read-only view)."""
         return types.MappingProxyType(self._producers)
@@ -550,5 +544,3 @@ def stage_of(obj: Any) -> Stage | None:
     """The ``Stage`` that ``@stage`` attached to a class or function, if any."""
     return getattr(obj, "__pipelite_stage__", None)
 
-
-BUILTIN_NAMES = frozenset(dir(builtins))

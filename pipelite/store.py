@@ -21,7 +21,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import filelock
 
@@ -453,10 +453,3 @@ class Store:
                     except FileNotFoundError:
                         pass
         return GcReport(removed_records, removed_objects, freed)
-
-    def iter_outputs(self) -> Iterator[tuple[str, dict, dict]]:
-        """(stage, record, output info) for every stored output."""
-        for stage in self.stages():
-            for rec in self.records_of(stage):
-                for info in rec.get("outputs", {}).values():
-                    yield stage, rec, info
