@@ -197,6 +197,14 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(folder: str) -> None:
     if sys.platform.startswith("win"):
         return
@@ -361,6 +369,7 @@ class Store:
                 digest = fmt.save(value, tmp)
             digest = digest or hash_file(tmp)
             size = os.path.getsize(tmp)
+            _fsync_file(tmp)  # whatever format wrote it (Parquet, a user's format) it is durable
             rel = f"objects/{digest[:2]}/{digest}{fmt.ext}"
             if self._fs.size(rel) == size:
                 _remove_quietly(tmp)  # same content is already stored

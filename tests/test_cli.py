@@ -2,6 +2,9 @@
 store arguments that are not paths."""
 from __future__ import annotations
 
+import subprocess
+
+import nbformat
 import pytest
 
 from pipelite import Pipeline, PipeliteError
@@ -167,3 +170,25 @@ def test_run_with_stage_names_fails_when_a_stage_cell_cannot_be_defined(tmp_path
     assert done.returncode == 1
     assert "pipelite: a cell of bad.ipynb failed" in done.stderr
     assert "invalid stage name '9lives'" in done.stderr
+
+
+def _nb_cells(path, *sources):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
+    nbformat.write(nb, path)
+
+
+def test_run_uses_the_store_beside_the_notebook_force_and_exit_1(tmp_path):
+    (tmp_path / "nbs").mkdir()
+    _nb_cells(tmp_path / "nbs" / "demo.ipynb",
+        "%%stage gen\nopen('calls.log', 'a').write('gen\\n')\ndata = 1",
+        "raise RuntimeError('plain cell fails')")
+    def run(*args):
+        return subprocess.run(["pipelite", "run", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+
+    assert run("nbs/demo.ipynb").returncode == 1          # without stage names: any cell
+    assert (tmp_path / "nbs" / ".pipelite" / "records" / "gen").is_dir()
+    assert not (tmp_path / ".pipelite").exists()           # beside the notebook, not cwd
+    assert run("nbs/demo.ipynb", "gen", "--force").returncode == 0
+    assert (tmp_path / "nbs" / "calls.log").read_text().split() == ["gen", "gen"]

@@ -656,3 +656,45 @@ def test_gc_keep_must_be_at_least_one_in_the_magic(ip):
     result, _ = run(ip, "%pipelite gc --keep 0")
     assert isinstance(result.error_in_exec, UsageError)
     assert "1 or more" in str(result.error_in_exec)
+
+
+def test_numpy_outputs_are_read_only_right_after_the_first_run(ip):
+    ok(ip, "%%stage g\nimport numpy as np\narr = np.arange(5.0)\n")
+    assert not ip.user_ns["arr"].flags.writeable
+    result, _ = run(ip, "arr[0] = 1")
+    assert isinstance(result.error_in_exec, ValueError)
+
+
+def test_the_final_expression_is_displayed_but_does_not_set_out(ip):
+    with_hist = ip.run_cell("%%stage answer\nanswer = 6 * 7\nanswer\n", store_history=True)
+    assert with_hist.success
+    assert with_hist.result is None
+    assert 42 not in ip.user_ns["Out"].values()
+
+
+def test_dash_i_replaces_inputs_and_tracks_other_outputs_as_globals(ip, tmp_path):
+    log = tmp_path / "ran.log"
+    ok(ip, "%%stage up1\nu1 = 1\n")
+    ok(ip, f"%%stage up2\nopen({str(log)!r}, 'a').write('up2\\n')\nu2 = 2\n")
+    ok(ip, "%%stage down -i u1\nres = u1 + u2\n")
+    assert REGISTRY.get("down").inputs == ("u1",)  # u2 is not an input
+    ok(ip, "u2 = 10")  # the global changed; up2 is untouched
+    cap = ok(ip, "%%stage down -i u1\nres = u1 + u2\n")
+    assert "down: ran in" in cap.stdout and ip.user_ns["res"] == 11
+    assert log.read_text().split() == ["up2"]  # up2 was not run first
+
+
+def test_dash_o_is_a_way_out_of_reassigning_an_input(ip):
+    ok(ip, "%%stage gen\nimport numpy as np\ntrain_data = np.arange(3.0)\n")
+    ok(ip, "%%stage rebind -o total\ntrain_data = train_data + 1\ntotal = float(train_data.sum())\n")
+    assert REGISTRY.get("rebind").outputs == ("total",)
+    assert ip.user_ns["total"] == 6.0
+
+
+def test_a_global_set_with_global_is_not_restored_on_load(ip):
+    cell = "%%stage glob\ndef setter():\n    global GX\n    GX = 5\nsetter()\nkept = 1\n"
+    ok(ip, cell)
+    del ip.user_ns["GX"], ip.user_ns["kept"]
+    cap = ok(ip, cell)
+    assert "loaded from store" in cap.stdout
+    assert ip.user_ns["kept"] == 1 and "GX" not in ip.user_ns

@@ -227,8 +227,10 @@ def test_a_missing_required_parameter_names_stage_parameter_and_fix(pipeline):
 
     with pytest.raises(ParameterError) as err:
         pipeline.run("train_model")
-    assert ("stage 'train_model' needs parameter 'epochs': pass "
-            "Pipeline(params={'train_model': {'epochs': ...}})") in str(err.value)
+    assert str(err.value) == (
+        "stage 'train_model' needs parameter 'epochs': pass "
+        "Pipeline(params={'train_model': {'epochs': ...}}) "
+        "or run(..., params={'train_model': {'epochs': ...}})")
 
 
 def test_an_unknown_parameter_is_an_error_listing_the_real_ones(pipeline):
