@@ -27,6 +27,8 @@ CHUNK = 8 << 20
 class Format:
     """A way to store values: ``save(value, path)`` writes a file, ``load(path)`` reads it.
 
+    The store fsyncs the file and renames it into place; ``save`` only writes it.
+
     ``save`` may return the xxh3-128 hex digest of the bytes it wrote (saves re-reading them).
     """
 
@@ -50,11 +52,6 @@ def hash_file(path: str) -> str:
                 break
             h.update(view[:n])
     return h.hexdigest()
-
-
-def _fsync(f: Any) -> None:
-    f.flush()
-    os.fsync(f.fileno())
 
 
 # -- numpy ------------------------------------------------------------------------------------
@@ -86,7 +83,6 @@ def _save_npy(arr: Any, path: str) -> str:
     with open(path, "wb") as f:
         f.write(header.getvalue())
         f.write(data)
-        _fsync(f)
     return h.hexdigest()
 
 
@@ -144,7 +140,6 @@ def _is_json_exact(v: Any, depth: int = 0) -> bool:
 def _save_json(v: Any, path: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(v, f, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        _fsync(f)
 
 
 def _load_json(path: str) -> Any:
@@ -194,7 +189,6 @@ def _save_pickle(v: Any, path: str) -> None:
 
     with open(path, "wb") as f:
         cloudpickle.dump(v, f, protocol=5)
-        _fsync(f)
 
 
 def _load_pickle(path: str) -> Any:

@@ -198,6 +198,7 @@ def _remove_quietly(path: str) -> None:
 
 
 def _fsync_file(path: str) -> None:
+    """fsync a file or (where the OS allows it) a directory, by path."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -206,13 +207,8 @@ def _fsync_file(path: str) -> None:
 
 
 def _fsync_dir(folder: str) -> None:
-    if sys.platform.startswith("win"):
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    if not sys.platform.startswith("win"):  # Windows cannot open a directory to sync it
+        _fsync_file(folder)
 
 
 @dataclass(frozen=True)

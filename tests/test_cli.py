@@ -2,9 +2,6 @@
 store arguments that are not paths."""
 from __future__ import annotations
 
-import subprocess
-
-import nbformat
 import pytest
 
 from pipelite import Pipeline, PipeliteError
@@ -172,20 +169,14 @@ def test_run_with_stage_names_fails_when_a_stage_cell_cannot_be_defined(tmp_path
     assert "invalid stage name '9lives'" in done.stderr
 
 
-def _nb_cells(path, *sources):
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
-    nbformat.write(nb, path)
-
-
 def test_run_uses_the_store_beside_the_notebook_force_and_exit_1(tmp_path):
     (tmp_path / "nbs").mkdir()
-    _nb_cells(tmp_path / "nbs" / "demo.ipynb",
-        "%%stage gen\nopen('calls.log', 'a').write('gen\\n')\ndata = 1",
-        "raise RuntimeError('plain cell fails')")
+    _notebook(tmp_path / "nbs" / "demo.ipynb",
+              "%%stage gen\nopen('calls.log', 'a').write('gen\\n')\ndata = 1",
+              "raise RuntimeError('plain cell fails')")
+
     def run(*args):
-        return subprocess.run(["pipelite", "run", *args], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300)
+        return _pipelite(tmp_path, "run", *args)
 
     assert run("nbs/demo.ipynb").returncode == 1          # without stage names: any cell
     assert (tmp_path / "nbs" / ".pipelite" / "records" / "gen").is_dir()
