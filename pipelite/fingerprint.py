@@ -627,5 +627,8 @@ def fingerprint_of(st: Stage, params: Mapping[str, Any], input_hashes: Mapping[s
         "inputs": dict(sorted(input_hashes.items())),
         "outputs": sorted(st.declared_outputs) if st.declared_outputs is not None else None,
     }
+    if st.env:  # values are secrets as often as not: only their digests are kept
+        parts["env"] = {var: (digest_text(os.environ[var]) if var in os.environ else "<unset>")
+                        for var in sorted(st.env)}
     digest = digest_text(json.dumps(parts, sort_keys=True))
     return Fingerprint(digest, parts)

@@ -433,6 +433,16 @@ class Pipeline:
                 src = producers.get(k)
                 reasons.append(f"input '{k}' changed" + (f" (new content from stage '{src}')"
                                                          if src else ""))
+        b, n = before.get("env", {}), now.get("env", {})
+        for k in sorted(set(b) | set(n)):
+            if k not in b:
+                reasons.append(f"now depends on environment variable '{k}'")
+            elif k not in n:
+                reasons.append(f"no longer depends on environment variable '{k}'")
+            elif b[k] != n[k]:
+                reasons.append(f"environment variable '{k}' changed" + (
+                    " (now unset)" if n[k] == "<unset>" else
+                    " (was unset)" if b[k] == "<unset>" else ""))
         if before.get("outputs") != now["outputs"]:
             reasons.append(f"its outputs changed: {before.get('outputs')} -> {now['outputs']}")
         return reasons or ["its fingerprint changed (a newer PipeLite or Python)"]

@@ -113,8 +113,10 @@ class Stage:
         params: Mapping[str, Any],
         outputs: Any = None,
         accepts_any_param: bool = False,
+        env: Iterable[str] = (),
     ):
         self.name = validate_stage_name(name)
+        self.env: tuple[str, ...] = _env_names(name, env)
         self.inputs: tuple[str, ...] = tuple(inputs)
         for i in self.inputs:
             _validate_artifact_str(i)
@@ -222,6 +224,19 @@ class Stage:
         return f"<{type(self).__name__} {self.name!r} inputs={self.inputs} outputs={self.outputs}>"
 
 
+def _env_names(stage_name: str, env: Any) -> tuple[str, ...]:
+    """The environment variables a stage declares it depends on, checked."""
+    if isinstance(env, str):
+        env = [env]
+    names = tuple(dict.fromkeys(env or ()))
+    for var in names:
+        if not isinstance(var, str) or not var or "=" in var or "\0" in var:
+            raise StageDefinitionError(
+                f"stage '{stage_name}': {var!r} is not an environment variable name: pass "
+                f"env=['VAR', ...] with names such as 'CUDA_VISIBLE_DEVICES'")
+    return names
+
+
 def _key_name(key: Any) -> str:
     return artifact_name(key)
 
@@ -231,7 +246,8 @@ class FunctionStage(Stage):
 
     kind = "function"
 
-    def __init__(self, fn: Callable, name: str | None = None, outputs: Any = None):
+    def __init__(self, fn: Callable, name: str | None = None, outputs: Any = None,
+                 env: Iterable[str] = ()):
         self.fn = fn
         name = fn.__name__ if name is None else name
         inputs: list[str] = []
@@ -252,7 +268,7 @@ class FunctionStage(Stage):
                     f"function stage '{name}' takes *{p.name}: name each input as its own "
                     f"positional parameter"
                 )
-        super().__init__(name, inputs, params, outputs, accepts_any_param=any_param)
+        super().__init__(name, inputs, params, outputs, accepts_any_param=any_param, env=env)
         self.input_defaults = defaults
         if outputs is None:
             self.inferred_outputs = _literal_return_keys(fn)
@@ -269,7 +285,8 @@ class ClassStage(Stage):
 
     kind = "class"
 
-    def __init__(self, cls: type, name: str | None = None, outputs: Any = None):
+    def __init__(self, cls: type, name: str | None = None, outputs: Any = None,
+                 env: Iterable[str] = ()):
         self.cls = cls
         name = cls.__name__ if name is None else name
         run = getattr(cls, "run", None)
@@ -295,7 +312,7 @@ class ClassStage(Stage):
                     continue
                 else:
                     params[p.name] = p.default
-        super().__init__(name, inputs, params, outputs, accepts_any_param=any_param)
+        super().__init__(name, inputs, params, outputs, accepts_any_param=any_param, env=env)
         if outputs is None:
             self.inferred_outputs = _literal_return_keys(run)
 
@@ -325,6 +342,7 @@ class CellStage(Stage):
         outputs: Iterable[str] | None = None,
         execute: Callable[[str, dict], Any] | None = None,
         filename: str | None = None,
+        env: Iterable[str] = (),
     ):
         from ._cellcode import analyze
 
@@ -334,7 +352,7 @@ class CellStage(Stage):
         self._execute = execute
         self.filename = filename or f"<stage {name}>"
         outs = tuple(outputs) if outputs is not None else self.analysis.outputs
-        super().__init__(name, inputs, {}, None)
+        super().__init__(name, inputs, {}, None, env=env)
         self.declared_outputs = tuple(_validate_artifact_str(o) for o in outs)
 
     @property
@@ -495,7 +513,7 @@ REGISTRY = Registry()
 
 
 def stage(name_or_obj: Any = None, *, outputs: Any = None, name: str | None = None,
-          registry: Registry | None = None) -> Any:
+          env: Iterable[str] = (), registry: Registry | None = None) -> Any:
     """Declare a class or a function as a pipeline stage and register it.
 
     >>> @stage("gen_data")
@@ -504,15 +522,16 @@ def stage(name_or_obj: Any = None, *, outputs: Any = None, name: str | None = No
     ...         return {"train_data": [1, 2, 3]}
 
     Forms: ``@stage``, ``@stage("name")``, ``@stage(outputs="art")``, ``@stage(name=..., outputs=...)``.
+    ``env=["VAR", ...]`` adds environment variables to the stage's fingerprint.
     The decorated object is returned unchanged (it stays usable as plain Python).
     """
     reg = REGISTRY if registry is None else registry
 
     def decorate(obj: Any, stage_name: str | None) -> Any:
         if isinstance(obj, type):
-            st: Stage = ClassStage(obj, stage_name, outputs)
+            st: Stage = ClassStage(obj, stage_name, outputs, env=env)
         elif callable(obj) and hasattr(obj, "__code__"):
-            st = FunctionStage(obj, stage_name, outputs)
+            st = FunctionStage(obj, stage_name, outputs, env=env)
         else:
             raise StageDefinitionError(
                 f"@stage decorates a class or a function, not {type(obj).__name__}"

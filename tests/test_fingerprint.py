@@ -878,3 +878,59 @@ def test_one_check_hashes_a_frame_read_by_many_stages_once(pipeline, monkeypatch
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     assert {s.state for s in pipeline.status()} == {"fresh"}
     assert len(calls) == 1
+
+
+# -- environment variables -------------------------------------------------------------------
+def test_a_declared_environment_variable_counts_by_value(pipeline, monkeypatch):
+    monkeypatch.setenv("PIPELITE_TEST_MODE", "a")
+    ns = notebook()
+    run_cell("""
+        import os
+        @stage(outputs="y", env=["PIPELITE_TEST_MODE"])
+        def f():
+            return os.environ.get("PIPELITE_TEST_MODE")
+        """, ns)
+    assert pipeline.run("f")["y"] == "a"
+    assert state(pipeline, "f").state == "fresh"
+    monkeypatch.setenv("PIPELITE_TEST_MODE", "b")
+    s = state(pipeline, "f")
+    assert s.state == "stale" and s.reasons == ("environment variable 'PIPELITE_TEST_MODE' changed",)
+    assert pipeline.run("f")["y"] == "b"
+    monkeypatch.delenv("PIPELITE_TEST_MODE")
+    s = state(pipeline, "f")
+    assert s.reasons == ("environment variable 'PIPELITE_TEST_MODE' changed (now unset)",)
+
+
+def test_an_undeclared_environment_variable_does_not_count(pipeline, monkeypatch):
+    monkeypatch.setenv("PIPELITE_TEST_OTHER", "a")
+    ns = notebook()
+    run_cell("""
+        @stage(outputs="y", env=["PIPELITE_TEST_MODE"])
+        def f():
+            return 1
+        """, ns)
+    pipeline.run("f")
+    monkeypatch.setenv("PIPELITE_TEST_OTHER", "b")
+    assert state(pipeline, "f").state == "fresh"
+
+
+def test_environment_variable_values_are_not_stored(pipeline, monkeypatch, store_dir):
+    monkeypatch.setenv("PIPELITE_TEST_SECRET", "hunter2-secret-value")
+    ns = notebook()
+    run_cell("""
+        @stage(outputs="y", env=["PIPELITE_TEST_SECRET"])
+        def f():
+            return 1
+        """, ns)
+    pipeline.run("f")
+    text = "".join(p.read_text() for p in store_dir.rglob("*.json"))
+    assert "PIPELITE_TEST_SECRET" in text and "hunter2" not in text
+
+
+def test_a_bad_environment_variable_name_is_refused(pipeline):
+    from pipelite import PipeliteError, stage
+
+    with pytest.raises(PipeliteError, match="not an environment variable name"):
+        @stage(outputs="y", env=["A=B"])
+        def f():
+            return 1
