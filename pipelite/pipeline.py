@@ -7,6 +7,7 @@ import functools
 import graphlib
 import os
 import queue
+import re
 import sys
 import time
 import traceback
@@ -156,8 +157,17 @@ def _user_facing(method):
     return call
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
 def _short_repr(value: Any, limit: int = 60) -> str:
-    text = repr(value)
+    """A parameter as the user wrote it, without memory addresses (they change every run and
+    say nothing about what changed)."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not break a status
+        text = f"<{type(value).__qualname__}>"
+    text = _ADDRESS.sub("", text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -333,9 +343,10 @@ class Pipeline:
     # -- freshness ----------------------------------------------------------------------------
     def _evaluate(self, order: list[str], producers: Mapping[str, str],
                   params: Mapping[str, Mapping[str, Any]] | None,
-                  cycles: Mapping[str, str] | None = None) -> dict[str, _Eval]:
+                  cycles: Mapping[str, str] | None = None,
+                  memo: dict | None = None) -> dict[str, _Eval]:
         evals: dict[str, _Eval] = {}
-        memo: dict = {}
+        memo = {} if memo is None else memo
         for name in order:
             if cycles and name in cycles:
                 latest = self.store.latest(name)
@@ -563,7 +574,11 @@ class Pipeline:
         __tracebackhide__ = True
         producers = self._producers()
         order = self._order(targets, producers)
-        first = self._evaluate(order, producers, params)
+        # One memo of digests for the whole run, valid while no user code runs: emptied when a
+        # stage executes here, refilled by the check after it (which must see in-place changes)
+        memo: dict = {}
+        first = self._evaluate(order, producers, params, memo=memo)
+        ran_here = False  # once a stage ran, a stage fresh before may no longer be
         total = sum(1 for n in order
                     if first[n].state != "fresh" or (force and n in targets))
         url = self.store.url
@@ -579,12 +594,13 @@ class Pipeline:
         try:
             while sorter.is_active():
                 for name in sorter.get_ready() if error is None else ():
-                    if first[name].state == "fresh" and not (force and name in targets):
-                        # fresh with every upstream fresh and unchanged: the check above holds
+                    if (first[name].state == "fresh" and not (force and name in targets)
+                            and not ran_here):
+                        # fresh, every upstream fresh and unchanged, and no code ran since
                         job: Any = first[name].record
-                    else:
+                    else:  # check again: an earlier stage may have changed what it reads
                         job = self._prepare(name, producers, done, params,
-                                            force and name in targets)
+                                            force and name in targets, memo)
                     if isinstance(job, dict):  # a stored result matches: nothing to run
                         done[name] = job
                         skipped.append(name)
@@ -596,7 +612,8 @@ class Pipeline:
                     if self.executor is None:
                         rec, ran = self._execute_here(st, fp, stage_params, upstream,
                                                       force and name in targets, index,
-                                                      max(total, index))
+                                                      max(total, index), memo)
+                        ran_here = ran_here or ran
                         done[name] = rec
                         (executed if ran else skipped).append(name)
                         sorter.done(name)
@@ -610,6 +627,8 @@ class Pipeline:
                     continue
                 name, future = finished.get()  # woken by the future's done-callback
                 st, index = running.pop(name)
+                memo.clear()  # a thread of this process may have run user code
+                ran_here = True
                 try:
                     rec, ran = future.result()
                     if ran:
@@ -637,7 +656,8 @@ class Pipeline:
         return RunResult(values, executed, skipped, {t: done[t] for t in targets})
 
     def _prepare(self, name: str, producers: Mapping[str, str], done: Mapping[str, dict],
-                 params: Mapping[str, Mapping[str, Any]] | None, forced: bool):
+                 params: Mapping[str, Mapping[str, Any]] | None, forced: bool,
+                 memo: dict | None = None):
         """A stored record that matches, or (stage, fingerprint, params, upstream) to run."""
         st = self.registry.get(name)
         if st is None:
@@ -659,7 +679,7 @@ class Pipeline:
             upstream[i] = (p, done[p])
         stage_params = st.resolve_params(self._params_for(name, params))
         fp = fingerprint_of(st, stage_params,
-                            {i: r["outputs"][i]["hash"] for i, (_, r) in upstream.items()})
+                            {i: r["outputs"][i]["hash"] for i, (_, r) in upstream.items()}, memo)
         rec = _stored(self.store, name, fp, forced)
         return rec if rec is not None else (st, fp, stage_params, upstream)
 
@@ -677,7 +697,8 @@ class Pipeline:
         return text
 
     def _execute_here(self, st: Stage, fp: Fingerprint, params: dict, upstream: dict,
-                      forced: bool, index: int, total: int) -> tuple[dict, bool]:
+                      forced: bool, index: int, total: int,
+                      memo: dict | None = None) -> tuple[dict, bool]:
         __tracebackhide__ = True
         url = self.store.url
         with self.store.lock(st.name, fp.digest):
@@ -688,7 +709,8 @@ class Pipeline:
             _RUNNING.add((url, st.name))
             events.emit(events.StageEvent("started", st.name, url, index, total))
             try:
-                rec = _compute(self.store, st, fp, params, upstream, self.registry.learn_outputs)
+                rec = _compute(self.store, st, fp, params, upstream, self.registry.learn_outputs,
+                               memo)
             except _CorruptInput:
                 raise
             except BaseException as exc:
@@ -845,12 +867,17 @@ def _compute_locked(store: Store, st: Stage, fp: Fingerprint, params: dict, upst
 
 
 def _compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: dict,
-             learn: Any) -> dict:
-    """Load the inputs, run the stage, store its outputs, commit the record (last)."""
+             learn: Any, memo: dict | None = None) -> dict:
+    """Load the inputs, run the stage, store its outputs, commit the record (last).
+
+    ``memo``, the run's digests, is emptied before the stage's code runs and refilled by the
+    check after it."""
     __tracebackhide__ = True
     inputs = {i: _load_input(store, p, rec, rec["outputs"][i]) for i, (p, rec) in upstream.items()}
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.perf_counter()
+    if memo is not None:
+        memo.clear()
     try:
         outputs = st.normalize_result(st.call(inputs, params))
         duration = time.perf_counter() - t0
@@ -882,7 +909,7 @@ def _compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: d
     # import inside it, a global it appends to): store the result for the state after the run
     # too, or the stage would look stale right after running.
     after = fingerprint_of(st, params, {i: rec["outputs"][i]["hash"]
-                                        for i, (_, rec) in upstream.items()})
+                                        for i, (_, rec) in upstream.items()}, memo)
     if after.digest != fp.digest:
         changed = Pipeline._diff({"parts": fp.parts, "params": record["params"]}, after,
                                  params, {})
