@@ -215,6 +215,13 @@ class Encoder:
                 if isinstance(v, pd.DataFrame):
                     h.update(repr(list(v.columns.names)).encode())
                 h.update(rows.to_numpy().tobytes())
+                # hash_pandas_object hashes Python objects by their text: 1 and "1", None and
+                # nan would agree; object columns also count by their pickled values
+                columns = ([v.iloc[:, i] for i in range(v.shape[1])]
+                           if isinstance(v, pd.DataFrame) else [v])
+                for part in columns + ([] if isinstance(v, pd.Index) else [v.index]):
+                    if part.dtype == object:
+                        self._feed_pickled(h, part.to_numpy())
                 attrs = getattr(v, "attrs", None)
                 if attrs:  # metadata user code reads (units, sources)
                     h.update(b"attrs:")

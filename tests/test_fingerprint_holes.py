@@ -280,6 +280,19 @@ def test_pandas_attrs_are_part_of_a_frame():
     assert value_digest(s1) != value_digest(s2)
 
 
+@pytest.mark.parametrize("a, b", [([1], ["1"]), ([None], [float("nan")]), ([1], [1.0])],
+                         ids=["int-vs-str", "none-vs-nan", "int-vs-float"])
+def test_python_objects_in_pandas_count_by_value_and_type(a, b):
+    import pandas as pd
+
+    assert value_digest(pd.Series(a, dtype=object)) != value_digest(pd.Series(b, dtype=object))
+    assert value_digest(pd.DataFrame({"c": a}, dtype=object)) != value_digest(
+        pd.DataFrame({"c": b}, dtype=object))
+    assert value_digest(pd.Series([0], index=pd.Index(a, dtype=object))) != value_digest(
+        pd.Series([0], index=pd.Index(b, dtype=object)))
+    assert value_digest(pd.Series(a, dtype=object)) == value_digest(pd.Series(a, dtype=object))
+
+
 def test_a_zero_d_global_changing_shape_makes_the_stage_stale(pipeline):
     ns = notebook()
     run_cell("""
