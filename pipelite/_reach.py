@@ -199,7 +199,7 @@ class Reach:
         if token is not None:
             # for reasons, a function by its own code: what it reaches is noted on its own
             own = (f"code:{_code_info(value.__code__).digest}"
-                   if isinstance(value, types.FunctionType) and token.startswith("fn:")
+                   if isinstance(value, types.FunctionType) and not token.startswith("lib:")
                    else token)
             self._note("helper", name, reader, own)
             return token

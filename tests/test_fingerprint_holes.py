@@ -229,6 +229,30 @@ def test_lambdas_in_a_container_are_each_tracked_with_their_closures(pipeline):
     assert state(pipeline, "f").state == "stale"
 
 
+def test_mutually_recursive_helpers_are_tracked_from_either_entry(pipeline):
+    ns = notebook()
+    src = """
+        def even(n):
+            return True if n == 0 else odd(n - 1)
+        def odd(n):
+            return False if n == 0 else even(n - 1){tweak}
+        @stage(outputs="b")
+        def via_odd():
+            return odd(3)
+        @stage(outputs="a")
+        def via_even():
+            return even(3)
+        """
+    run_cell(src.format(tweak=""), ns)
+    pipeline.run()
+    run_cell(src.format(tweak=""), ns)  # the same code defined again: nothing changed
+    assert {s.state for s in pipeline.status()} == {"fresh"}
+    run_cell(src.format(tweak=" and True"), ns)
+    for name in ("via_odd", "via_even"):
+        s = state(pipeline, name)
+        assert s.state == "stale" and s.reasons == ("helper 'odd' changed",), s.reasons
+
+
 # -- 3. values that hash alike but differ -------------------------------------------------------
 class _Str(str):
     pass
