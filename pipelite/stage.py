@@ -6,6 +6,7 @@ import inspect
 import re
 import textwrap
 import types
+from collections.abc import Mapping as _AbcMapping
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping
 
 from .errors import (
@@ -324,11 +325,22 @@ class ClassStage(Stage):
         return [self.cls]
 
 
+_MISSING: Any = object()  # "not bound" in namespace snapshots
+
+
 class CellStage(Stage):
     """A block of Python source (a notebook cell) run in a namespace, as a stage.
 
-    Inputs are bound into ``namespace`` before the code runs; outputs are the names it binds.
-    ``execute(source, namespace)`` runs the code; the default is plain ``exec``.
+    Inputs are bound into ``user_ns`` (the ``namespace`` given) before the code runs; outputs
+    are the names it binds. ``execute(source, namespace)`` runs the code; the default is
+    plain ``exec``. ``hidden`` maps names the host put in the namespace (IPython's ``open``,
+    ``exit``...) to their values: while they hold those values they count as unbound.
+
+    Freshness reads the namespace through ``namespace``: a read-only view of it *as the cell
+    finds it before it runs*. A name the cell reads and also binds (``if F: x = 1`` then
+    ``y = x``) shows there with the value it had before the cell last ran (or as unbound)
+    for as long as the namespace holds what the cell left in it, so that running or loading
+    a cell never makes it stale by itself.
     """
 
     kind = "cell"
@@ -343,33 +355,89 @@ class CellStage(Stage):
         execute: Callable[[str, dict], Any] | None = None,
         filename: str | None = None,
         env: Iterable[str] = (),
+        hidden: Mapping[str, Any] | None = None,
     ):
         from ._cellcode import analyze
 
         self.source = source
-        self.namespace = namespace
+        self.user_ns = namespace
+        self.hidden = dict(hidden or {})
         self.analysis = analyze(source)
         self._execute = execute
         self.filename = filename or f"<stage {name}>"
         outs = tuple(outputs) if outputs is not None else self.analysis.outputs
         super().__init__(name, inputs, {}, None, env=env)
         self.declared_outputs = tuple(_validate_artifact_str(o) for o in outs)
+        # names the cell may read and also binds: name -> (what the cell left, what was before)
+        self._self_read = frozenset(self.analysis.free) & frozenset(self.analysis.bound)
+        self._left: dict[str, tuple[Any, Any]] = {}
+        self._view = _BeforeCellView(self)
+
+    @property
+    def namespace(self) -> Mapping[str, Any]:
+        """The namespace as the cell's reads find it before it runs (read-only)."""
+        return self._view
+
+    @property
+    def blind_spots(self) -> tuple[str, ...]:
+        """What the cell does that PipeLite cannot see into (shell commands, magics)."""
+        return self.analysis.blind_spots
 
     @property
     def reads(self) -> tuple[str, ...]:
-        """Global names the code reads that are not its inputs (helpers and globals)."""
-        return tuple(n for n in self.analysis.free if n not in self.inputs)
+        """Global names the code reads that are not its inputs (helpers and globals), decided
+        against the namespace now: a builtin's name counts only where the namespace binds it
+        (shadowing the builtin); a name the cell binds on some paths only, only where it was
+        bound before the cell."""
+        import builtins
+
+        view = self._view
+        names = []
+        for n in self.analysis.free:
+            if n in self.inputs:
+                continue
+            if n not in view and (n in self.analysis.maybe or hasattr(builtins, n)):
+                continue
+            names.append(n)
+        return tuple(names)
+
+    def inherit(self, previous: "Stage | None") -> None:
+        """Carry over what an earlier definition of this cell left in the same namespace."""
+        if isinstance(previous, CellStage) and previous.user_ns is self.user_ns:
+            self._left = {n: v for n, v in previous._left.items() if n in self._self_read}
+
+    def snapshot(self) -> dict[str, Any]:
+        """The values of the names the cell reads and binds, before it (or loading it) binds."""
+        return {n: self.user_ns.get(n, _MISSING) for n in self._self_read}
+
+    def settle(self, before: Mapping[str, Any]) -> None:
+        """Remember what the cell (or loading its results) left in the namespace, and what
+        was there before: ``before`` is a ``snapshot()`` taken just before."""
+        for n, old in before.items():
+            new = self.user_ns.get(n, _MISSING)
+            if new is old:
+                continue
+            if n in self._left and old is self._left[n][0]:
+                old = self._left[n][1]  # rerun: before is still what preceded the first run
+            if new is _MISSING:
+                self._left.pop(n, None)
+            else:
+                self._left[n] = (new, old)
 
     def call(self, inputs, params):
-        ns = self.namespace
+        ns = self.user_ns
         ns.update(inputs)
         self._attachments: dict[str, Any] = {}
-        if self._execute is not None:
-            extra = self._execute(self.source, ns)
-            if isinstance(extra, dict):
-                self._attachments = extra
-        else:
-            exec(compile(self.source, self.filename, "exec"), ns)
+        before = self.snapshot()
+        try:
+            if self._execute is not None:
+                extra = self._execute(self.source, ns)
+                if isinstance(extra, dict):
+                    self._attachments = extra
+            else:
+                exec(compile(self.source, self.filename, "exec"), ns)
+        finally:
+            self.settle(before)
         missing = [o for o in self.declared_outputs if o not in ns]
         if missing:
             raise StageOutputError(
@@ -384,6 +452,36 @@ class CellStage(Stage):
 
     def code_objects(self):
         return []
+
+
+class _BeforeCellView(_AbcMapping):
+    """``CellStage.namespace``: the user namespace as the cell finds it before it runs."""
+
+    def __init__(self, st: CellStage):
+        self._st = st
+
+    def __getitem__(self, name: str) -> Any:
+        st = self._st
+        value = st.user_ns[name]
+        left = st._left.get(name)
+        if left is not None and value is left[0]:
+            value = left[1]
+        if value is _MISSING or (name in st.hidden and value is st.hidden[name]):
+            raise KeyError(name)
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self[name]  # type: ignore[index]
+        except KeyError:
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return (n for n in list(self._st.user_ns) if n in self)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def _literal_return_keys(fn: Callable) -> tuple[str, ...] | None:

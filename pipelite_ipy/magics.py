@@ -17,7 +17,7 @@ from IPython.core.magic_arguments import (
 from IPython.display import display
 from IPython.utils.process import arg_split
 
-from pipelite import PipeliteError, StageStatus
+from pipelite import REGISTRY, PipeliteError, StageStatus
 from pipelite.humanize import human_bytes, human_duration
 
 from .cell import CellSyntaxError, user_traceback
@@ -169,6 +169,9 @@ class PipeliteMagics(Magics):
     @argument("-i", "--input", dest="inputs", nargs="+", action="extend", metavar="IN",
               help="the artifacts the cell reads (default: its free names that other stages "
                    "produce)")
+    @argument("--env", nargs="+", action="extend", metavar="VAR",
+              help="environment variables the cell's result depends on (a change makes it "
+                   "stale; only a digest of each value is stored)")
     @argument("--force", action="store_true", help="recompute even if a stored result is fresh")
     @argument("--define", action="store_true", help="register the stage without running it")
     @cell_magic
@@ -177,8 +180,10 @@ class PipeliteMagics(Magics):
 
         When the stage is fresh (same code, helpers, globals and inputs as a stored result),
         its outputs are loaded into the namespace (numpy arrays read-only and memory-mapped)
-        and its printed output, displays and plots are replayed. Otherwise stale upstream
-        stages run first, then the cell, and its results are stored.
+        and its printed output, displays and plots are replayed, and its top-level imports,
+        defs and classes are run again. Otherwise stale upstream stages run first, then the
+        cell, and its results are stored. ``%time``/``%timeit``/``%prun`` lines count as the
+        code they run; shell commands and other magics are blind spots (a PipeliteWarning).
 
         Example::
 
@@ -192,7 +197,8 @@ class PipeliteMagics(Magics):
         header = f"%%stage {line}".rstrip()
 
         def run() -> None:
-            st = self.session.define_cell(args.name, header, source, args.inputs, args.outputs)
+            st = self.session.define_cell(args.name, header, source, args.inputs, args.outputs,
+                                          env=args.env)
             if args.define:
                 ins = ", ".join(st.inputs) or "none"
                 outs = ", ".join(st.outputs or ()) or "none"
@@ -251,7 +257,12 @@ class PipeliteMagics(Magics):
         display(StatusTable(self.pipeline.status()))
 
     def _cmd_explain(self, args: Any) -> None:
-        print(self.pipeline.explain(args.name))
+        text = self.pipeline.explain(args.name)
+        st = REGISTRY.get(args.name)
+        for spot in getattr(st, "blind_spots", ()):
+            if spot not in text:  # until Pipeline.explain lists them itself
+                text += f"\n  - blind spot: {spot}"
+        print(text)
 
     def _cmd_graph(self, args: Any) -> None:
         text = self.pipeline.graph(args.format)

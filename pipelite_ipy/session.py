@@ -4,12 +4,22 @@ from __future__ import annotations
 import ast
 import datetime as _dt
 import sys
+import warnings
 from typing import Any, Callable
 
 from traitlets import Unicode, observe
 from traitlets.config import Configurable
 
-from pipelite import REGISTRY, CellStage, Pipeline, RunResult, StageEvent, subscribe
+from pipelite import (
+    REGISTRY,
+    CellStage,
+    Pipeline,
+    PipeliteWarning,
+    RunResult,
+    StageEvent,
+    subscribe,
+)
+from pipelite._cellcode import definitions
 from pipelite.errors import DuplicateProducerError
 from pipelite.humanize import human_duration
 
@@ -76,6 +86,8 @@ class PipeliteSession(Configurable):
         """Run the named stages (all when None) and what they need; bind their outputs.
 
         Fresh stages are loaded, not recomputed; ``force`` recomputes the named stages.
+        A loaded cell stage also re-runs its top-level imports, ``def`` and ``class``
+        statements, so the namespace is as if the cell had run (only outputs are stored).
         Stage errors propagate unchanged (the magics present them).
         """
         target = list(names) if names else None
@@ -84,7 +96,15 @@ class PipeliteSession(Configurable):
             result = self.pipeline.run(target, force=force)
         finally:
             self._active -= 1
+        loaded = [st for st in (REGISTRY.get(n) for n in (target or REGISTRY.names()))
+                  if isinstance(st, CellStage) and st.name not in result.executed
+                  and st.user_ns is self.shell.user_ns
+                  and all(o in result for o in st.declared_outputs)]
+        before = {st.name: st.snapshot() for st in loaded}
         self.bind(result)
+        for st in loaded:
+            self._rerun_definitions(st)
+            st.settle(before[st.name])
         return result
 
     def bind(self, values: dict) -> None:
@@ -93,26 +113,67 @@ class PipeliteSession(Configurable):
             self.shell.push(dict(values), interactive=True)
 
     def define_cell(self, name: str, header: str, source: str, inputs: list[str] | None,
-                    outputs: list[str] | None) -> CellStage:
+                    outputs: list[str] | None, env: list[str] | None = None) -> CellStage:
         """Register the cell ``source`` as stage ``name`` (replacing an older definition).
 
-        ``inputs`` default to the cell's free names that other stages produce.
+        ``inputs`` default to the cell's free names that other stages produce (a name the
+        cell may read: also one named like a builtin, or one it binds on some paths only).
+        ``env`` names environment variables the cell's result depends on. A cell with shell
+        commands or magics PipeLite cannot see into gets one ``PipeliteWarning`` saying so.
         """
         compiled = CompiledCell(self.shell, header, source)
         ns = self.shell.user_ns
-        probe = CellStage(name, source, ns, inputs=(), outputs=outputs)
+        hidden = getattr(self.shell, "user_ns_hidden", None)
+        probe = CellStage(name, source, ns, inputs=(), outputs=outputs, hidden=hidden)
         produced = self.known_artifacts(exclude=name)
         if inputs is None:
             inputs = [n for n in probe.analysis.free if n in produced]
         _check_no_reassigned_input(name, source, probe, inputs, produced)
         st = CellStage(name, source, ns, inputs=inputs, outputs=outputs,
-                       execute=self._executor(name, compiled), filename=compiled.filename)
+                       execute=self._executor(name, compiled), filename=compiled.filename,
+                       env=env or (), hidden=hidden)
+        st.inherit(REGISTRY.get(name))
         REGISTRY.add(st)
+        if st.blind_spots:
+            _warn_blind_spots(st, compiled.filename)
         return st
+
+    def import_before_check(self, st: CellStage) -> None:
+        """Run the cell's top-level imports before its freshness is checked, so a module of
+        your own that it imports is fingerprinted by what it holds when loaded, the same
+        before and after a restart. A failing import is left for the cell's run to report."""
+        for stmt in definitions(st.source):
+            if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                try:
+                    exec(self._compile_statement(st, stmt), self.shell.user_ns)
+                except Exception:  # noqa: BLE001 - the cell raises it when it really runs
+                    pass
+
+    def _rerun_definitions(self, st: CellStage) -> None:
+        """Re-run a loaded cell's top-level imports, defs and classes, in source order."""
+        for stmt in definitions(st.source):
+            try:
+                exec(self._compile_statement(st, stmt), self.shell.user_ns)
+            except Exception as exc:  # noqa: BLE001 - the outputs are loaded: say, go on
+                what = ast.unparse(stmt).splitlines()[0] if isinstance(
+                    stmt, (ast.Import, ast.ImportFrom)) else f"{_kind(stmt)} {stmt.name}"
+                warnings.warn_explicit(
+                    f"stage '{st.name}' was loaded from the store, but re-running "
+                    f"`{what}` failed ({type(exc).__name__}: {exc}): it is not defined",
+                    PipeliteWarning, st.filename, stmt.lineno + 1)
+
+    def _compile_statement(self, st: CellStage, stmt: ast.stmt) -> Any:
+        module = ast.increment_lineno(ast.Module(body=[stmt], type_ignores=[]), 1)
+        # (the %%stage line is line 1 of the cell, as in CompiledCell)
+        flags = getattr(self.shell.compile, "flags", 0)
+        return compile(module, st.filename, "exec", flags=flags, dont_inherit=True)
 
     def run_cell_stage(self, name: str, force: bool = False) -> StageOutcome:
         """Run a registered cell stage from its own cell: compute it, or load and replay it."""
         self._current = name
+        st = REGISTRY.get(name)
+        if isinstance(st, CellStage):
+            self.import_before_check(st)
         try:
             result = self.run([name], force=force)
         finally:
@@ -158,6 +219,24 @@ class PipeliteSession(Configurable):
 
 
 _seconds = human_duration
+
+
+def _kind(stmt: ast.stmt) -> str:
+    return "class" if isinstance(stmt, ast.ClassDef) else "def"
+
+
+def _warn_blind_spots(st: CellStage, filename: str) -> None:
+    """One ``PipeliteWarning`` per definition of a cell with blind spots, at its first one.
+
+    A warning, not a printed note: it goes to stderr apart from the cell's own (captured and
+    replayed) output, and a notebook that means it can silence it with
+    ``warnings.filterwarnings("ignore", category=pipelite.PipeliteWarning)``.
+    """
+    spots = "; ".join(st.blind_spots)
+    warnings.warn_explicit(
+        f"stage '{st.name}': {spots}. Its stored result is reused while its code, globals and "
+        f"inputs are unchanged, whatever these do (--force recomputes; --env VAR tracks an "
+        f"environment variable)", PipeliteWarning, filename, st.analysis.blind_lines[0] + 1)
 
 
 def _check_no_reassigned_input(name: str, source: str, probe: CellStage, inputs: list[str],

@@ -140,3 +140,52 @@ def test_running_a_downstream_cell_first_runs_its_stale_upstreams(restarted):
     assert "[pipelite] running stage 'gen_data' (1/3)" in texts[4]
     assert "[pipelite] running stage 'train_model' (2/3)" in texts[4]
     assert "shifted [3.0, 3.5, 4.0, 4.5]" in texts[4]
+
+
+# -- freshness across restarts: what a cell reads that is easy to miss ------------------------
+FRESH_CELLS = [
+    LOAD,
+    'LOG = "ran.log"\nx = 10\nFLAG = False\nformat = "csv"',
+    '%%stage flagged -o y\nopen(LOG, "a").write("flagged\\n")\nif FLAG:\n    x = 1\ny = x + 1',
+    '%%stage shadow\nopen(LOG, "a").write("shadow\\n")\nlabel = format.upper()',
+    '%%stage timed\nopen(LOG, "a").write("timed\\n")\n%time t = x * 10',
+    '%%stage env --env PIPELITE_KERNEL_TEST\nopen(LOG, "a").write("env\\n")\ne = 1',
+    '%%stage gen\nimport numpy as np\nopen(LOG, "a").write("gen\\n")\n'
+    'def helper(v):\n    return v * 2\ndata = np.arange(3)',
+    'print(helper(np.ones(2)).tolist(), data.tolist(), y, label, t)',
+]
+FRESH_ALL = ["flagged", "shadow", "timed", "env", "gen"]
+
+
+def test_after_a_restart_what_cells_read_through_builtins_magics_and_branches_is_tracked(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("PIPELITE_KERNEL_TEST", "a")
+    execute(tmp_path, FRESH_CELLS)
+    assert log(tmp_path) == FRESH_ALL
+    # a new kernel, the same notebook: everything loads, and the loaded cell's import and def
+    # are bound again for the plain cell that uses them
+    texts = execute(tmp_path, FRESH_CELLS)
+    assert log(tmp_path) == FRESH_ALL
+    assert texts[-1].strip() == "[2.0, 2.0] [0, 1, 2] 11 CSV 100"
+    # a new kernel where the notebook's x, its global named like a builtin and the declared
+    # environment variable changed: exactly the cells that read them run again
+    monkeypatch.setenv("PIPELITE_KERNEL_TEST", "b")
+    texts = execute(tmp_path, [c.replace("x = 10", "x = 20").replace('"csv"', '"json"')
+                               for c in FRESH_CELLS])
+    assert log(tmp_path)[5:] == ["flagged", "shadow", "timed", "env"]
+    assert texts[-1].strip() == "[2.0, 2.0] [0, 1, 2] 21 JSON 200"
+
+
+def test_after_a_restart_a_cell_importing_your_own_module_is_loaded_until_it_changes(tmp_path):
+    (tmp_path / "mymod.py").write_text("VALUE = 3\n\ndef value():\n    return VALUE\n")
+    stage = '%%stage use\nimport mymod\nopen(LOG, "a").write("use\\n")\nv = mymod.value()'
+    # the first session had imported the module before the stage ran; after the restart the
+    # stage cell runs first: its import runs before the check, so the module is fingerprinted
+    # by what it holds in both sessions (not once by its file), and nothing is recomputed
+    execute(tmp_path, [LOAD, 'LOG = "ran.log"', "import mymod", stage])
+    cells = [LOAD, 'LOG = "ran.log"', stage, "print(v, mymod.VALUE)"]
+    assert execute(tmp_path, cells)[-1].strip() == "3 3"
+    assert log(tmp_path) == ["use"]
+    (tmp_path / "mymod.py").write_text("VALUE = 4\n\ndef value():\n    return VALUE\n")
+    assert execute(tmp_path, cells)[-1].strip() == "4 4"
+    assert log(tmp_path) == ["use", "use"]
