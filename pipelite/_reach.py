@@ -32,7 +32,8 @@ __all__ = ["Reach", "code_digest"]
 
 _SKIP_CLASS_KEYS = frozenset({"__dict__", "__weakref__", "__module__", "__doc__", "__qualname__",
                               "__pipelite_stage__", "__annotations__", "__firstlineno__",
-                              "__static_attributes__", "_abc_impl"})
+                              "__static_attributes__", "_abc_impl",
+                              "__slotnames__"})  # copyreg's cache, set by the first pickle
 # Module attributes that are the import system's bookkeeping, not what the module holds.
 _MODULE_PLUMBING = frozenset({"__builtins__", "__loader__", "__spec__", "__cached__", "__file__",
                               "__name__", "__package__", "__path__", "__doc__"})

@@ -509,6 +509,8 @@ class Pipeline:
         if s.state == "fresh" and s.defined:
             lines[0] += ": its code, parameters, globals and inputs match the stored result"
         lines += [f"  - {r}" for r in s.reasons]
+        lines += [f"  - blind spot: {b}"
+                  for b in getattr(evals[stage_name].stage, "blind_spots", ())]
         if s.last_run:
             lines.append(f"last run: {s.last_run:%Y-%m-%d %H:%M:%S} UTC, took "
                          f"{human_duration(s.duration or 0.0)}")

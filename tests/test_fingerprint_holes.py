@@ -622,3 +622,20 @@ def test_a_run_hashes_a_large_global_once_before_and_once_after_the_stage(pipeli
     pipeline.run("f")
     # the check before the run and the one after it (which must see in-place changes)
     assert len(calls) == 2
+
+
+def test_pickling_an_instance_does_not_change_its_class_digest(pipeline, monkeypatch):
+    ns = notebook_main(monkeypatch)
+    run_cell("""
+        class Touchy:
+            def __eq__(self, other):
+                return isinstance(other, Touchy)
+        X = Touchy()
+        @stage(outputs="z")
+        def f():
+            return X
+        """, ns)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PipeliteWarning)  # "changed what it reads" would raise
+        pipeline.run("f")  # storing the output pickles a Touchy: copyreg caches on the class
+        assert state(pipeline, "f").state == "fresh"
