@@ -44,6 +44,7 @@ are still checked.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import stat as _stat
 import sys
@@ -180,14 +181,32 @@ class Recorder:
         cwd_prefix = self.cwd.rstrip(os.sep) + os.sep
 
         def keep(path: str) -> bool:
-            if path.startswith(self.exclude) or path.startswith(_always_excluded()):
+            slashed = path + os.sep  # the excluded folders themselves too
+            if slashed.startswith(self.exclude) or slashed.startswith(_always_excluded()):
                 return False
-            if "__pycache__" in path or path.endswith(".pyc"):
-                return False
-            return not path.startswith(_temp_prefixes()) or path.startswith(cwd_prefix)
+            return not slashed.startswith(_temp_prefixes()) or path.startswith(cwd_prefix)
 
+        names = set(self.modules) | {m for m in carry_modules if m in sys.modules}
+        paths = {_absolute(cwd, p) for cwd, p in set(self.opens)}
+        # importlib.import_module raises no "import" event (only the C import path does), but
+        # the loader opens the module's .py (or its __pycache__ .pyc): map those back
+        sources = set()
+        for p in paths:
+            if p.endswith(".py"):
+                sources.add(p)
+            elif p.endswith(".pyc") and "__pycache__" in p:
+                try:
+                    sources.add(os.path.normpath(importlib.util.source_from_cache(p)))
+                except (ValueError, NotImplementedError):
+                    pass
+        sources = {p for p in sources if keep(p)}
+        if sources:
+            for name, mod in list(sys.modules.items()):
+                file = getattr(mod, "__file__", None)
+                if isinstance(file, str) and os.path.normpath(file) in sources:
+                    names.add(name)
         modules: dict[str, str] = {}
-        for name in set(self.modules) | {m for m in carry_modules if m in sys.modules}:
+        for name in names:
             mod = sys.modules.get(name)
             file = getattr(mod, "__file__", None) if mod is not None else None
             if isinstance(file, str):
@@ -195,8 +214,8 @@ class Recorder:
                 if keep(file):
                     modules[name] = file
         module_files = set(modules.values())
-        paths = {_absolute(cwd, p) for cwd, p in set(self.opens)}
-        files = sorted(p for p in paths if p not in module_files and keep(p))
+        files = sorted(p for p in paths if p not in module_files and keep(p)
+                       and "__pycache__" not in p and not p.endswith(".pyc"))
         dirs = sorted({d for d in (_absolute(cwd, p) for cwd, p in set(self.listings)) if keep(d)})
         observed: dict[str, list] = {}
         if files:
@@ -282,7 +301,7 @@ def _key(st: os.stat_result) -> tuple:
 
 
 def _racy(st: os.stat_result, now_ns: int) -> bool:
-    return st.st_mtime_ns >= now_ns - RACY_NS or st.st_ctime_ns >= now_ns - RACY_NS
+    return st.st_mtime_ns >= now_ns - RACY_NS
 
 
 def _hash(path: str, st: os.stat_result) -> str:
