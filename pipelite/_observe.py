@@ -72,7 +72,7 @@ _lock = threading.Lock()
 _installed = False
 _all: tuple["Recorder", ...] = ()  # every active recorder: empty means the hook returns at once
 _by_thread: dict[int, "Recorder"] = {}  # thread ident -> innermost stage running on it
-_cwd: str | None = None  # the cwd at the last start; None after a chdir (then asked per event)
+_cwd: str | None = None  # the cwd since recorders became active; None after a chdir seen then
 _HASHES: dict[tuple, str] = {}  # (dev, ino, size, mtime_ns, ctime_ns) -> xxh3-128
 _HASH_CACHE_MAX = 200_000
 
@@ -95,7 +95,9 @@ def _hook(event: str, args: tuple, _ident=threading.get_ident) -> None:
             path, _mode, flags = args
             if type(path) is int or flags & _O_ACC == _O_WRITE_ONLY or flags & _O_TRUNC:
                 return
-            item = (_cwd or os.getcwd(), path)
+            # the path object itself (no allocation) while the cwd is the recorders' own;
+            # after a chdir, with the cwd it is relative to
+            item = path if _cwd is not None else (os.getcwd(), path)
             r = _by_thread.get(_ident())
             if r is not None:
                 r.opens.append(item)
@@ -116,7 +118,7 @@ def _hook(event: str, args: tuple, _ident=threading.get_ident) -> None:
             # the import system lists sys.path folders to find modules: not the stage's doing
             if sys._getframe(1).f_code.co_filename.startswith("<frozen importlib"):
                 return
-            item = (_cwd or os.getcwd(), "." if path is None else path)
+            item = ("." if path is None else path) if _cwd is not None else (os.getcwd(), path or ".")
             r = _by_thread.get(_ident())
             if r is not None:
                 r.listings.append(item)
@@ -187,7 +189,7 @@ class Recorder:
             return not slashed.startswith(_temp_prefixes()) or path.startswith(cwd_prefix)
 
         names = set(self.modules) | {m for m in carry_modules if m in sys.modules}
-        paths = {_absolute(cwd, p) for cwd, p in set(self.opens)}
+        paths = {_resolve(self.cwd, item) for item in _unique(self.opens)}
         # importlib.import_module raises no "import" event (only the C import path does), but
         # the loader opens the module's .py (or its __pycache__ .pyc): map those back
         sources = set()
@@ -216,7 +218,8 @@ class Recorder:
         module_files = set(modules.values())
         files = sorted(p for p in paths if p not in module_files and keep(p)
                        and "__pycache__" not in p and not p.endswith(".pyc"))
-        dirs = sorted({d for d in (_absolute(cwd, p) for cwd, p in set(self.listings)) if keep(d)})
+        dirs = sorted({d for d in (_resolve(self.cwd, i) for i in _unique(self.listings))
+                       if keep(d)})
         observed: dict[str, list] = {}
         if files:
             observed["files"] = [e for e in (_file_entry(p) for p in files) if e is not None]
@@ -242,12 +245,27 @@ def start(exclude: Iterable[str] = ()) -> Recorder:
     with _lock:
         rec.parent = _by_thread.get(rec.thread)
         _by_thread[rec.thread] = rec
-        _cwd = rec.cwd
+        if not _all:  # while recorders are active a chdir keeps _cwd None until all stop
+            _cwd = rec.cwd
         _all = _all + (rec,)
     return rec
 
 
 # -- locations ----------------------------------------------------------------------------------
+def _unique(items: list) -> Iterable:
+    try:
+        return set(items)
+    except TypeError:  # an unhashable path-like object
+        return items
+
+
+def _resolve(cwd: str, item: Any) -> str:
+    """A recorded item: a path relative to the recorder's cwd, or (cwd, path) after a chdir."""
+    if type(item) is tuple:
+        return _absolute(item[0], item[1])
+    return _absolute(cwd, item)
+
+
 def _absolute(cwd: str, path: Any) -> str:
     try:
         path = os.fsdecode(os.fspath(path))

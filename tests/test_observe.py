@@ -385,3 +385,19 @@ def test_a_module_imported_with_an_import_statement_inside_the_stage_is_tracked(
         assert state(pipe, "imports_helper4").reasons == ("module 'helper4' changed",)
     finally:
         sys.modules.pop("helper4", None)
+
+
+def test_a_file_read_after_the_stage_changes_directory_is_recorded_by_its_real_path(
+        pipe, project):
+    @stage(outputs="text")
+    def moves():
+        old = os.getcwd()
+        os.chdir("data")
+        try:
+            with open("raw.csv") as f:
+                return f.read()
+        finally:
+            os.chdir(old)
+
+    pipe.run("moves")
+    assert observed_paths(pipe, "moves") == [str(project / "data" / "raw.csv")]
