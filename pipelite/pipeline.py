@@ -14,7 +14,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from . import events
+from . import _observe, events
 from .errors import (
     CorruptArtifactError,
     CycleError,
@@ -392,12 +392,14 @@ class Pipeline:
                 else:
                     fp = fingerprint_of(st, stage_params, input_hashes, memo)
                     ev.fingerprint = fp
-                    ev.record = self.store.record(name, fp.digest)
+                    ev.record, observed = _checked_record(self.store, name, fp.digest)
                     failure = self.store.failure(name)
                     if failure is not None and failure.get("fingerprint") == fp.digest:
                         ev.state, ev.failure = "failed", failure
                         ev.latest = self.store.latest(name)
                         ev.reasons = [f"last run failed: {failure.get('error')}"]
+                    elif observed:  # the same fingerprint, but a file it read has changed
+                        ev.state, ev.latest, ev.reasons = "stale", observed[0], observed[1]
                     elif ev.record is not None:
                         ev.state = "fresh"
                     elif (latest := self.store.latest(name)) is not None:
@@ -842,13 +844,33 @@ def _summary(exc: BaseException) -> str:
 
 
 def _stored(store: Store, name: str, fp: Fingerprint, forced: bool) -> dict | None:
-    """The stored result for this fingerprint, unless forced or its last run there failed."""
+    """The stored result for this fingerprint, unless forced, its last run there failed, or
+    a file, module or directory it observed has changed since."""
     if forced:
         return None
     failure = store.failure(name)
     if failure is not None and failure.get("fingerprint") == fp.digest:
         return None  # its last run at this fingerprint failed: try again
-    return store.record(name, fp.digest)
+    return _checked_record(store, name, fp.digest)[0]
+
+
+def _checked_record(store: Store, name: str, digest: str
+                    ) -> tuple[dict | None, tuple[dict, list[str]] | None]:
+    """The stored record for (stage, fingerprint) if its observed dependencies (files read,
+    modules imported, directories listed while it ran) are unchanged; else (None, (record,
+    reasons)). The one place every freshness check (status, explain, plan, run, load, and
+    executor workers) validates observed dependencies."""
+    rec = store.record(name, digest)
+    if rec is None or not rec.get("observed"):
+        return rec, None
+    reasons = _observe.changes(rec["observed"])
+    if reasons:
+        # another process may have rerun it since this process cached the record
+        again = store.record(name, digest, cached=False)
+        if again is not None and again is not rec and again != rec:
+            rec = again
+            reasons = _observe.changes(rec.get("observed"))
+    return (None, (rec, reasons)) if reasons else (rec, None)
 
 
 def _load_input(store: Store, stage: str, record: dict, info: dict) -> Any:
@@ -877,16 +899,28 @@ def _compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: d
     __tracebackhide__ = True
     inputs = {i: _load_input(store, p, rec, rec["outputs"][i]) for i, (p, rec) in upstream.items()}
     started = _dt.datetime.now(_dt.timezone.utc)
+    # files read, modules imported, directories listed while it runs (see _observe)
+    recorder = _observe.start(store.local_dirs()) if _observe.enabled() else None
+    # a rerun (forced, or a file changed) does not load again a module its last run imported
+    previous = store.record(st.name, fp.digest) if recorder is not None else None
     t0 = time.perf_counter()
     if memo is not None:
         memo.clear()
     try:
-        outputs = st.normalize_result(st.call(inputs, params))
-        duration = time.perf_counter() - t0
+        try:
+            outputs = st.normalize_result(st.call(inputs, params))
+            duration = time.perf_counter() - t0
+        finally:
+            if recorder is not None:
+                recorder.stop()
         if learn is not None:
             learn(st, outputs)
         infos = {name: _save_output(store, st, name, value) for name, value in outputs.items()}
         attachments = {k: store.save_value(v) for k, v in st.take_attachments().items()}
+        observed = None
+        if recorder is not None:
+            carried = (previous or {}).get("observed", {}).get("modules", ())
+            observed = recorder.collect(carry_modules=[m["name"] for m in carried])
     except BaseException as exc:
         _record_failure(store, st, fp, exc, started, time.perf_counter() - t0)
         raise
@@ -906,6 +940,8 @@ def _compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: d
         "parts": fp.parts,
         "versions": _versions(),
     }
+    if observed:
+        record["observed"] = observed
     store.write_result(st.name, fp.digest, record)
     # A stage may change what it reads while it runs (a memo cache in a helper's default, an
     # import inside it, a global it appends to): store the result for the state after the run

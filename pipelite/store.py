@@ -72,6 +72,14 @@ class _LocalFS:
     def exists(self, rel: str) -> bool:
         return os.path.exists(self.path(rel))
 
+    def stamp(self, rel: str) -> tuple | None:
+        """Identifies one version of a file (None if absent): a rewrite changes it."""
+        try:
+            st = os.stat(self.path(rel))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
     def listdir(self, rel: str) -> list[str]:
         try:
             return os.listdir(self.path(rel))
@@ -98,11 +106,14 @@ class _LocalFS:
         os.replace(local_tmp, final)
         _fsync_dir(os.path.dirname(final))
 
-    def local_copy(self, rel: str, expected_hash: str) -> str:
-        return self.path(rel)
+    def local_copy(self, rel: str, expected_hash: str, verify: bool = False) -> str:
+        return self.path(rel)  # Store.verify has hashed it already when asked to
 
     def lock_dir(self) -> str:
         return self.path("locks")
+
+    def local_dirs(self) -> list[str]:
+        return [self.root]
 
 
 class _FsspecFS:
@@ -136,6 +147,11 @@ class _FsspecFS:
         self.fs.invalidate_cache(self.path(rel))
         return self.fs.exists(self.path(rel))
 
+    def stamp(self, rel: str) -> tuple | None:
+        # no cheap version stamp on object stores: existence only (a record rewritten by
+        # another process is re-read when its observed dependencies look changed)
+        return () if self.exists(rel) else None
+
     def listdir(self, rel: str) -> list[str]:
         try:
             self.fs.invalidate_cache(self.path(rel))
@@ -168,10 +184,21 @@ class _FsspecFS:
         os.makedirs(os.path.dirname(cached), exist_ok=True)
         os.replace(local_tmp, cached)
 
-    def local_copy(self, rel: str, expected_hash: str) -> str:
+    def local_copy(self, rel: str, expected_hash: str, verify: bool = False) -> str:
+        """A local file with the object's bytes: the cached copy, or a fresh download.
+
+        With ``verify`` the cached copy is hashed; a wrong one is discarded and fetched again
+        (once). A download is always hashed: a wrong one raises ``CorruptArtifactError``."""
         cached = os.path.join(self._cache, rel)
         if os.path.exists(cached):
-            return cached
+            if not verify:
+                return cached
+            try:
+                if hash_file(cached) == expected_hash:
+                    return cached
+            except OSError:
+                pass
+            _remove_quietly(cached)  # a damaged local copy: fetch the object again
         os.makedirs(os.path.dirname(cached), exist_ok=True)
         tmp = f"{cached}.{uuid.uuid4().hex}.part"
         try:
@@ -188,6 +215,9 @@ class _FsspecFS:
 
     def lock_dir(self) -> str:
         return os.path.join(self._cache, "locks")
+
+    def local_dirs(self) -> list[str]:
+        return [self._cache]
 
 
 def _remove_quietly(path: str) -> None:
@@ -254,7 +284,7 @@ class Store:
             self._fs: _LocalFS | _FsspecFS = _FsspecFS(loc, storage_options)
         else:
             self._fs = _LocalFS(loc[len("file://"):] if loc.startswith("file://") else loc)
-        self._records: dict[str, dict] = {}
+        self._records: dict[str, tuple[tuple, dict]] = {}  # rel -> (file stamp, record)
 
     @property
     def url(self) -> str:
@@ -278,19 +308,29 @@ class Store:
         except ValueError:
             return None  # a torn record cannot happen with atomic writes; treat as absent
 
-    def record(self, stage: str, fingerprint: str) -> dict | None:
-        """The stored record of ``stage`` for ``fingerprint``, or None."""
+    def record(self, stage: str, fingerprint: str, *, cached: bool = True) -> dict | None:
+        """The stored record of ``stage`` for ``fingerprint``, or None.
+
+        Records are cached in memory while their file is unchanged (local stores compare
+        inode, size and mtime: a record rewritten by another process is read again);
+        ``cached=False`` reads the file regardless."""
         rel = self._record_rel(stage, fingerprint)
-        cached = self._records.get(rel)
-        if cached is not None:
-            if self._fs.exists(rel):
-                return cached
-            del self._records[rel]
+        stamp = self._fs.stamp(rel)
+        if stamp is None:
+            self._records.pop(rel, None)
             return None
+        hit = self._records.get(rel)
+        if cached and hit is not None and hit[0] == stamp:
+            return hit[1]
         rec = self._read_json(rel)
         if rec is not None:
-            self._records[rel] = rec
+            self._records[rel] = (stamp, rec)
         return rec
+
+    def local_dirs(self) -> list[str]:
+        """Local folders the store owns (its root, or its download cache): what a stage reads
+        there is PipeLite's doing, not a dependency of the stage."""
+        return self._fs.local_dirs()
 
     def latest(self, stage: str) -> dict | None:
         """The newest stored record of ``stage``, whatever its fingerprint."""
@@ -315,8 +355,11 @@ class Store:
     def write_result(self, stage: str, fingerprint: str, record: dict) -> None:
         """Commit a result: the record (the commit point), then the LATEST pointer."""
         data = json.dumps(record, indent=1, sort_keys=False).encode()
-        self._fs.write_atomic(self._record_rel(stage, fingerprint), data)
-        self._records[self._record_rel(stage, fingerprint)] = record
+        rel = self._record_rel(stage, fingerprint)
+        self._fs.write_atomic(rel, data)
+        stamp = self._fs.stamp(rel)
+        if stamp is not None:
+            self._records[rel] = (stamp, record)
         self._fs.write_atomic(f"records/{stage}/LATEST", fingerprint.encode())
         self._fs.delete(f"records/{stage}/FAILED.json")
 
@@ -400,9 +443,11 @@ class Store:
             raise CorruptArtifactError(where, "its content hash does not match")
 
     def load_value(self, info: dict, verify: bool = False) -> Any:
-        """Read an output back. Size is always checked; the hash for small files or ``verify``."""
-        self.verify(info, full=verify or info["size"] <= CHEAP_VERIFY_BYTES)
-        local = self._fs.local_copy(info["path"], info["hash"])
+        """Read an output back. Size is always checked; the hash for small files or ``verify``
+        (on a remote store: the hash of the local copy that is actually loaded)."""
+        full = verify or info["size"] <= CHEAP_VERIFY_BYTES
+        self.verify(info, full=full)
+        local = self._fs.local_copy(info["path"], info["hash"], verify=full)
         try:
             return format_named(info["format"]).load(local)
         except PipeliteError:
