@@ -358,10 +358,13 @@ class Pipeline:
             if st is None:
                 latest = self.store.latest(name)
                 when = latest.get("started", "?")[:16].replace("T", " ") if latest else None
+                changed = _observe.changes(latest.get("observed")) if latest else []
                 evals[name] = _Eval(
-                    name, "fresh" if latest else "missing",
+                    name, "stale" if changed else "fresh" if latest else "missing",
                     [f"not defined in this session (stored result from {when})"] if latest
-                    else ["not defined in this session"], None, record=latest, latest=latest)
+                    else ["not defined in this session"], None, latest=latest,
+                    record=None if changed else latest)
+                evals[name].reasons += changed  # a file it read changed: not to be used
                 continue
             ev = _Eval(name, "missing", [], st)
             evals[name] = ev

@@ -220,6 +220,23 @@ class _FsspecFS:
         return [self._cache]
 
 
+def _record_text(record: dict) -> str:
+    """A record as indented JSON, with each observed file, module or listing on one line.
+
+    Indented JSON is written by the json module's pure-Python encoder: for a stage that read
+    10,000 files that alone took 0.4 s. Long lists of small entries go through the C encoder,
+    one entry a line, which reads as well."""
+    observed = record.get("observed")
+    if not observed:
+        return json.dumps(record, indent=1)
+    rest = {k: v for k, v in record.items() if k != "observed"}
+    sections = ",\n".join(
+        f"  {json.dumps(kind)}: [\n   " + ",\n   ".join(json.dumps(e) for e in entries) + "\n  ]"
+        for kind, entries in observed.items())
+    head = json.dumps(rest, indent=1)[:-2] + ",\n" if rest else "{\n"
+    return head + ' "observed": {\n' + sections + "\n }\n}"
+
+
 def _remove_quietly(path: str) -> None:
     try:
         os.remove(path)
@@ -354,7 +371,7 @@ class Store:
 
     def write_result(self, stage: str, fingerprint: str, record: dict) -> None:
         """Commit a result: the record (the commit point), then the LATEST pointer."""
-        data = json.dumps(record, indent=1, sort_keys=False).encode()
+        data = _record_text(record).encode()
         rel = self._record_rel(stage, fingerprint)
         self._fs.write_atomic(rel, data)
         stamp = self._fs.stamp(rel)

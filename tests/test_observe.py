@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from pipelite import CellStage, Pipeline, REGISTRY, stage
+from pipelite import PipeliteError, CellStage, Pipeline, REGISTRY, stage
 from pipelite import _observe
 from tests.helpers import notebook
 
@@ -220,6 +220,21 @@ def test_a_new_pipeline_in_another_process_sees_the_change(pipe, project):
     other = Pipeline(store=str(project / ".pipelite"))  # records read from disk, no caches
     _observe._HASHES.clear()
     assert state(other, "reader").reasons == ("file 'data/raw.csv' changed",)
+
+
+def test_a_stage_known_only_from_the_store_is_stale_when_a_file_it_read_changed(pipe,
+                                                                                project):
+    from pipelite import REGISTRY
+
+    define_reader()
+    pipe.run("reader")
+    REGISTRY.clear()  # a restarted kernel, before the stage's cell ran again
+    assert state(pipe, "reader").state == "fresh"
+    (project / "data" / "raw.csv").write_text("new!\n")
+    s = state(pipe, "reader")
+    assert s.state == "stale" and "file 'data/raw.csv' changed" in s.reasons
+    with pytest.raises(PipeliteError, match="not up to date"):
+        pipe.load("text")
 
 
 # -- modules imported -------------------------------------------------------------------------
