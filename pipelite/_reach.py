@@ -314,7 +314,9 @@ class Reach:
             self._note("helper", f"imported module '{modname}'", "", token)
             h.update(f"import {modname}={token};".encode())
         if info.attributes:
-            accessors = _registered_accessors()
+            accessors = self.memo.get("accessors")
+            if accessors is None:  # once per check
+                accessors = self.memo["accessors"] = _registered_accessors()
             for attr in sorted(info.attributes & accessors.keys()):
                 token = self.token(accessors[attr], attr) or ""
                 self._note("helper", f"accessor '{attr}'", "", token)
@@ -332,10 +334,10 @@ class Reach:
         attributes = {k: v for k, v in vars(fn).items()  # bound methods there are plumbing
                       if not k.startswith("__") and not _is_bound_method(v)}
         # defaults are evaluated once, when the function is defined: not part of its code
-        for label, value in ((f"attributes of {shown}", attributes),
-                             (f"defaults of {shown}", fn.__defaults__),
-                             (f"keyword defaults of {shown}", fn.__kwdefaults__)):
+        for what, value in (("attributes", attributes), ("defaults", fn.__defaults__),
+                            ("keyword defaults", fn.__kwdefaults__)):
             if value:
+                label = f"{what} of {shown}"
                 digest = self.encoder.digest(value, label)
                 self._note("global", label, "", digest)
                 h.update(f"{label}={digest};".encode())

@@ -9,7 +9,6 @@ digest itself is computed from the walk's digests, never from the names chosen f
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -18,7 +17,7 @@ import xxhash
 
 from ._cellcode import normalize_source
 from ._encode import PipeliteWarning, warn_user
-from ._reach import Reach, code_digest
+from ._reach import Reach, _functions_of, code_digest
 from .stage import CellStage, Stage
 
 __all__ = ["Fingerprint", "fingerprint_of", "value_digest", "PipeliteWarning", "warn_user",
@@ -75,13 +74,13 @@ def code_parts(st: Stage, memo: dict | None = None
         reach.append(walker.stage_token(obj))
         own.append(_own_code(obj))
     helpers, globals_ = walker.parts()
+    if len(reach) == 1:
+        return reach[0], own[0], helpers, globals_
     return digest_text("|".join(reach)), digest_text("|".join(own)), helpers, globals_
 
 
 def _own_code(obj: Any) -> str:
     """A stage's own code, without what it reaches: to say "its code changed"."""
-    from ._reach import _functions_of
-
     if isinstance(obj, type):
         return digest_text(obj.__qualname__ + "|" + "|".join(
             f"{key}:{code_digest(fn.__code__)}" for key, member in sorted(vars(obj).items())
@@ -92,6 +91,8 @@ def _own_code(obj: Any) -> str:
 def canonical_params(params: Mapping[str, Any], memo: dict | None = None) -> dict[str, str]:
     """Each parameter's digest, walked as deep as a global: a function by all it reaches, an
     object by its class's code and its attributes (its display form is kept in the record)."""
+    if not params:
+        return {}
     walker = Reach((), memo)
     return {k: walker.token(v) or walker.encoder.digest(v, f"parameter '{k}'")
             for k, v in sorted(params.items())}
@@ -117,6 +118,8 @@ def fingerprint_of(st: Stage, params: Mapping[str, Any], input_hashes: Mapping[s
         parts["env"] = {var: (digest_text(os.environ[var]) if var in os.environ else "<unset>")
                         for var in sorted(st.env)}
     # the names in "helpers" and "globals" are for reasons only: what decides is the walk
-    decisive = {k: v for k, v in parts.items() if k not in ("helpers", "globals", "code")}
-    digest = digest_text(json.dumps(decisive, sort_keys=True))
-    return Fingerprint(digest, parts)
+    decisive = [f"reach={reach}"]
+    for key in ("params", "inputs", "env"):
+        decisive += [f"{key}:{k}={v}" for k, v in parts.get(key, {}).items()]
+    decisive.append(f"outputs={parts['outputs']!r}")
+    return Fingerprint(digest_text("\n".join(decisive)), parts)
