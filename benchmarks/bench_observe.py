@@ -12,6 +12,9 @@
       writing them into the record: cold (the first run in a process, empty hash cache; the
       files are in the OS page cache either way) and warm (later runs: stat only);
     * the same plain loop outside any stage with the hook installed but idle, vs no hook.
+(a') The same loop in one process, no fresh processes: first with no hook, then with the hook
+    installed and idle, then recording (a recorder active), interleaved rep by rep for the last
+    two. Steadier than (a) on a noisy VM, where separate processes swing by +-30 %.
 (b) ``status()`` of 1,000 stages that each observed 10 files (the size/mtime fast path; files
     last modified a minute before the run), vs 1,000 stages that observed nothing.
 
@@ -213,6 +216,34 @@ def fmt(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.0f} µs"
 
 
+def bench_hook_in_process(root: str, reps: int) -> list[tuple]:
+    """(a'): the hook's own cost per opened file, measured in this one process."""
+    from pipelite import _observe
+
+    os.chdir(root)
+
+    def timed() -> float:
+        t0 = time.perf_counter()
+        plain_loop(NFILES)
+        return time.perf_counter() - t0
+
+    plain_loop(NFILES)
+    none = statistics.median(timed() for _ in range(reps * 3))
+    _observe._install()
+    idle, recording = [], []
+    for _ in range(reps * 3):
+        idle.append(timed())
+        rec = _observe.start([])
+        recording.append(timed())
+        rec.stop()
+    return [
+        ("one process: 10,000 file reads, hook installed, idle", statistics.median(idle),
+         "no hook (same process, before)", none, "(info)"),
+        ("one process: 10,000 file reads while a stage records", statistics.median(recording),
+         "no hook (same process, before)", none, "<= 1.05x"),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default=None, help="scratch directory")
@@ -229,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         make_files(os.path.join(root, "files"), NFILES)
         rows = bench_hook(root, args.rounds, args.reps)
         rows += bench_status(root, args.reps)
+        rows += bench_hook_in_process(root, args.reps)  # last: it installs the hook here
     finally:
         os.chdir(REPO)
         shutil.rmtree(root, ignore_errors=True)

@@ -416,3 +416,12 @@ def test_a_file_read_after_the_stage_changes_directory_is_recorded_by_its_real_p
 
     pipe.run("moves")
     assert observed_paths(pipe, "moves") == [str(project / "data" / "raw.csv")]
+
+
+def test_a_small_file_is_hashed_whole_even_if_it_grew_since_its_stat(tmp_path):
+    from pipelite.formats import hash_file
+
+    path = tmp_path / "grown.txt"
+    path.write_bytes(b"0123456789" * 1000)
+    assert _observe._hash_small(str(path), 10_000) == hash_file(str(path))
+    assert _observe._hash_small(str(path), 3) == hash_file(str(path))  # stat taken earlier
