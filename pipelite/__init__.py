@@ -27,6 +27,7 @@ from .errors import (
     StaleArtifactError,
     UnknownArtifactError,
     UnknownStageError,
+    UnsafeStorePathError,
 )
 from .events import StageEvent, subscribe
 from .fingerprint import PipeliteWarning
@@ -64,6 +65,7 @@ __all__ = [
     "Store",
     "UnknownArtifactError",
     "UnknownStageError",
+    "UnsafeStorePathError",
     "register_format",
     "stage",
     "subscribe",

@@ -44,9 +44,16 @@ def hasher() -> "xxhash.xxh3_128":
 _warned_types: set[str] = set()
 _SCALARS = (bool, int, float, complex)
 # Objects that are plumbing, not data: they hold no value a result could depend on.
-_PLUMBING = tuple(t for t in (type(__import__("threading").Lock()),
-                              type(__import__("threading").RLock()),
-                              __import__("weakref").ref) if isinstance(t, type))
+def _plumbing() -> tuple[type, ...]:
+    import threading
+    import weakref
+
+    kinds = (type(threading.Lock()), type(threading.RLock()), weakref.ref, threading.Condition,
+             threading.Event, threading.Semaphore, threading.Barrier)
+    return tuple(t for t in kinds if isinstance(t, type))
+
+
+_PLUMBING = _plumbing()
 
 
 def _numpy_types() -> tuple[type, ...]:

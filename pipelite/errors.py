@@ -71,6 +71,11 @@ class CorruptArtifactError(PipeliteError):
         self.detail = detail
 
 
+class UnsafeStorePathError(PipeliteError):
+    """A path in the store would lead outside it (``..``, an absolute path, a symbolic link):
+    PipeLite refuses to open, rename or delete it."""
+
+
 class CycleError(StageDefinitionError):
     """The stages' inputs and outputs form a cycle."""
 

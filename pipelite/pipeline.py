@@ -570,9 +570,10 @@ class Pipeline:
                 return self._run(targets, force, params)
             except _CorruptInput as bad:
                 last = bad
-                warn_user(f"{bad.error}; recomputing stage '{bad.stage}'")
                 self.store.drop_record(bad.stage, bad.record["fingerprint"])
-                self.store.delete_object(bad.info)
+                moved = self.store.quarantine(bad.info)
+                warn_user(f"{bad.error}" + (f"; moved to {moved}" if moved else "")
+                          + f"; recomputing stage '{bad.stage}'")
         assert last is not None
         raise last.error
 
@@ -772,10 +773,10 @@ class Pipeline:
         try:
             return self.store.load_value(ev.record["outputs"][name], verify=verify)
         except CorruptArtifactError:
-            # delete the bad file too: the recompute writes the same content-addressed path,
-            # and an object of the right size already there would be kept as is
+            # move the bad file aside (into quarantine/): the recompute writes the same
+            # content-addressed path, and an object of the right size there would be kept
             self.store.drop_record(producer, ev.record["fingerprint"])
-            self.store.delete_object(ev.record["outputs"][name])
+            self.store.quarantine(ev.record["outputs"][name])
             raise
 
     @_user_facing

@@ -3,6 +3,7 @@
 Layout under the store root (local directory or any fsspec URL)::
 
     objects/ab/ab12...ef.npy        values, named by the xxh3-128 hash of their bytes
+    quarantine/                     damaged objects, moved aside (never deleted) when found
     records/<stage>/<fingerprint>.json   one human-readable record per stored result
     records/<stage>/LATEST          the fingerprint of the stage's newest result
     records/<stage>/FAILED.json     the last failed run, until the next success
@@ -11,11 +12,18 @@ Layout under the store root (local directory or any fsspec URL)::
 
 A result becomes visible only when its record is written, and the record is written last,
 after every object it names is complete on disk: a crash at any point leaves no partial result.
+
+Everything read back is input. Paths come from validated names and hashes only, never from a
+record; every path is checked to lie under the store root, and symbolic links are not followed
+(a symlinked folder or file inside the store is refused): nothing outside the store is ever
+opened, renamed or deleted.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
+import stat as _stat
 import sys
 import tempfile
 import time
@@ -25,7 +33,8 @@ from typing import Any
 
 import filelock
 
-from .errors import CorruptArtifactError, PipeliteError
+from ._records import BadRecord, bind, check_failure, check_record, is_fingerprint, object_rel
+from .errors import CorruptArtifactError, PipeliteError, UnsafeStorePathError
 from .humanize import human_bytes
 from .formats import PICKLE, format_for, format_named, hash_file
 
@@ -34,27 +43,64 @@ __all__ = ["Store", "GcReport"]
 CHEAP_VERIFY_BYTES = 2 << 20  # files up to this size are hashed on every load (~0.3 ms)
 
 
+_REL_PART = re.compile(r"[A-Za-z0-9_.-]{1,255}\Z")
+
+
+def _check_rel(rel: str) -> str:
+    """A store-relative path made of plain names: no '..', no absolute path, no separators
+    other than '/', nothing but letters, digits, '_', '-' and '.'."""
+    parts = rel.split("/") if isinstance(rel, str) else [None]
+    if not all(isinstance(p, str) and _REL_PART.match(p) and p not in (".", "..")
+               for p in parts):
+        raise UnsafeStorePathError(f"refusing the store path {rel!r}: not a plain relative path")
+    return rel
+
+
 class _LocalFS:
-    """Direct os calls for a local directory: the fast path."""
+    """Direct os calls for a local directory: the fast path. Every path is checked to lie under
+    the root, through no symbolic link (``_abs``); files are opened without following one."""
 
     is_local = True
 
     def __init__(self, root: str):
         self.root = os.path.abspath(os.path.expanduser(root))
         self.url = self.root
+        self._real = os.path.realpath(self.root)
+        self._safe_dirs: set[str] = set()
 
-    def path(self, rel: str) -> str:
+    def _abs(self, rel: str) -> str:
+        """The absolute path of ``rel`` after checking that its folder is really inside the
+        store: resolving it (symlinks included) must give the same place under the root."""
+        _check_rel(rel)
+        folder = rel.rpartition("/")[0]
+        if folder and folder not in self._safe_dirs:
+            resolved = os.path.realpath(os.path.join(self._real, folder))
+            if resolved != os.path.join(self._real, folder):
+                raise UnsafeStorePathError(
+                    f"refusing {os.path.join(self.root, folder)}: a symbolic link inside the "
+                    f"store (it resolves to {resolved}); move it out of the store")
+            self._safe_dirs.add(folder)
         return os.path.join(self.root, rel)
 
+    def path(self, rel: str) -> str:
+        return self._abs(rel)
+
     def read_bytes(self, rel: str) -> bytes | None:
+        path = self._abs(rel)
         try:
-            with open(self.path(rel), "rb") as f:
-                return f.read()
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as exc:
+            if os.path.islink(path):
+                raise UnsafeStorePathError(f"refusing {path}: a symbolic link inside the "
+                                           f"store") from None
+            raise exc
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
 
     def write_atomic(self, rel: str, data: bytes) -> None:
-        final = self.path(rel)
+        final = self._abs(rel)
         folder = os.path.dirname(final)
         os.makedirs(folder, exist_ok=True)
         tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
@@ -70,38 +116,52 @@ class _LocalFS:
         _fsync_dir(folder)
 
     def exists(self, rel: str) -> bool:
-        return os.path.exists(self.path(rel))
+        return os.path.lexists(self._abs(rel))
+
+    def _lstat(self, rel: str) -> os.stat_result | None:
+        """The file's own stat (a symbolic link is refused, not followed); None if absent."""
+        path = self._abs(rel)
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if _stat.S_ISLNK(st.st_mode):
+            raise UnsafeStorePathError(f"refusing {path}: a symbolic link inside the store")
+        return st
 
     def stamp(self, rel: str) -> tuple | None:
         """Identifies one version of a file (None if absent): a rewrite changes it."""
-        try:
-            st = os.stat(self.path(rel))
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
+        st = self._lstat(rel)
+        return None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def listdir(self, rel: str) -> list[str]:
+        path = self._abs(rel + "/x")[:-2]  # the folder itself, checked like a file's folder
+        if os.path.islink(path):
+            raise UnsafeStorePathError(f"refusing {path}: a symbolic link inside the store")
         try:
-            return os.listdir(self.path(rel))
+            return os.listdir(path)
         except (FileNotFoundError, NotADirectoryError):
             return []
 
     def delete(self, rel: str) -> None:
-        _remove_quietly(self.path(rel))
+        _remove_quietly(self._abs(rel))  # a symbolic link is removed itself, never its target
+
+    def move(self, rel: str, dest_rel: str) -> None:
+        src, dest = self._abs(rel), self._abs(dest_rel)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.replace(src, dest)
 
     def size(self, rel: str) -> int | None:
-        try:
-            return os.stat(self.path(rel)).st_size
-        except FileNotFoundError:
-            return None
+        st = self._lstat(rel)
+        return None if st is None else st.st_size
 
     def tmp_path(self, ext: str) -> str:
-        folder = self.path("tmp")
-        os.makedirs(folder, exist_ok=True)
-        return os.path.join(folder, f"{uuid.uuid4().hex}{ext}")
+        path = self._abs(f"tmp/{uuid.uuid4().hex}{ext}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return path
 
     def commit(self, local_tmp: str, rel: str) -> None:
-        final = self.path(rel)
+        final = self._abs(rel)
         os.makedirs(os.path.dirname(final), exist_ok=True)
         os.replace(local_tmp, final)
         _fsync_dir(os.path.dirname(final))
@@ -110,7 +170,10 @@ class _LocalFS:
         return self.path(rel)  # Store.verify has hashed it already when asked to
 
     def lock_dir(self) -> str:
-        return self.path("locks")
+        path = self._abs("locks/x")[:-2]
+        if os.path.islink(path):
+            raise UnsafeStorePathError(f"refusing {path}: a symbolic link inside the store")
+        return path
 
     def local_dirs(self) -> list[str]:
         return [self.root]
@@ -131,7 +194,7 @@ class _FsspecFS:
         self._cache = os.path.join(tempfile.gettempdir(), "pipelite-cache", key)
 
     def path(self, rel: str) -> str:
-        return f"{self.root}/{rel}"
+        return f"{self.root}/{_check_rel(rel)}"
 
     def read_bytes(self, rel: str) -> bytes | None:
         try:
@@ -165,6 +228,11 @@ class _FsspecFS:
             self.fs.rm_file(self.path(rel))
         except (FileNotFoundError, OSError):
             pass
+        _remove_quietly(os.path.join(self._cache, _check_rel(rel)))
+
+    def move(self, rel: str, dest_rel: str) -> None:
+        self.fs.mv(self.path(rel), self.path(dest_rel))
+        _remove_quietly(os.path.join(self._cache, _check_rel(rel)))
 
     def size(self, rel: str) -> int | None:
         try:
@@ -189,7 +257,7 @@ class _FsspecFS:
 
         With ``verify`` the cached copy is hashed; a wrong one is discarded and fetched again
         (once). A download is always hashed: a wrong one raises ``CorruptArtifactError``."""
-        cached = os.path.join(self._cache, rel)
+        cached = os.path.join(self._cache, _check_rel(rel))
         if os.path.exists(cached):
             if not verify:
                 return cached
@@ -235,6 +303,16 @@ def _record_text(record: dict) -> str:
         for kind, entries in observed.items())
     head = json.dumps(rest, indent=1)[:-2] + ",\n" if rest else "{\n"
     return head + ' "observed": {\n' + sections + "\n }\n}"
+
+
+_OBJECT_PREFIX = re.compile(r"[0-9a-f]{2}\Z")
+_OBJECT_NAME = re.compile(r"[0-9a-f]{32}(?:\.[A-Za-z0-9_-]{1,12}){0,2}\Z")
+
+
+def _is_stage_dir(name: Any) -> bool:
+    from .stage import _STAGE_NAME
+
+    return isinstance(name, str) and len(name) <= 200 and _STAGE_NAME.match(name) is not None
 
 
 def _remove_quietly(path: str) -> None:
@@ -302,6 +380,7 @@ class Store:
         else:
             self._fs = _LocalFS(loc[len("file://"):] if loc.startswith("file://") else loc)
         self._records: dict[str, tuple[tuple, dict]] = {}  # rel -> (file stamp, record)
+        self._reported: set[tuple] = set()  # corrupt records already reported
 
     @property
     def url(self) -> str:
@@ -314,34 +393,55 @@ class Store:
     # -- records ------------------------------------------------------------------------------
     @staticmethod
     def _record_rel(stage: str, fingerprint: str) -> str:
+        if not _is_stage_dir(stage) or not is_fingerprint(fingerprint):
+            raise UnsafeStorePathError(f"refusing a record of stage {stage!r} for fingerprint "
+                                       f"{fingerprint!r}: not a stage name and a fingerprint")
         return f"records/{stage}/{fingerprint}.json"
 
-    def _read_json(self, rel: str) -> dict | None:
+    def _read_json(self, rel: str) -> Any:
+        """The JSON in ``rel``, or None if absent; ``BadRecord`` if it is not JSON at all."""
         data = self._fs.read_bytes(rel)
         if data is None:
             return None
         try:
             return json.loads(data)
-        except ValueError:
-            return None  # a torn record cannot happen with atomic writes; treat as absent
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+            raise BadRecord(f"it is not JSON ({type(exc).__name__})") from None
+
+    def _report(self, rel: str, why: str, stamp: Any = None) -> None:
+        """Say once per version of the file that a record is corrupt and ignored."""
+        key = (rel, stamp)
+        if key in self._reported:
+            return
+        self._reported.add(key)
+        from ._encode import warn_user
+
+        warn_user(f"ignoring the corrupt record {self._fs.root}/{rel}: {why}. Its stage will "
+                  f"recompute; delete the file to make this warning go away")
 
     def record(self, stage: str, fingerprint: str, *, cached: bool = True) -> dict | None:
-        """The stored record of ``stage`` for ``fingerprint``, or None.
+        """The stored record of ``stage`` for ``fingerprint``, or None (also when the record is
+        malformed: reported once, and ignored).
 
         Records are cached in memory while their file is unchanged (local stores compare
         inode, size and mtime: a record rewritten by another process is read again);
         ``cached=False`` reads the file regardless."""
         rel = self._record_rel(stage, fingerprint)
-        stamp = self._fs.stamp(rel)
-        if stamp is None:
+        stamp = None
+        try:
+            stamp = self._fs.stamp(rel)
+            if stamp is None:
+                self._records.pop(rel, None)
+                return None
+            hit = self._records.get(rel)
+            if cached and hit is not None and hit[0] == stamp:
+                return hit[1]
+            rec = check_record(self._read_json(rel), stage, fingerprint)
+        except (BadRecord, UnsafeStorePathError) as exc:
             self._records.pop(rel, None)
+            self._report(rel, str(exc), stamp)
             return None
-        hit = self._records.get(rel)
-        if cached and hit is not None and hit[0] == stamp:
-            return hit[1]
-        rec = self._read_json(rel)
-        if rec is not None:
-            self._records[rel] = (stamp, rec)
+        self._records[rel] = (stamp, rec)
         return rec
 
     def local_dirs(self) -> list[str]:
@@ -350,27 +450,65 @@ class Store:
         return self._fs.local_dirs()
 
     def latest(self, stage: str) -> dict | None:
-        """The newest stored record of ``stage``, whatever its fingerprint."""
-        fp = self._fs.read_bytes(f"records/{stage}/LATEST")
-        return self.record(stage, fp.decode().strip()) if fp else None
+        """The newest stored record of ``stage``, whatever its fingerprint.
+
+        ``LATEST`` names it; when that pointer is missing or bad (a crash between committing
+        the record and writing it, or a damaged store), the newest record is looked up."""
+        if not _is_stage_dir(stage):
+            return None
+        rel = f"records/{stage}/LATEST"
+        try:
+            data = self._fs.read_bytes(rel)
+        except UnsafeStorePathError as exc:
+            self._report(rel, str(exc))
+            data = None
+        text = data.decode("ascii", "replace").strip() if data else ""
+        if text and is_fingerprint(text):
+            rec = self.record(stage, text)
+            if rec is not None:
+                return rec
+        elif text:
+            self._report(rel, "it does not hold a fingerprint")
+        recs = self.records_of(stage)
+        return recs[0] if recs else None
 
     def records_of(self, stage: str) -> list[dict]:
-        """Every stored record of ``stage``, newest first."""
+        """Every (well-formed) stored record of ``stage``, newest first."""
+        if not _is_stage_dir(stage):
+            return []
         recs = []
-        for name in self._fs.listdir(f"records/{stage}"):
-            if name.endswith(".json") and name != "FAILED.json" and not name.startswith("."):
+        try:
+            names = self._fs.listdir(f"records/{stage}")
+        except UnsafeStorePathError as exc:
+            self._report(f"records/{stage}", str(exc))
+            return []
+        for name in names:
+            if name.endswith(".json") and is_fingerprint(name[:-5]):
                 rec = self.record(stage, name[:-5])
                 if rec is not None:
                     recs.append(rec)
-        recs.sort(key=lambda r: r.get("started", ""), reverse=True)
+        recs.sort(key=lambda r: r["started"], reverse=True)
         return recs
 
     def stages(self) -> list[str]:
-        """Names of the stages that have anything stored."""
-        return sorted(n for n in self._fs.listdir("records") if not n.startswith("."))
+        """Names of the stages that have anything stored (folders named like stages only)."""
+        try:
+            names = self._fs.listdir("records")
+        except UnsafeStorePathError as exc:
+            self._report("records", str(exc))
+            return []
+        return sorted(n for n in names if _is_stage_dir(n))
 
     def write_result(self, stage: str, fingerprint: str, record: dict) -> None:
-        """Commit a result: the record (the commit point), then the LATEST pointer."""
+        """Commit a result: the record (the commit point), then the LATEST pointer.
+
+        Each output's entry gets a ``bind`` digest of its name and content, so entries swapped
+        or edited by hand are caught when the record is read."""
+        for key in ("outputs", "attachments"):
+            for name, info in record.get(key, {}).items():
+                info["bind"] = bind(name, info)
+        record["format_version"] = 2
+        check_record(record, stage, fingerprint)  # never write what could not be read back
         data = _record_text(record).encode()
         rel = self._record_rel(stage, fingerprint)
         self._fs.write_atomic(rel, data)
@@ -387,17 +525,27 @@ class Store:
         self._fs.delete(rel)
 
     def failure(self, stage: str) -> dict | None:
-        """The last failed run of ``stage`` since its last success, or None."""
-        rel = f"records/{stage}/FAILED.json"
-        if self._fs.is_local and not self._fs.exists(rel):  # the usual case, without raising
+        """The last failed run of ``stage`` since its last success, or None (also when the
+        file is malformed: reported once, and ignored)."""
+        if not _is_stage_dir(stage):
             return None
-        return self._read_json(rel)
+        rel = f"records/{stage}/FAILED.json"
+        try:
+            if self._fs.is_local and not self._fs.exists(rel):  # the usual case
+                return None
+            info = self._read_json(rel)
+            return None if info is None else check_failure(info, stage)
+        except (BadRecord, UnsafeStorePathError) as exc:
+            self._report(rel, str(exc))
+            return None
 
     def write_failure(self, stage: str, info: dict) -> None:
         self._fs.write_atomic(f"records/{stage}/FAILED.json", json.dumps(info, indent=1).encode())
 
     def invalidate(self, stage: str) -> int:
         """Forget every result of ``stage``; return how many records were removed."""
+        if not _is_stage_dir(stage):
+            return 0
         names = self._fs.listdir(f"records/{stage}")
         count = 0
         for name in names:
@@ -444,14 +592,17 @@ class Store:
         }
 
     def object_path(self, info: dict) -> str:
-        """Where an output's file lives (path or URL)."""
-        return self._fs.path(info["path"])
+        """Where an output's file lives (path or URL), derived from its hash."""
+        return self._fs.path(object_rel(info))
 
     def verify(self, info: dict, full: bool = True) -> None:
         """Raise ``CorruptArtifactError`` if the object's size (and, if ``full``, hash) is off."""
-        rel = info["path"]
+        rel = self._object_rel(info)
         where = self._fs.path(rel)
-        size = self._fs.size(rel)
+        try:
+            size = self._fs.size(rel)
+        except UnsafeStorePathError as exc:
+            raise CorruptArtifactError(where, str(exc)) from None
         if size is None:
             raise CorruptArtifactError(where, "the file is missing")
         if size != info["size"]:
@@ -459,12 +610,18 @@ class Store:
         if full and self._fs.is_local and hash_file(where) != info["hash"]:
             raise CorruptArtifactError(where, "its content hash does not match")
 
+    def _object_rel(self, info: dict) -> str:
+        try:
+            return object_rel(info)
+        except BadRecord as exc:
+            raise CorruptArtifactError(f"{self.url}/objects", str(exc)) from None
+
     def load_value(self, info: dict, verify: bool = False) -> Any:
         """Read an output back. Size is always checked; the hash for small files or ``verify``
         (on a remote store: the hash of the local copy that is actually loaded)."""
         full = verify or info["size"] <= CHEAP_VERIFY_BYTES
         self.verify(info, full=full)
-        local = self._fs.local_copy(info["path"], info["hash"], verify=full)
+        local = self._fs.local_copy(self._object_rel(info), info["hash"], verify=full)
         try:
             return format_named(info["format"]).load(local)
         except PipeliteError:
@@ -472,8 +629,21 @@ class Store:
         except Exception as exc:  # noqa: BLE001 - an unreadable file is a corrupt file
             raise CorruptArtifactError(local, f"it cannot be read: {exc}") from None
 
-    def delete_object(self, info: dict) -> None:
-        self._fs.delete(info["path"])
+    def quarantine(self, info: dict) -> str | None:
+        """Move a damaged object aside, into ``quarantine/`` in the store (never deleted, and
+        never anything outside the store); return where it went, None if it was gone."""
+        try:
+            rel = object_rel(info)
+        except BadRecord:
+            return None  # not an object path: nothing of ours to move
+        dest = f"quarantine/{rel.rsplit('/', 1)[1]}.{uuid.uuid4().hex[:8]}"
+        try:
+            self._fs.move(rel, dest)
+        except (FileNotFoundError, UnsafeStorePathError):
+            return None
+        except OSError:
+            return None
+        return self._fs.path(dest)
 
     # -- locks ----------------------------------------------------------------------------------
     def lock(self, stage: str, fingerprint: str) -> filelock.FileLock:
@@ -496,14 +666,21 @@ class Store:
                 self.drop_record(stage, rec["fingerprint"])
                 removed_records += 1
             for rec in recs[:keep]:
-                referenced.update(o["path"] for o in rec.get("outputs", {}).values())
-                referenced.update(o["path"] for o in rec.get("attachments", {}).values())
+                referenced.update(object_rel(o) for o in rec.get("outputs", {}).values())
+                referenced.update(object_rel(o) for o in rec.get("attachments", {}).values())
         removed_objects = freed = 0
         for prefix in self._fs.listdir("objects"):
+            if not _OBJECT_PREFIX.match(prefix):
+                continue  # not a folder PipeLite made: not ours to delete
             for name in self._fs.listdir(f"objects/{prefix}"):
+                if not _OBJECT_NAME.match(name) or not name.startswith(prefix):
+                    continue
                 rel = f"objects/{prefix}/{name}"
                 if rel not in referenced:
-                    freed += self._fs.size(rel) or 0
+                    try:
+                        freed += self._fs.size(rel) or 0
+                    except UnsafeStorePathError:
+                        pass  # a symbolic link: removed itself below, its target never
                     self._fs.delete(rel)
                     removed_objects += 1
         if self._fs.is_local:
