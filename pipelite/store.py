@@ -37,6 +37,7 @@ from ._records import BadRecord, bind, check_failure, check_record, is_fingerpri
 from .errors import CorruptArtifactError, PipeliteError, UnsafeStorePathError
 from .humanize import human_bytes
 from .formats import PICKLE, format_for, format_named, hash_file
+from .stage import _STAGE_NAME
 
 __all__ = ["Store", "GcReport"]
 
@@ -67,20 +68,42 @@ class _LocalFS:
         self.url = self.root
         self._real = os.path.realpath(self.root)
         self._safe_dirs: set[str] = set()
+        self._checked: dict[str, str] = {}  # rel -> absolute path, already checked
 
     def _abs(self, rel: str) -> str:
         """The absolute path of ``rel`` after checking that its folder is really inside the
         store: resolving it (symlinks included) must give the same place under the root."""
+        found = self._checked.get(rel)
+        if found is not None:
+            return found
         _check_rel(rel)
         folder = rel.rpartition("/")[0]
         if folder and folder not in self._safe_dirs:
-            resolved = os.path.realpath(os.path.join(self._real, folder))
-            if resolved != os.path.join(self._real, folder):
+            self._check_folder(folder)
+        path = os.path.join(self.root, rel)
+        if len(self._checked) > 100_000:
+            self._checked.clear()
+        self._checked[rel] = path
+        return path
+
+    def _check_folder(self, folder: str) -> None:
+        """Every folder from the root down to ``folder`` is a plain folder (or not made yet):
+        a symbolic link among them is refused. Folders found plain are remembered."""
+        done = ""
+        for part in folder.split("/"):
+            done = f"{done}/{part}" if done else part
+            if done in self._safe_dirs:
+                continue
+            path = os.path.join(self._real, done)
+            try:
+                st = os.lstat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                return  # not made yet: whatever makes it makes a plain folder
+            if _stat.S_ISLNK(st.st_mode):
                 raise UnsafeStorePathError(
-                    f"refusing {os.path.join(self.root, folder)}: a symbolic link inside the "
-                    f"store (it resolves to {resolved}); move it out of the store")
-            self._safe_dirs.add(folder)
-        return os.path.join(self.root, rel)
+                    f"refusing {os.path.join(self.root, done)}: a symbolic link inside the store "
+                    f"(to {os.path.realpath(path)}); move it out of the store")
+            self._safe_dirs.add(done)
 
     def path(self, rel: str) -> str:
         return self._abs(rel)
@@ -310,8 +333,6 @@ _OBJECT_NAME = re.compile(r"[0-9a-f]{32}(?:\.[A-Za-z0-9_-]{1,12}){0,2}\Z")
 
 
 def _is_stage_dir(name: Any) -> bool:
-    from .stage import _STAGE_NAME
-
     return isinstance(name, str) and len(name) <= 200 and _STAGE_NAME.match(name) is not None
 
 
