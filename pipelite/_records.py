@@ -85,6 +85,7 @@ def _objects(entries: Any, what: str, version: int) -> None:
         _need(isinstance(info.get("format"), str) and info["format"] != "",
               f"{what} '{name}' has no format")
         object_rel(info)
+        _need(isinstance(info.get("sample", ""), str), f"{what} '{name}' has a bad sample")
         if version >= 2:
             _need(info.get("bind") == bind(name, info),
                   f"{what} '{name}' does not match its name (swapped or edited)")

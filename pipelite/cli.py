@@ -77,6 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     gc = sub.add_parser("gc", parents=[common],
                         help="delete all but the newest results per stage")
     gc.add_argument("--keep", type=int, default=1, help="results to keep per stage (default 1)")
+    v = sub.add_parser("verify", parents=[common],
+                       help="hash every stored object; move damaged ones to quarantine/")
+    v.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="objects checked in parallel (default: up to 8)")
     run = sub.add_parser(
         "run", parents=[common],
         help="run a notebook's stages headless, with the same cache as the notebook",
@@ -204,6 +208,21 @@ def _run_notebook(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_bar(width: int = 30):
+    """A progress callback for ``Store.scrub``: a bar redrawn in place on a terminal, nothing
+    when stderr is not one (a log gets the summary only)."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int, nbytes: int) -> None:
+        filled = width * done // max(total, 1)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} objects, "
+                         f"{human_bytes(nbytes)}" + ("\n" if done == total else ""))
+        sys.stderr.flush()
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pipelite`` console script."""
     parser = _parser()
@@ -222,6 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(pipe.graph(args.format), end="")
         elif args.command == "gc":
             print(pipe.gc(keep=args.keep))
+        elif args.command == "verify":
+            report = pipe.store.scrub(jobs=args.jobs, progress=_progress_bar())
+            print(report)
+            return 0 if report.ok else 1
     except PipeliteError as exc:
         print(f"pipelite: error: {exc}", file=sys.stderr)
         return 2

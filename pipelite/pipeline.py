@@ -26,6 +26,7 @@ from .errors import (
     UnknownArtifactError,
     UnknownStageError,
 )
+from ._integrity import check_level
 from .humanize import human_bytes, human_duration
 from .fingerprint import Fingerprint, fingerprint_of, warn_user
 from .stage import REGISTRY, REQUIRED, Registry, Stage, artifact_name, stage_of
@@ -193,7 +194,9 @@ class Pipeline:
 
     ``store`` is a local path (default ``./.pipelite``) or an fsspec URL (``memory://x``,
     ``s3://bucket/prefix``; ``storage_options`` go to fsspec, e.g. credentials or an
-    ``endpoint_url``). ``params`` maps stage names to parameter values.
+    ``endpoint_url``). ``params`` maps stage names to parameter values. ``verify`` says how
+    much of a stored file is checked on every load: ``"sampled"`` (the default), ``"always"``
+    (the whole hash) or ``"never"`` (size only); see ``pipelite._integrity``.
     """
 
     def __init__(
@@ -204,8 +207,10 @@ class Pipeline:
         registry: Registry | None = None,
         *,
         storage_options: Mapping[str, Any] | None = None,
+        verify: str = "sampled",
     ):
         self.store = store if isinstance(store, Store) else Store(store, dict(storage_options or {}))
+        self.store.verify_level = check_level(verify)
         self.params: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (params or {}).items()}
         self.executor = executor
         self.registry = REGISTRY if registry is None else registry

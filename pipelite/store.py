@@ -29,17 +29,18 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import filelock
 
+from ._integrity import sample_digest
 from ._records import BadRecord, bind, check_failure, check_record, is_fingerprint, object_rel
 from .errors import CorruptArtifactError, PipeliteError, UnsafeStorePathError
 from .humanize import human_bytes
 from .formats import PICKLE, format_for, format_named, hash_file
 from .stage import _STAGE_NAME
 
-__all__ = ["Store", "GcReport"]
+__all__ = ["Store", "GcReport", "ScrubReport"]
 
 CHEAP_VERIFY_BYTES = 2 << 20  # files up to this size are hashed on every load (~0.3 ms)
 
@@ -370,6 +371,33 @@ class GcReport:
                 f"freeing {human_bytes(self.bytes)}")
 
 
+@dataclass(frozen=True)
+class ScrubReport:
+    """What ``Store.scrub`` (``pipelite verify``) checked and found."""
+
+    records: int
+    objects: int
+    bytes: int
+    damaged: tuple[tuple[str, str, str | None], ...]  # (path, what is wrong, moved to)
+    missing: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged and not self.missing
+
+    def __str__(self) -> str:
+        lines = [f"checked {self.objects} object(s) ({human_bytes(self.bytes)}) named by "
+                 f"{self.records} record(s): "
+                 + ("all intact" if self.ok else
+                    f"{len(self.damaged)} damaged, {len(self.missing)} missing")]
+        lines += [f"  damaged: {path} ({why})" + (f", moved to {moved}" if moved else "")
+                  for path, why, moved in self.damaged]
+        lines += [f"  missing: {path}" for path in self.missing]
+        if not self.ok:
+            lines.append("  the stages whose results named them will recompute on their next run")
+        return "\n".join(lines)
+
+
 def _summary(value: Any) -> str:
     shape = getattr(value, "shape", None)
     dtype = getattr(value, "dtype", None)
@@ -402,6 +430,7 @@ class Store:
             self._fs = _LocalFS(loc[len("file://"):] if loc.startswith("file://") else loc)
         self._records: dict[str, tuple[tuple, dict]] = {}  # rel -> (file stamp, record)
         self._reported: set[tuple] = set()  # corrupt records already reported
+        self.verify_level = "sampled"  # see pipelite._integrity
 
     @property
     def url(self) -> str:
@@ -594,6 +623,7 @@ class Store:
                 digest = fmt.save(value, tmp)
             digest = digest or hash_file(tmp)
             size = os.path.getsize(tmp)
+            sample = sample_digest(tmp, size) if size > CHEAP_VERIFY_BYTES else None
             _fsync_file(tmp)  # whatever format wrote it (Parquet, a user's format) it is durable
             rel = f"objects/{digest[:2]}/{digest}{fmt.ext}"
             if self._fs.size(rel) == size:
@@ -603,7 +633,7 @@ class Store:
         except BaseException:
             _remove_quietly(tmp)
             raise
-        return {
+        info = {
             "hash": digest,
             "size": size,
             "format": fmt.name,
@@ -611,13 +641,19 @@ class Store:
             "type": f"{type(value).__module__}.{type(value).__qualname__}",
             "summary": _summary(value),
         }
+        if sample is not None:
+            info["sample"] = sample  # 64 blocks, checked on every load of a large file
+        return info
 
     def object_path(self, info: dict) -> str:
         """Where an output's file lives (path or URL), derived from its hash."""
         return self._fs.path(object_rel(info))
 
-    def verify(self, info: dict, full: bool = True) -> None:
-        """Raise ``CorruptArtifactError`` if the object's size (and, if ``full``, hash) is off."""
+    def verify(self, info: dict, full: bool = True, level: str | None = None) -> None:
+        """Raise ``CorruptArtifactError`` if the object's size, or its content at ``level``
+        (``"always"``: the whole hash; ``"sampled"``: whole for small files, 64 blocks for
+        large ones; ``"never"``: size only) is off. ``full=True`` means ``"always"``."""
+        level = "always" if full else (level or self.verify_level)
         rel = self._object_rel(info)
         where = self._fs.path(rel)
         try:
@@ -628,8 +664,20 @@ class Store:
             raise CorruptArtifactError(where, "the file is missing")
         if size != info["size"]:
             raise CorruptArtifactError(where, f"{size} bytes, expected {info['size']}")
-        if full and self._fs.is_local and hash_file(where) != info["hash"]:
-            raise CorruptArtifactError(where, "its content hash does not match")
+        if not self._fs.is_local:
+            return  # remote objects are checked on the local copy that is loaded
+        self._check_content(where, info, level)
+
+    @staticmethod
+    def _check_content(path: str, info: dict, level: str) -> None:
+        if level == "never":
+            return
+        if level == "always" or info["size"] <= CHEAP_VERIFY_BYTES:
+            if hash_file(path) != info["hash"]:
+                raise CorruptArtifactError(path, "its content hash does not match")
+        elif isinstance(info.get("sample"), str) and sample_digest(
+                path, info["size"]) != info["sample"]:
+            raise CorruptArtifactError(path, "its sampled blocks do not match")
 
     def _object_rel(self, info: dict) -> str:
         try:
@@ -638,11 +686,18 @@ class Store:
             raise CorruptArtifactError(f"{self.url}/objects", str(exc)) from None
 
     def load_value(self, info: dict, verify: bool = False) -> Any:
-        """Read an output back. Size is always checked; the hash for small files or ``verify``
-        (on a remote store: the hash of the local copy that is actually loaded)."""
-        full = verify or info["size"] <= CHEAP_VERIFY_BYTES
-        self.verify(info, full=full)
-        local = self._fs.local_copy(self._object_rel(info), info["hash"], verify=full)
+        """Read an output back, checked at the store's ``verify_level`` (``verify=True``: the
+        whole hash); on a remote store the check is of the local copy that is loaded."""
+        level = "always" if verify else self.verify_level
+        self.verify(info, level=level, full=False)
+        rel = self._object_rel(info)
+        if self._fs.is_local:
+            local = self._fs.local_copy(rel, info["hash"])
+        else:
+            full = level == "always" or (level == "sampled" and info["size"] <= CHEAP_VERIFY_BYTES)
+            local = self._fs.local_copy(rel, info["hash"], verify=full)
+            if not full and level == "sampled":
+                self._check_content(local, info, level)
         try:
             return format_named(info["format"]).load(local)
         except PipeliteError:
@@ -665,6 +720,56 @@ class Store:
         except OSError:
             return None
         return self._fs.path(dest)
+
+    # -- scrub --------------------------------------------------------------------------------
+    def scrub(self, jobs: int | None = None,
+              progress: Callable[[int, int, int], None] | None = None) -> "ScrubReport":
+        """Hash every object every record names, in parallel. A damaged object is moved to
+        ``quarantine/`` and the records naming it are dropped (their stages recompute); a
+        missing one drops its records too. ``progress(done, total, bytes_done)`` is called as
+        objects are checked."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        users: dict[str, tuple[dict, list[tuple[str, str]]]] = {}
+        records = 0
+        for stage in self.stages():
+            for rec in self.records_of(stage):
+                records += 1
+                for key in ("outputs", "attachments"):
+                    for info in rec.get(key, {}).values():
+                        rel = object_rel(info)
+                        users.setdefault(rel, (info, []))[1].append((stage, rec["fingerprint"]))
+
+        def check(rel: str) -> tuple[str, str | None]:
+            info = users[rel][0]
+            try:
+                if self._fs.is_local:
+                    self.verify(info, full=True)
+                else:
+                    self.verify(info, full=False, level="never")
+                    self._fs.local_copy(rel, info["hash"], verify=True)
+            except CorruptArtifactError as exc:
+                return rel, exc.detail
+            return rel, None
+
+        damaged: list[tuple[str, str, str | None]] = []
+        missing: list[str] = []
+        done = nbytes = 0
+        with ThreadPoolExecutor(max_workers=jobs or min(8, (os.cpu_count() or 2))) as pool:
+            for rel, problem in pool.map(check, sorted(users)):
+                done += 1
+                nbytes += users[rel][0]["size"]
+                if progress is not None:
+                    progress(done, len(users), nbytes)
+                if problem is None:
+                    continue
+                if problem == "the file is missing":
+                    missing.append(self._fs.path(rel))
+                else:
+                    damaged.append((self._fs.path(rel), problem, self.quarantine(users[rel][0])))
+                for stage, fingerprint in users[rel][1]:
+                    self.drop_record(stage, fingerprint)
+        return ScrubReport(records, len(users), nbytes, tuple(damaged), tuple(missing))
 
     # -- locks ----------------------------------------------------------------------------------
     def lock(self, stage: str, fingerprint: str) -> filelock.FileLock:

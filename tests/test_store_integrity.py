@@ -1,0 +1,123 @@
+"""What a load checks at each verify level, and the full scrub (issue 8, item 5).
+
+Large files (over 2 MiB) are checked on every load by size and 64 sampled blocks; small ones by
+their whole hash; ``verify="always"`` and ``pipelite verify`` hash everything.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pipelite import CorruptArtifactError, Pipeline, PipeliteError, stage
+from pipelite._integrity import BLOCK, _offsets
+
+N = 1_000_000  # 8 MB of float64: a "large" file
+
+
+def define():
+    @stage(outputs="big")
+    def make():
+        return np.arange(N, dtype=np.float64)
+
+    return make
+
+
+def the_object(store_dir):
+    (obj,) = (store_dir / "objects").rglob("*.npy")
+    return obj
+
+
+def flip(path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def a_gap_offset(size: int) -> int:
+    """An offset between two sampled blocks."""
+    offs = _offsets(size)
+    return offs[10] + BLOCK + (offs[11] - offs[10] - BLOCK) // 2
+
+
+@pytest.mark.parametrize("where", ["header", "tail", "a sampled block"])
+def test_a_same_size_flip_in_a_sampled_block_of_a_large_file_is_caught(store_dir, where):
+    define()
+    Pipeline(store=str(store_dir)).run("make")
+    obj = the_object(store_dir)
+    size = obj.stat().st_size
+    flip(obj, {"header": 3, "tail": size - 5, "a sampled block": _offsets(size)[20] + 7}[where])
+    p = Pipeline(store=str(store_dir))
+    with pytest.raises(CorruptArtifactError, match="sampled blocks do not match"):
+        p.load("big")
+    result = p.run("make")  # recomputed, and the good value comes back
+    assert result.executed == ["make"] and result["big"][5] == 5.0
+
+
+def test_a_flip_between_sampled_blocks_is_caught_by_verify_always_not_by_sampled(store_dir):
+    define()
+    Pipeline(store=str(store_dir)).run("make")
+    obj = the_object(store_dir)
+    flip(obj, a_gap_offset(obj.stat().st_size))
+    assert Pipeline(store=str(store_dir)).load("big") is not None  # the documented limit
+    with pytest.raises(CorruptArtifactError, match="content hash does not match"):
+        Pipeline(store=str(store_dir), verify="always").load("big")
+
+
+def test_verify_never_checks_only_the_size(store_dir):
+    @stage(outputs="small")
+    def small():
+        return np.arange(10.0)
+
+    Pipeline(store=str(store_dir)).run("small")
+    flip(the_object(store_dir), 200)
+    assert Pipeline(store=str(store_dir), verify="never").load("small") is not None
+    with pytest.raises(CorruptArtifactError):
+        Pipeline(store=str(store_dir)).load("small")  # sampled: small files hashed whole
+
+
+def test_an_unknown_verify_level_is_refused_with_the_choices():
+    with pytest.raises(PipeliteError, match="'always', 'sampled', 'never'"):
+        Pipeline(verify="sometimes")
+
+
+def test_pipelite_verify_reports_and_quarantines_damage_and_exits_1(store_dir):
+    define()
+    p = Pipeline(store=str(store_dir))
+    p.run("make")
+    obj = the_object(store_dir)
+    flip(obj, a_gap_offset(obj.stat().st_size))  # what the sampled check cannot see
+    done = subprocess.run([sys.executable, "-m", "pipelite.cli", "verify", "--store",
+                           str(store_dir)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "1 damaged" in done.stdout and str(obj) in done.stdout
+    assert "moved to" in done.stdout and not obj.exists()
+    assert len(list((store_dir / "quarantine").iterdir())) == 1
+    assert Pipeline(store=str(store_dir)).status()[0].state != "fresh"  # its record dropped
+    assert Pipeline(store=str(store_dir)).run("make").executed == ["make"]
+
+
+def test_pipelite_verify_on_an_intact_store_exits_0(store_dir):
+    define()
+    Pipeline(store=str(store_dir)).run("make")
+    done = subprocess.run([sys.executable, "-m", "pipelite.cli", "verify", "--store",
+                           str(store_dir), "--jobs", "2"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "checked 1 object(s)" in done.stdout and "all intact" in done.stdout
+
+
+def test_the_sample_is_the_same_for_the_same_bytes_and_differs_for_others(tmp_path):
+    from pipelite._integrity import sample_digest
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    data = bytes(range(256)) * 40_000
+    a.write_bytes(data)
+    b.write_bytes(data)
+    assert sample_digest(str(a), len(data)) == sample_digest(str(b), len(data))
+    flip(b, len(data) - 1)
+    assert sample_digest(str(a), len(data)) != sample_digest(str(b), len(data))
