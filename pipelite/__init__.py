@@ -28,6 +28,7 @@ from .errors import (
     UnknownArtifactError,
     UnknownStageError,
     UnsafeStorePathError,
+    UntrustedRecordError,
 )
 from .events import StageEvent, subscribe
 from .fingerprint import PipeliteWarning
@@ -66,6 +67,7 @@ __all__ = [
     "UnknownArtifactError",
     "UnknownStageError",
     "UnsafeStorePathError",
+    "UntrustedRecordError",
     "register_format",
     "stage",
     "subscribe",

@@ -143,6 +143,7 @@ def check_record(rec: Any, stage: str, fingerprint: str) -> dict:
     if "observed" in rec:
         _observed(rec["observed"])
     _need(isinstance(rec.get("same_result_as", ""), str), "same_result_as is not text")
+    _need(isinstance(rec.get("signature", ""), str), "its signature is not text")
     return rec
 
 

@@ -77,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     gc = sub.add_parser("gc", parents=[common],
                         help="delete all but the newest results per stage")
     gc.add_argument("--keep", type=int, default=1, help="results to keep per stage (default 1)")
+    t = sub.add_parser("trust", parents=[common],
+                       help="sign every record of a store with your key: accept its pickles "
+                            "and replayed outputs as if you had written them")
+    t.add_argument("location", nargs="?", metavar="STORE",
+                   help="the store (default: --store, or ./.pipelite)")
     v = sub.add_parser("verify", parents=[common],
                        help="hash every stored object; move damaged ones to quarantine/")
     v.add_argument("--jobs", type=int, default=None, metavar="N",
@@ -229,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         return _run_notebook(args)
-    store = args.store or DEFAULT_STORE
+    store = getattr(args, "location", None) or args.store or DEFAULT_STORE
     try:
         _check_store_exists(store)
         pipe = _pipeline(store)
@@ -241,6 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(pipe.graph(args.format), end="")
         elif args.command == "gc":
             print(pipe.gc(keep=args.keep))
+        elif args.command == "trust":
+            count = pipe.store.trust()
+            print(f"signed {count} record(s) of {pipe.store.url} with your key: its pickles "
+                  f"and replayed outputs now load")
         elif args.command == "verify":
             report = pipe.store.scrub(jobs=args.jobs, progress=_progress_bar())
             print(report)

@@ -76,6 +76,12 @@ class UnsafeStorePathError(PipeliteError):
     PipeLite refuses to open, rename or delete it."""
 
 
+class UntrustedRecordError(PipeliteError):
+    """A stored result that could run code when loaded (a pickle, a user format, a cell's
+    replayed output) comes from a record not signed with your key: accept the store with
+    ``pipelite trust STORE`` if you trust whoever wrote it."""
+
+
 class CycleError(StageDefinitionError):
     """The stages' inputs and outputs form a cycle."""
 

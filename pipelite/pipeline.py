@@ -776,7 +776,8 @@ class Pipeline:
                 f"Run pipeline.run('{producer}') first"
             )
         try:
-            return self.store.load_value(ev.record["outputs"][name], verify=verify)
+            return self.store.load_value(ev.record["outputs"][name], verify=verify,
+                                         record=ev.record)
         except CorruptArtifactError:
             # move the bad file aside (into quarantine/): the recompute writes the same
             # content-addressed path, and an object of the right size there would be kept
@@ -797,7 +798,11 @@ class Pipeline:
                                 None)[stage_name]
             record = ev.record if ev.state == "fresh" else None
         info = (record or {}).get("attachments", {}).get(name)
-        return None if info is None else self.store.load_value(info)
+        if info is None:
+            return None
+        # a cell's captured output can carry HTML and JavaScript: only from a signed record
+        self.store.require_trust(record, f"attachment '{name}'")
+        return self.store.load_value(info, record=record)
 
     @_user_facing
     def producers(self) -> dict[str, str]:
@@ -884,7 +889,7 @@ def _checked_record(store: Store, name: str, digest: str
 
 def _load_input(store: Store, stage: str, record: dict, info: dict) -> Any:
     try:
-        return store.load_value(info)
+        return store.load_value(info, record=record)
     except CorruptArtifactError as exc:
         raise _CorruptInput(stage, record, info, exc) from None
 

@@ -34,8 +34,14 @@ from typing import Any, Callable
 import filelock
 
 from ._integrity import sample_digest
+from ._trust import SAFE_FORMATS, is_signed, key_source, signature
 from ._records import BadRecord, bind, check_failure, check_record, is_fingerprint, object_rel
-from .errors import CorruptArtifactError, PipeliteError, UnsafeStorePathError
+from .errors import (
+    CorruptArtifactError,
+    PipeliteError,
+    UnsafeStorePathError,
+    UntrustedRecordError,
+)
 from .humanize import human_bytes
 from .formats import PICKLE, format_for, format_named, hash_file
 from .stage import _STAGE_NAME
@@ -559,6 +565,7 @@ class Store:
                 info["bind"] = bind(name, info)
         record["format_version"] = 2
         check_record(record, stage, fingerprint)  # never write what could not be read back
+        record["signature"] = signature(record)  # you wrote it: your key vouches for it
         data = _record_text(record).encode()
         rel = self._record_rel(stage, fingerprint)
         self._fs.write_atomic(rel, data)
@@ -685,10 +692,17 @@ class Store:
         except BadRecord as exc:
             raise CorruptArtifactError(f"{self.url}/objects", str(exc)) from None
 
-    def load_value(self, info: dict, verify: bool = False) -> Any:
+    def load_value(self, info: dict, verify: bool = False, record: dict | None = None) -> Any:
         """Read an output back, checked at the store's ``verify_level`` (``verify=True``: the
-        whole hash); on a remote store the check is of the local copy that is loaded."""
+        whole hash); on a remote store the check is of the local copy that is loaded.
+
+        A format that can run code when loaded (pickle, a user format) needs ``record``, the
+        record naming it, signed with your key (``UntrustedRecordError`` otherwise), and is
+        always hashed whole first: its bytes are exactly the ones that were signed."""
         level = "always" if verify else self.verify_level
+        if info.get("format") not in SAFE_FORMATS:
+            self.require_trust(record, f"output in format '{info.get('format')}'")
+            level = "always"
         self.verify(info, level=level, full=False)
         rel = self._object_rel(info)
         if self._fs.is_local:
@@ -704,6 +718,31 @@ class Store:
             raise
         except Exception as exc:  # noqa: BLE001 - an unreadable file is a corrupt file
             raise CorruptArtifactError(local, f"it cannot be read: {exc}") from None
+
+    def require_trust(self, record: dict | None, what: str) -> None:
+        """Raise ``UntrustedRecordError`` unless ``record`` is signed with your key."""
+        if record is not None and is_signed(record):
+            return
+        stage = (record or {}).get("stage", "?")
+        raise UntrustedRecordError(
+            f"stage '{stage}': refusing to load its {what} from {self.url}: its record is not "
+            f"signed with your key ({key_source()}), and loading it could run code. If you "
+            f"trust whoever wrote this store, run: pipelite trust {self.url}")
+
+    def trust(self) -> int:
+        """Sign every record in the store with your key (``pipelite trust STORE``): accept
+        its pickles and replayed outputs as yours. Returns how many records were signed."""
+        count = 0
+        for stage in self.stages():
+            for rec in self.records_of(stage):
+                if is_signed(rec):
+                    continue
+                rec = dict(rec, signature=signature(rec))
+                rel = self._record_rel(stage, rec["fingerprint"])
+                self._fs.write_atomic(rel, _record_text(rec).encode())
+                self._records.pop(rel, None)
+                count += 1
+        return count
 
     def quarantine(self, info: dict) -> str | None:
         """Move a damaged object aside, into ``quarantine/`` in the store (never deleted, and

@@ -20,7 +20,7 @@ from pipelite import (
     subscribe,
 )
 from pipelite._cellcode import definitions
-from pipelite.errors import DuplicateProducerError
+from pipelite.errors import DuplicateProducerError, UntrustedRecordError
 from pipelite.humanize import human_duration
 
 from .cell import CompiledCell, OutputCapture, replay
@@ -186,8 +186,12 @@ class PipeliteSession(Configurable):
             print(f"[pipelite] {name}: loaded from store (run {when}, saved "
                   f"{_seconds(saved)} of compute)")
             sys.stdout.flush()
-            replay(self.shell, self.pipeline.attachment(name, OUTPUTS_ATTACHMENT,
-                                                        record=record) or [])
+            try:
+                events = self.pipeline.attachment(name, OUTPUTS_ATTACHMENT, record=record)
+            except UntrustedRecordError as exc:  # the values loaded; only the replay is held
+                print(f"[pipelite] {name}: not replaying its stored output: {exc}")
+                events = None
+            replay(self.shell, events or [])
         return StageOutcome(name, computed, dict(result), record, list(result.executed))
 
     def _executor(self, name: str, compiled: CompiledCell) -> Callable[[str, dict], dict]:

@@ -1,7 +1,15 @@
 """Shared fixtures: a clean stage registry and a temporary store for every test."""
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
+
+# Records are signed with a key (pipelite._trust): the tests', not the machine user's. Kernels
+# and workers the tests start inherit it.
+os.environ.setdefault("PIPELITE_KEY_FILE", os.path.join(
+    tempfile.mkdtemp(prefix="pipelite-test-key-"), "signing.key"))
 
 from pipelite import REGISTRY, Pipeline
 
