@@ -221,7 +221,12 @@ class _FsspecFS:
         self.root = root.rstrip("/")
         self.url = url
         key = __import__("xxhash").xxh3_64_hexdigest(url.encode())
-        self._cache = os.path.join(tempfile.gettempdir(), "pipelite-cache", key)
+        # in your own cache folder, not the shared temp dir, where another user could plant
+        # files or links for this store's objects
+        base = os.path.join(os.path.expanduser(os.environ.get("XDG_CACHE_HOME") or "~/.cache"),
+                            "pipelite")
+        os.makedirs(base, mode=0o700, exist_ok=True)
+        self._cache = os.path.join(base, key)
 
     def path(self, rel: str) -> str:
         return f"{self.root}/{_check_rel(rel)}"

@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -345,12 +344,12 @@ def _run_and_reload(make_store, monkeypatch, tmp_path):
         return float(np.trace(matrix))
 
     # each Pipeline gets its own local cache directory, so the second must fetch from the store
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "cache1"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache1"))
     first = Pipeline(store=make_store())
     out = first.run()
     assert sorted(out.executed) == ["matrix", "trace"]
 
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "cache2"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache2"))
     second = Pipeline(store=make_store())
     assert {s.name: s.state for s in second.status()} == {"matrix": "fresh", "trace": "fresh"}
     again = second.run()

@@ -243,3 +243,18 @@ def test_a_result_whose_latest_pointer_was_never_written_is_still_found(store_di
     REGISTRY.clear()
     (s,) = fresh_pipeline(store_dir).status()
     assert s.state == "fresh" and s.outputs[0].name == "arr"
+
+
+def test_a_remote_stores_local_cache_is_in_your_cache_folder_not_the_shared_temp_dir(
+        tmp_path, monkeypatch):
+    import tempfile
+    import uuid
+
+    from pipelite import Store
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-home"))
+    store = Store(f"memory://trust-{uuid.uuid4().hex}")
+    (cache,) = store.local_dirs()
+    assert cache.startswith(str(tmp_path / "cache-home"))
+    assert not cache.startswith(tempfile.gettempdir() + os.sep + "pipelite-cache")
+    assert oct((tmp_path / "cache-home" / "pipelite").stat().st_mode & 0o777) == oct(0o700)
