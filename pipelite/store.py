@@ -25,7 +25,6 @@ import os
 import re
 import stat as _stat
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
