@@ -105,12 +105,7 @@ def _hook(event: str, args: tuple, _ident=threading.get_ident) -> None:
                 for r in _all:
                     r.opens.append(item)
         elif event == "import":
-            r = _by_thread.get(_ident())
-            if r is not None:
-                r.modules.append(args[0])
-            else:
-                for r in _all:
-                    r.modules.append(args[0])
+            _deliver("modules", args[0])
         elif event == "os.listdir" or event == "os.scandir":
             path = args[0]
             if type(path) is int:
@@ -118,17 +113,20 @@ def _hook(event: str, args: tuple, _ident=threading.get_ident) -> None:
             # the import system lists sys.path folders to find modules: not the stage's doing
             if sys._getframe(1).f_code.co_filename.startswith("<frozen importlib"):
                 return
-            item = ("." if path is None else path) if _cwd is not None else (os.getcwd(), path or ".")
-            r = _by_thread.get(_ident())
-            if r is not None:
-                r.listings.append(item)
-            else:
-                for r in _all:
-                    r.listings.append(item)
+            _deliver("listings", ("." if path is None else path) if _cwd is not None
+                     else (os.getcwd(), path or "."))
         elif event == "os.chdir" or event == "os.fchdir":
             _cwd = None
     except Exception:  # noqa: BLE001 - an audit hook must never break the operation it sees
         pass
+
+
+def _deliver(kind: str, item: Any) -> None:
+    """Give an event to the stage running on this thread, else to every running stage
+    (``open``, the hot one, does the same inline)."""
+    r = _by_thread.get(threading.get_ident())
+    for rec in (r,) if r is not None else _all:
+        getattr(rec, kind).append(item)
 
 
 def _install() -> None:
