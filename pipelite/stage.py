@@ -119,10 +119,7 @@ def _output_names(stage_name: str, outputs: Any) -> tuple[str, ...]:
             f"stage '{stage_name}': outputs={outputs!r} ({type(outputs).__name__}) is not an "
             f"artifact name: pass outputs='name', an Artifact class, or a list of them, e.g. "
             f"outputs=['model', 'metrics']")
-    try:
-        names = _names(outputs)
-    except InvalidNameError as exc:
-        raise StageDefinitionError(f"stage '{stage_name}': outputs: {exc}") from None
+    names = _names(outputs)  # a bad name is an InvalidNameError (a ValueError), as before
     _refuse_duplicate_outputs(stage_name, names)
     return names
 
