@@ -14,6 +14,8 @@ __all__ = ["main"]
 
 
 DEFAULT_STORE = ".pipelite"
+_EMPTY_STORE = ("pipelite: error: --store is empty: give the store's directory or fsspec URL, "
+                "or leave --store out for ./.pipelite")
 
 
 def _pipeline(store: str):
@@ -184,8 +186,21 @@ def _run_notebook(args: argparse.Namespace) -> int:
     if not os.path.exists(path):
         print(f"pipelite: error: no notebook at {args.notebook}", file=sys.stderr)
         return 2
-    nb = nbformat.read(path, as_version=4)
+    if os.path.isdir(path):
+        print(f"pipelite: error: {args.notebook} is a directory: give a notebook file "
+              f"(NOTEBOOK.ipynb)", file=sys.stderr)
+        return 2
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception as exc:  # noqa: BLE001 - not JSON, not a notebook, unreadable
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"pipelite: error: {args.notebook} is not a readable Jupyter notebook ({why}): "
+              f"give an .ipynb file saved by Jupyter", file=sys.stderr)
+        return 2
     store = args.store  # None: the notebook's own store, ./.pipelite beside it
+    if store is not None and not store.strip():
+        print(_EMPTY_STORE, file=sys.stderr)
+        return 2
     if store and "://" not in store:
         store = os.path.abspath(os.path.expanduser(store))
     runnable = prepare_notebook(nb, args.stages, store, args.force)
@@ -202,7 +217,12 @@ def _run_notebook(args: argparse.Namespace) -> int:
         return 1
     finally:
         if args.output:
-            nbformat.write(runnable, args.output)
+            try:
+                nbformat.write(runnable, args.output)
+            except OSError as exc:
+                print(f"pipelite: error: cannot write the executed notebook to {args.output}: "
+                      f"{exc.strerror or exc}", file=sys.stderr)
+                return 2  # noqa: B012 - the write failing is the error to report
     if targeted and not _report_cell_errors(runnable, args.notebook):
         return 1
     for cell in runnable.cells:
@@ -234,7 +254,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         return _run_notebook(args)
-    store = getattr(args, "location", None) or args.store or DEFAULT_STORE
+    store_arg = getattr(args, "location", None) or args.store
+    if store_arg is not None and not store_arg.strip():
+        print(_EMPTY_STORE, file=sys.stderr)  # not silently the default store
+        return 2
+    store = DEFAULT_STORE if store_arg is None else store_arg
     try:
         _check_store_exists(store)
         pipe = _pipeline(store)

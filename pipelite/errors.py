@@ -88,3 +88,27 @@ class CycleError(StageDefinitionError):
 
 class GraphvizNotFoundError(PipeliteError):
     """SVG output needs the Graphviz ``dot`` program."""
+
+
+class InvalidArgumentError(PipeliteError, ValueError):
+    """An argument to a PipeLite call has the wrong type or value (also a ``ValueError``)."""
+
+
+class StoreLocationError(PipeliteError):
+    """A store location (or its ``storage_options``) that cannot be used: an empty path, a
+    path that is not a directory or cannot be created, an unknown or uninstalled fsspec
+    protocol."""
+
+
+class FormatError(PipeliteError):
+    """A format given to ``register_format`` is unusable, or failed; ``__cause__`` is the
+    original error where there is one."""
+
+
+class FormatSaveError(FormatError, StageOutputError):
+    """A format registered with ``register_format`` raised while saving a value (nothing was
+    stored; the value is not silently pickled instead)."""
+
+
+class FormatLoadError(FormatError):
+    """A format registered with ``register_format`` raised while loading a stored file."""

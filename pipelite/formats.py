@@ -12,6 +12,7 @@ import json
 import math
 import os
 import pickle
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -37,6 +38,21 @@ class Format:
     matches: Callable[[Any], bool]
     save: Callable[[Any, str], "str | None"]
     load: Callable[[str], Any]
+    # the exceptions with which a built-in format refuses a value it cannot hold (then the
+    # value is pickled instead); empty for pickle and for user formats: their errors surface
+    refusals: tuple = ()
+
+    def falls_back_to_pickle(self, exc: BaseException, tmp: str) -> bool:
+        """Whether a failed ``save`` to ``tmp`` is this built-in format refusing the value
+        (a frame Parquet cannot hold, say) before writing anything, so pickle may store it.
+        Any other failure (a user's format, a full disk, a half-written file) is raised."""
+        refusals = self.refusals() if callable(self.refusals) else self.refusals
+        if not refusals or not isinstance(exc, refusals):
+            return False
+        try:
+            return os.path.getsize(tmp) == 0
+        except OSError:
+            return True  # nothing was written
 
 
 def hash_file(path: str) -> str:
@@ -196,14 +212,91 @@ def _load_pickle(path: str) -> Any:
         return pickle.load(f)
 
 
+def _polars_refusals() -> tuple:
+    pl = sys.modules.get("polars")
+    extra = getattr(getattr(pl, "exceptions", None), "PolarsError", None)
+    return _REFUSALS + ((extra,) if isinstance(extra, type) else ())
+
+
+_REFUSALS = (TypeError, ValueError, NotImplementedError)  # pyarrow's Arrow*Error among them
 PICKLE = Format("pickle", ".pkl", lambda v: True, _save_pickle, _load_pickle)
 _BUILTIN = [
-    Format("npy", ".npy", _is_plain_ndarray, _save_npy, _load_npy),
-    Format("parquet-pandas", ".parquet", _is_pandas_frame, _save_pandas, _load_pandas),
-    Format("parquet-polars", ".parquet", _is_polars_frame, _save_polars, _load_polars),
-    Format("json", ".json", _is_json_exact, _save_json, _load_json),
+    Format("npy", ".npy", _is_plain_ndarray, _save_npy, _load_npy, _REFUSALS),
+    Format("parquet-pandas", ".parquet", _is_pandas_frame, _save_pandas, _load_pandas,
+           _REFUSALS),
+    Format("parquet-polars", ".parquet", _is_polars_frame, _save_polars, _load_polars,
+           _polars_refusals),
+    Format("json", ".json", _is_json_exact, _save_json, _load_json, _REFUSALS),
 ]
 _USER: list[Format] = []
+_EXT = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9_+.-]{0,14}\Z")
+
+
+def _check_format_args(type_: Any, save: Any, load: Any, ext: Any, name: Any) -> str:
+    """The checked extension (with its leading dot), or a ``FormatError`` saying what to fix."""
+    from .errors import FormatError
+
+    if not isinstance(type_, type):
+        raise FormatError(f"register_format: the first argument is the type whose values the "
+                          f"format stores (a class), not {type(type_).__name__} {type_!r}")
+    for what, fn in (("save", save), ("load", load)):
+        if not callable(fn):
+            raise FormatError(f"register_format({type_.__qualname__}, ...): {what} must be a "
+                              f"function, not {type(fn).__name__} {fn!r}")
+    if not isinstance(ext, str):
+        raise FormatError(f"register_format({type_.__qualname__}, ...): ext must be a file "
+                          f"extension string such as '.mdl', not {type(ext).__name__}")
+    dotted = ext if ext.startswith(".") else "." + ext  # "mdl" means ".mdl"
+    if not _EXT.match(dotted) or ".." in dotted or dotted.endswith("."):
+        raise FormatError(
+            f"register_format({type_.__qualname__}, ...): ext={ext!r} cannot be part of a "
+            f"file name: use a dot then 1 to 15 letters, digits, '_', '-', '+' or single "
+            f"'.' (e.g. '.mdl' or '.tar.gz'); no '/', '\\', '..' or control characters")
+    if name is not None:
+        if not isinstance(name, str) or not name.strip():
+            raise FormatError(f"register_format({type_.__qualname__}, ...): name must be a "
+                              f"non-empty string, not {name!r}")
+        if name in {f.name for f in (*_BUILTIN, PICKLE)}:
+            raise FormatError(
+                f"register_format({type_.__qualname__}, ...): name={name!r} is a built-in "
+                f"format's name (stored values of that format would be read with yours): "
+                f"leave name out, or pick another")
+    return dotted
+
+
+def _guard_save(fmt_name: str, save: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
+    from .errors import FormatSaveError
+
+    def guarded(value: Any, path: str) -> Any:
+        __tracebackhide__ = True
+        try:
+            return save(value, path)
+        except Exception as exc:  # noqa: BLE001 - the user's format failing is their bug
+            raise FormatSaveError(
+                f"the registered format '{fmt_name}' failed to save a "
+                f"{type(value).__qualname__}: {type(exc).__name__}: {exc}. Nothing was "
+                f"stored (the value is not pickled instead): fix that format's save function"
+            ) from exc
+
+    return guarded
+
+
+def _guard_load(fmt_name: str, load: Callable[[str], Any]) -> Callable[[str], Any]:
+    from .errors import FormatLoadError
+
+    def guarded(path: str) -> Any:
+        __tracebackhide__ = True
+        try:
+            return load(path)
+        except Exception as exc:  # noqa: BLE001 - not a corrupt file: the user's own loader
+            raise FormatLoadError(
+                f"the registered format '{fmt_name}' failed to load {path}: "
+                f"{type(exc).__name__}: {exc}. Fix that format's load function (the file "
+                f"was stored by its save function; pipeline.load(..., verify=True) checks "
+                f"that its bytes are intact)"
+            ) from exc
+
+    return guarded
 
 
 def register_format(type_: type, save: Callable[[Any, str], None], load: Callable[[str], Any],
@@ -214,11 +307,17 @@ def register_format(type_: type, save: Callable[[Any, str], None], load: Callabl
 
     Register the same format in every process that loads such artifacts. Later registrations
     for the same type replace earlier ones.
+
+    ``ext`` becomes part of stored file names: a dot then up to 15 letters, digits, '_', '-',
+    '+' or '.' (``"mdl"`` without the dot means ``".mdl"``); anything else is a
+    ``FormatError``. If ``save`` or ``load`` raises, that is a ``FormatSaveError`` /
+    ``FormatLoadError`` naming the format, with the original error as ``__cause__``: the
+    value is not pickled instead, and the file is not taken for a corrupt one.
     """
-    if not ext.startswith("."):
-        ext = "." + ext
+    ext = _check_format_args(type_, save, load, ext, name)
     fmt_name = name or f"{type_.__module__}.{type_.__qualname__}"
-    fmt = Format(fmt_name, ext, lambda v: isinstance(v, type_), save, load)
+    fmt = Format(fmt_name, ext, lambda v: isinstance(v, type_), _guard_save(fmt_name, save),
+                 _guard_load(fmt_name, load))
     _USER[:] = [f for f in _USER if f.name != fmt_name]
     _USER.insert(0, fmt)
     return fmt

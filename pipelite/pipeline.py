@@ -15,14 +15,18 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from . import _observe, events
+from ._location import check_store_location
 from .errors import (
     CorruptArtifactError,
     CycleError,
+    FormatSaveError,
+    InvalidArgumentError,
     MissingInputError,
     ParameterError,
     PipeliteError,
     StageOutputError,
     StaleArtifactError,
+    StoreLocationError,
     UnknownArtifactError,
     UnknownStageError,
 )
@@ -209,9 +213,30 @@ class Pipeline:
         storage_options: Mapping[str, Any] | None = None,
         verify: str = "sampled",
     ):
-        self.store = store if isinstance(store, Store) else Store(store, dict(storage_options or {}))
-        self.store.verify_level = check_level(verify)
-        self.params: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (params or {}).items()}
+        __tracebackhide__ = True
+        try:
+            if isinstance(store, Store):
+                if storage_options is not None:
+                    raise StoreLocationError(
+                        "storage_options are for a store given as a path or URL; this store "
+                        "is a Store object already: pass them to Store(url, storage_options=...)")
+                self.store = store
+            else:
+                check_store_location(store, storage_options)
+                self.store = Store(store, dict(storage_options or {}))
+            self.store.verify_level = check_level(verify)
+            self.params: dict[str, dict[str, Any]] = _checked_params(params, "Pipeline")
+            if executor is not None and not callable(getattr(executor, "submit", None)):
+                raise InvalidArgumentError(
+                    f"executor must have a submit() method (a concurrent.futures executor or a "
+                    f"dask.distributed.Client), not {type(executor).__name__} {executor!r}; "
+                    f"pass executor=None to run stages in this process")
+            if registry is not None and not isinstance(registry, Registry):
+                raise InvalidArgumentError(
+                    f"registry must be a pipelite.Registry, not {type(registry).__name__}; "
+                    f"leave it out to use the stages declared with @stage")
+        except PipeliteError as exc:
+            raise exc.with_traceback(None) from exc.__cause__
         self.executor = executor
         self.registry = REGISTRY if registry is None else registry
 
@@ -500,6 +525,7 @@ class Pipeline:
         Checking never rehashes stored data: inputs are compared by their recorded hashes.
         """
         __tracebackhide__ = True
+        params = _checked_params(params, "status")
         producers = self._producers()
         cycles: dict[str, str] = {}
         order = self._order(self._all_names(), producers, cycles)
@@ -538,6 +564,8 @@ class Pipeline:
         upstream's outputs come out unchanged (early cut-off).
         """
         __tracebackhide__ = True
+        _checked_bool(force, "plan", "force")
+        params = _checked_params(params, "plan")
         targets = self._targets(target)
         producers = self._producers()
         order = self._order(targets, producers)
@@ -561,6 +589,8 @@ class Pipeline:
         recomputes the targets themselves. Returns the targets' outputs by artifact name.
         """
         __tracebackhide__ = True
+        _checked_bool(force, "run", "force")
+        params = _checked_params(params, "run")
         targets = self._targets(target)
         self._check_param_stages(params)
         for name in targets:
@@ -837,6 +867,16 @@ class Pipeline:
     @_user_facing
     def gc(self, keep: int = 1) -> GcReport:
         """Delete all but the newest ``keep`` results per stage, and unreferenced files."""
+        __tracebackhide__ = True
+        if isinstance(keep, bool) or not hasattr(type(keep), "__index__"):
+            raise InvalidArgumentError(
+                f"gc(keep={keep!r}): keep must be a whole number of results to keep per stage, "
+                f"1 or more (got {type(keep).__name__}); e.g. gc(keep=1)")
+        keep = int(keep)
+        if keep < 1:
+            raise InvalidArgumentError(
+                f"gc(keep={keep}): keep must be at least 1 (use invalidate(name) to forget a "
+                f"stage entirely)")
         return self.store.gc(keep=keep)
 
     @_user_facing
@@ -847,6 +887,47 @@ class Pipeline:
         return render(self.status(), format)
 
 
+
+
+def _checked_params(params: Any, where: str) -> dict[str, dict[str, Any]]:
+    """``params`` as ``{stage name: {parameter: value}}`` (copied), or an error that shows the
+    shape expected."""
+    if params is None:
+        return {}
+    example = "params={'train_model': {'epochs': 5}}"
+    if not isinstance(params, Mapping):
+        raise ParameterError(
+            f"{where}(params=...) must map stage names to their parameters, e.g. {example}; "
+            f"got {type(params).__name__} {_short_repr(params)}")
+    checked: dict[str, dict[str, Any]] = {}
+    for name, values in params.items():
+        if not isinstance(name, str):
+            st = stage_of(name)
+            hint = f": use its name, '{st.name}'" if st is not None else ""
+            raise ParameterError(
+                f"{where}(params=...): keys are stage names (strings), not "
+                f"{type(name).__name__} {_short_repr(name)}{hint}; e.g. {example}")
+        if not isinstance(values, Mapping):
+            raise ParameterError(
+                f"{where}(params=...): the parameters of stage '{name}' must be a mapping of "
+                f"parameter names to values, e.g. params={{'{name}': {{'epochs': 5}}}}; got "
+                f"{type(values).__name__} {_short_repr(values)}")
+        for pname in values:
+            if not isinstance(pname, str):
+                raise ParameterError(
+                    f"{where}(params=...): parameter names of stage '{name}' are strings, not "
+                    f"{type(pname).__name__} {_short_repr(pname)}; e.g. "
+                    f"params={{'{name}': {{'epochs': 5}}}}")
+        checked[name] = dict(values)
+    return checked
+
+
+def _checked_bool(value: Any, where: str, what: str) -> None:
+    """A flag given as something other than True/False ('no' is true) is refused."""
+    if not isinstance(value, bool) and type(value).__name__ != "bool_":  # numpy's bool too
+        raise InvalidArgumentError(
+            f"{where}({what}={_short_repr(value)}): {what} must be True or False, not "
+            f"{type(value).__name__}")
 
 
 def _is_dask(executor: Any) -> bool:
@@ -979,6 +1060,8 @@ def _compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: d
 def _save_output(store: Store, st: Stage, name: str, value: Any) -> dict:
     try:
         return store.save_value(value)
+    except FormatSaveError as exc:  # the user's format: say which output it was saving
+        raise FormatSaveError(f"stage '{st.name}', output '{name}': {exc}") from exc.__cause__
     except (KeyboardInterrupt, PipeliteError, OSError):
         raise
     except Exception as exc:  # noqa: BLE001 - an unstorable value is the stage's mistake

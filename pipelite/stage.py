@@ -33,6 +33,13 @@ __all__ = [
 
 _STAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
 REQUIRED = inspect.Parameter.empty
+# Stage names become folder and lock-file names in the store (a lock file adds 38 characters
+# to the name); file systems allow 255 bytes a name, so a longer name broke every status().
+MAX_NAME_LENGTH = 200
+
+
+def _shown(name: str) -> str:
+    return repr(name) if len(name) <= 60 else f"{name[:40]!r}... ({len(name)} characters)"
 
 
 def validate_stage_name(name: Any) -> str:
@@ -41,6 +48,11 @@ def validate_stage_name(name: Any) -> str:
         raise InvalidNameError(
             f"invalid stage name {name!r}: use letters, digits, '_' and '-', "
             f"starting with a letter or '_'"
+        )
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidNameError(
+            f"stage name {_shown(name)} is too long: at most {MAX_NAME_LENGTH} characters "
+            f"(it becomes a file name in the store); use a shorter name"
         )
     return name
 
@@ -78,6 +90,11 @@ def _validate_artifact_str(name: Any) -> str:
         raise InvalidNameError(
             f"invalid artifact name {name!r}: artifact names must be Python identifiers"
         )
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidNameError(
+            f"artifact name {_shown(name)} is too long: at most {MAX_NAME_LENGTH} characters; "
+            f"use a shorter name"
+        )
     return name
 
 
@@ -92,6 +109,28 @@ def _names(refs: Any) -> tuple[str, ...]:
     if isinstance(refs, (str, type)):
         refs = [refs]
     return tuple(artifact_name(r) for r in refs)
+
+
+def _output_names(stage_name: str, outputs: Any) -> tuple[str, ...]:
+    """Declared outputs as artifact names: a name, an ``Artifact`` class, or a list of them;
+    each once."""
+    if not isinstance(outputs, (str, type, list, tuple)):
+        raise StageDefinitionError(
+            f"stage '{stage_name}': outputs={outputs!r} ({type(outputs).__name__}) is not an "
+            f"artifact name: pass outputs='name', an Artifact class, or a list of them, e.g. "
+            f"outputs=['model', 'metrics']")
+    names = _names(outputs)  # a bad name is an InvalidNameError (a ValueError), as before
+    _refuse_duplicate_outputs(stage_name, names)
+    return names
+
+
+def _refuse_duplicate_outputs(stage_name: str, names: Iterable[str]) -> None:
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise StageDefinitionError(
+                f"stage '{stage_name}' declares output '{n}' twice: list each artifact once")
+        seen.add(n)
 
 
 def _annotation_artifact(annotation: Any, fn: Any = None) -> str | None:
@@ -128,7 +167,7 @@ class Stage:
         self.single_output: str | None = None
         self.declared_outputs: tuple[str, ...] | None = None
         if outputs is not None:
-            self.declared_outputs = _names(outputs)
+            self.declared_outputs = _output_names(name, outputs)
             if isinstance(outputs, (str, type)):
                 self.single_output = self.declared_outputs[0]
         self.inferred_outputs: tuple[str, ...] | None = None
@@ -160,13 +199,21 @@ class Stage:
             return {}
         if isinstance(result, dict):
             out = {}
+            keys: dict[str, Any] = {}
             for key, value in result.items():
                 try:
-                    out[_key_name(key)] = value
+                    art = _key_name(key)
                 except InvalidNameError as exc:
                     raise StageOutputError(
                         f"stage '{self.name}' returned key {key!r}: {exc}"
                     ) from None
+                if art in out:  # 'train_data' and TrainData are one artifact
+                    raise StageOutputError(
+                        f"stage '{self.name}' returned two values for artifact '{art}' (keys "
+                        f"{_key_shown(keys[art])} and {_key_shown(key)} name the same "
+                        f"artifact): return one value per artifact"
+                    )
+                out[art], keys[art] = value, key
         elif self.declared_outputs and isinstance(result, tuple) and len(result) == len(
             self.declared_outputs
         ):
@@ -229,6 +276,10 @@ def _env_names(stage_name: str, env: Any) -> tuple[str, ...]:
     """The environment variables a stage declares it depends on, checked."""
     if isinstance(env, str):
         env = [env]
+    if env is not None and not isinstance(env, (list, tuple, set, frozenset)):
+        raise StageDefinitionError(
+            f"stage '{stage_name}': env={env!r} ({type(env).__name__}) is not a list of "
+            f"environment variable names: pass env=['VAR', ...], e.g. env=['CUDA_VISIBLE_DEVICES']")
     names = tuple(dict.fromkeys(env or ()))
     for var in names:
         if not isinstance(var, str) or not var or "=" in var or "\0" in var:
@@ -240,6 +291,10 @@ def _env_names(stage_name: str, env: Any) -> tuple[str, ...]:
 
 def _key_name(key: Any) -> str:
     return artifact_name(key)
+
+
+def _key_shown(key: Any) -> str:
+    return key.__name__ if isinstance(key, type) else repr(key)
 
 
 class FunctionStage(Stage):
@@ -368,6 +423,7 @@ class CellStage(Stage):
         outs = tuple(outputs) if outputs is not None else self.analysis.outputs
         super().__init__(name, inputs, {}, None, env=env)
         self.declared_outputs = tuple(_validate_artifact_str(o) for o in outs)
+        _refuse_duplicate_outputs(name, self.declared_outputs)
         # names the cell may read and also binds: name -> (what the cell left, what was before)
         self._self_read = frozenset(self.analysis.free) & frozenset(self.analysis.bound)
         self._left: dict[str, tuple[Any, Any]] = {}

@@ -624,8 +624,8 @@ class Store:
         try:
             try:
                 digest = fmt.save(value, tmp)
-            except Exception:
-                if fmt is PICKLE:
+            except Exception as exc:
+                if not fmt.falls_back_to_pickle(exc, tmp):  # only a built-in format's refusal
                     raise
                 # e.g. a frame Parquet cannot hold (mixed-type object columns): pickle it
                 _remove_quietly(tmp)

@@ -61,9 +61,15 @@ class CompiledCell:
             else:  # a trailing ';' silences the value, as in a plain cell
                 tree.body.append(last_stmt)
         flags = getattr(shell.compile, "flags", 0)
-        self.body = compile(tree, self.filename, "exec", flags=flags, dont_inherit=True)
-        self.last = (compile(last, self.filename, "eval", flags=flags, dont_inherit=True)
-                     if last is not None else None)
+        try:
+            self.body = compile(tree, self.filename, "exec", flags=flags, dont_inherit=True)
+            self.last = (compile(last, self.filename, "eval", flags=flags, dont_inherit=True)
+                         if last is not None else None)
+        except SyntaxError as exc:
+            # errors only the compiler finds ('return' or 'yield' outside a function, 'break'
+            # outside a loop...): the tree's line numbers are the cell's already
+            exc.filename = self.filename
+            raise CellSyntaxError(exc) from None
 
     def run(self, namespace: dict) -> None:
         """Run the cell in ``namespace``; display the value of a final expression."""

@@ -18,6 +18,7 @@ from IPython.display import display
 from IPython.utils.process import arg_split
 
 from pipelite import REGISTRY, PipeliteError, StageStatus
+from pipelite._location import check_store_location
 from pipelite.humanize import human_bytes, human_duration
 
 from .cell import CellSyntaxError, user_traceback
@@ -75,6 +76,13 @@ def _help_text() -> str:
             if action.option_strings and action.help:
                 lines.append(f"      {', '.join(action.option_strings):<12} {action.help}")
     return "\n".join(lines)
+
+
+def _unquoted(text: str) -> str:
+    """IPython splits magic lines without removing quotes: ``'my store'`` means my store."""
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
 
 
 def _present(exc: BaseException, shell: Any) -> None:
@@ -302,8 +310,12 @@ class PipeliteMagics(Magics):
 
     def _cmd_store(self, args: Any) -> None:
         note = ""
-        if args.path:
-            path = args.path
+        if args.path is not None:
+            path = _unquoted(args.path)
+            if not path.strip():
+                raise UsageError("%pipelite store: the path is empty: give a directory or an "
+                                 "fsspec URL (e.g. %pipelite store .pipelite), or no PATH to "
+                                 "show the current store")
             if "://" not in path:
                 path = os.path.abspath(os.path.expanduser(path))
                 existed = os.path.isdir(path)
@@ -315,6 +327,11 @@ class PipeliteMagics(Magics):
                     raise UsageError(f"%pipelite store: cannot use {args.path} as a store: "
                                      f"{exc.strerror or exc}") from None
                 note = "" if existed else " (a new, empty store)"
+            else:
+                try:  # an unknown or uninstalled protocol: say so before switching
+                    check_store_location(path)
+                except PipeliteError as exc:
+                    raise UsageError(f"%pipelite store: {exc}") from None
             self.session.store = path
         print(f"[pipelite] store: {self.pipeline.store.url}{note}")
 

@@ -1,0 +1,110 @@
+"""Checking a store location before it is used: a mistake in it is said up front, naming the
+path or URL, instead of surfacing later as an OSError (or a ValueError from fsspec) from deep
+inside a run."""
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import StoreLocationError
+
+__all__ = ["check_store_location"]
+
+_EXAMPLE = "e.g. '.pipelite' (the default), '/data/pipelite' or 's3://bucket/prefix'"
+
+
+def check_store_location(location: Any, storage_options: Any = None) -> None:
+    """Raise ``StoreLocationError`` if ``location`` (a path or an fsspec URL) cannot be a store,
+    or ``storage_options`` is not a mapping. Nothing is created: a missing local directory
+    is created by the first write, as before; here it is only checked that it could be."""
+    if storage_options is not None and not isinstance(storage_options, Mapping):
+        raise StoreLocationError(
+            f"storage_options must be a mapping of fsspec options (e.g. "
+            f"{{'endpoint_url': 'http://localhost:9000'}}), not {type(storage_options).__name__} "
+            f"{storage_options!r}")
+    if not isinstance(location, (str, os.PathLike)):
+        return  # Store says what it accepts
+    loc = os.fspath(location)
+    if not isinstance(loc, str):
+        return
+    if "://" in loc and not loc.startswith("file://"):
+        _check_protocols(loc)
+        return
+    path = loc[len("file://"):] if loc.startswith("file://") else loc
+    if not path.strip():
+        raise StoreLocationError(
+            f"the store path is empty ({loc!r}): pass a directory or an fsspec URL, {_EXAMPLE}")
+    _check_local_dir(loc, os.path.abspath(os.path.expanduser(path)))
+
+
+def _check_local_dir(given: str, path: str) -> None:
+    if os.path.isdir(path):
+        return
+    if os.path.lexists(path):
+        raise StoreLocationError(
+            f"store {given} is not a directory (it is a file or other non-directory): pick a "
+            f"directory path for the store, {_EXAMPLE}")
+    # the nearest part of the path that exists must be a directory we can create folders in
+    missing = path
+    parent = os.path.dirname(missing)
+    while parent != missing and not os.path.lexists(parent):
+        missing, parent = parent, os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise StoreLocationError(
+            f"store {given} cannot be created: {parent} is not a directory. Pick a directory "
+            f"path for the store, {_EXAMPLE}")
+    # try it: some file systems (/proc, read-only mounts) refuse folders whatever the
+    # permission bits say. The probe folder is removed at once; the first write creates it.
+    try:
+        os.mkdir(missing)
+    except FileExistsError:
+        return  # created meanwhile (another process): fine
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            why += f" (no permission to create folders in {parent})"
+        elif exc.errno == errno.ENOENT:
+            why += f" ({parent} does not allow new folders)"
+        raise StoreLocationError(
+            f"store {given} cannot be created: {why}. Pick a directory you can write to, "
+            f"{_EXAMPLE}") from None
+    try:
+        os.rmdir(missing)
+    except OSError:
+        pass  # someone started using it meanwhile: leave it
+
+
+def _check_protocols(url: str) -> None:
+    """Every protocol of ``url`` (``simplecache::s3://...`` has two) must be known to fsspec
+    and installed."""
+    try:
+        import fsspec
+        from fsspec.registry import known_implementations, registry
+    except ImportError:  # pragma: no cover - fsspec is a dependency
+        raise StoreLocationError(
+            f"store {url} is a URL, which needs fsspec: pip install fsspec") from None
+    for part in url.split("::"):
+        if "://" not in part:
+            continue
+        protocol = part.split("://", 1)[0]
+        if protocol in registry:
+            continue
+        known = known_implementations.get(protocol)
+        if known is None:
+            raise StoreLocationError(
+                f"store {url}: unknown storage protocol '{protocol}' (fsspec has no "
+                f"filesystem of that name): check the spelling; common ones are file, memory, "
+                f"s3 (pip install s3fs, or pipelite[s3]), gcs (pip install gcsfs), "
+                f"abfs (pip install adlfs), sftp (pip install paramiko)")
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except ImportError as exc:
+            package = known.get("class", "").split(".", 1)[0] or protocol
+            hint = f"pip install {package}" + (" (or pipelite[s3])" if protocol in ("s3", "s3a")
+                                               else "")
+            detail = known.get("err") or str(exc)
+            raise StoreLocationError(
+                f"store {url}: the '{protocol}' filesystem is not installed ({detail}): "
+                f"{hint}") from None
