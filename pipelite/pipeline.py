@@ -786,6 +786,10 @@ class Pipeline:
         Numpy arrays come back read-only and memory-mapped. ``verify=True`` rehashes the file.
         """
         __tracebackhide__ = True
+        if not isinstance(verify, (bool, np_bool())):
+            raise InvalidArgumentError(
+                f"load(verify={verify!r}): verify is True (hash the whole file now) or False "
+                f"(the pipeline's verify level); for a level, use Pipeline(verify='always')")
         name = artifact_name(artifact)
         producers = self._producers()
         producer = producers.get(name)
@@ -928,6 +932,12 @@ def _checked_bool(value: Any, where: str, what: str) -> None:
         raise InvalidArgumentError(
             f"{where}({what}={_short_repr(value)}): {what} must be True or False, not "
             f"{type(value).__name__}")
+
+
+def np_bool() -> type:
+    """numpy's bool type when numpy is loaded (a comparison's result is one), else bool."""
+    np = sys.modules.get("numpy")
+    return np.bool_ if np is not None else bool
 
 
 def _is_dask(executor: Any) -> bool:

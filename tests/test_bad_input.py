@@ -493,3 +493,18 @@ def test_cli_run_of_a_directory_is_an_error(tmp_path):
     done = cli("run", "nb.ipynb", cwd=tmp_path)
     assert done.returncode == 2
     assert "nb.ipynb is a directory" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_load_verify_that_is_not_a_bool_is_refused_naming_the_levels(tmp_path):
+    import pipelite
+    from pipelite import Pipeline, stage
+
+    @stage(outputs="v")
+    def v():
+        return 1
+
+    p = Pipeline(store=str(tmp_path / "s"))
+    p.run("v")
+    with pytest.raises(pipelite.InvalidArgumentError, match="Pipeline\\(verify='always'\\)"):
+        p.load("v", verify="yes")
+    assert p.load("v", verify=True) == 1
