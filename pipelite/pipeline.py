@@ -1,6 +1,7 @@
 """The pipeline: resolve dependencies, decide what is fresh, run what is not, explain why."""
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import difflib
 import functools
@@ -25,6 +26,7 @@ from .errors import (
     StaleArtifactError,
     UnknownArtifactError,
     UnknownStageError,
+    limit_error,
 )
 from .humanize import human_bytes, human_duration
 from .fingerprint import Fingerprint, fingerprint_of, warn_user
@@ -709,7 +711,7 @@ class Pipeline:
                       memo: dict | None = None) -> tuple[dict, bool]:
         __tracebackhide__ = True
         url = self.store.url
-        with self.store.lock(st.name, fp.digest):
+        with _stage_lock(self.store, st.name, fp.digest):
             # another process may have computed it while we waited for the lock
             rec = _stored(self.store, st.name, fp, forced)
             if rec is not None:
@@ -820,14 +822,26 @@ class Pipeline:
             if producer is None:
                 raise
             stage_name = producer
-        count = self.store.invalidate(stage_name)
+        try:
+            count = self.store.invalidate(stage_name)
+        except OSError as exc:
+            err = limit_error(exc, self.store.url, action=f"invalidate stage '{stage_name}'")
+            if err is None:
+                raise
+            raise err from exc
         events.emit(events.StageEvent("invalidated", stage_name, self.store.url))
         return count
 
     @_user_facing
     def gc(self, keep: int = 1) -> GcReport:
         """Delete all but the newest ``keep`` results per stage, and unreferenced files."""
-        return self.store.gc(keep=keep)
+        try:
+            return self.store.gc(keep=keep)
+        except OSError as exc:
+            err = limit_error(exc, self.store.url, action="collect garbage (gc)")
+            if err is None:
+                raise
+            raise err from exc
 
     @_user_facing
     def graph(self, format: str = "mermaid") -> str:
@@ -837,6 +851,25 @@ class Pipeline:
         return render(self.status(), format)
 
 
+
+
+@contextlib.contextmanager
+def _stage_lock(store: Store, stage: str, digest: str):
+    """Hold the (stage, fingerprint) lock. Taken only to compute, so a store that cannot be
+    written fails here, before the stage runs: ``StoreNotWritableError``, not a raw OSError."""
+    try:
+        lock = store.lock(stage, digest)
+        lock.acquire()
+    except OSError as exc:
+        err = limit_error(exc, store.url, stage=stage, what="its lock file",
+                          action=f"run stage '{stage}'")
+        if err is None:
+            raise
+        raise err from exc
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 def _is_dask(executor: Any) -> bool:
@@ -887,7 +920,7 @@ def _load_input(store: Store, stage: str, record: dict, info: dict) -> Any:
 def _compute_locked(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: dict,
                     forced: bool) -> tuple[dict, bool]:
     """On an executor's worker: compute once per (stage, fingerprint) across processes."""
-    with store.lock(st.name, fp.digest):
+    with _stage_lock(store, st.name, fp.digest):
         rec = _stored(store, st.name, fp, forced)
         if rec is not None:
             return rec, False
@@ -910,6 +943,7 @@ def _compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: d
     t0 = time.perf_counter()
     if memo is not None:
         memo.clear()
+    created: list[str] = []  # objects this run added: taken back if it stores no record
     try:
         try:
             outputs = st.normalize_result(st.call(inputs, params))
@@ -919,13 +953,16 @@ def _compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: d
                 recorder.stop()
         if learn is not None:
             learn(st, outputs)
-        infos = {name: _save_output(store, st, name, value) for name, value in outputs.items()}
-        attachments = {k: store.save_value(v) for k, v in st.take_attachments().items()}
+        infos = {name: _save_output(store, st, name, value, created)
+                 for name, value in outputs.items()}
+        attachments = {k: store.save_value(v, stage=st.name, created=created)
+                       for k, v in st.take_attachments().items()}
         observed = None
         if recorder is not None:
             carried = (previous or {}).get("observed", {}).get("modules", ())
             observed = recorder.collect(carry_modules=[m["name"] for m in carried])
     except BaseException as exc:
+        store.discard_objects(created)
         _record_failure(store, st, fp, exc, started, time.perf_counter() - t0)
         raise
     record = {
@@ -946,7 +983,11 @@ def _compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: d
     }
     if observed:
         record["observed"] = observed
-    store.write_result(st.name, fp.digest, record)
+    try:
+        store.write_result(st.name, fp.digest, record)
+    except BaseException:  # no record, so no result: its objects would only take space
+        store.discard_objects(created)
+        raise
     # A stage may change what it reads while it runs (a memo cache in a helper's default, an
     # import inside it, a global it appends to): store the result for the state after the run
     # too, or the stage would look stale right after running.
@@ -957,7 +998,11 @@ def _compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: d
                                  params, {})
         record = dict(record, fingerprint=after.digest, parts=after.parts,
                       same_result_as=fp.digest)
-        store.write_result(st.name, after.digest, record)
+        try:
+            store.write_result(st.name, after.digest, record)
+        except PipeliteError as exc:  # full or read-only: the result is stored all the same
+            warn_user(f"stage '{st.name}': its result is stored, but not for the state after "
+                      f"its run ({exc}); it will run again next time")
         if fp.parts["globals"] != after.parts["globals"]:
             warn_user(
                 f"stage '{st.name}' changed what it reads while running ({'; '.join(changed)}): "
@@ -966,9 +1011,10 @@ def _compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: d
     return record
 
 
-def _save_output(store: Store, st: Stage, name: str, value: Any) -> dict:
+def _save_output(store: Store, st: Stage, name: str, value: Any,
+                 created: list[str] | None = None) -> dict:
     try:
-        return store.save_value(value)
+        return store.save_value(value, stage=st.name, created=created)
     except (KeyboardInterrupt, PipeliteError, OSError):
         raise
     except Exception as exc:  # noqa: BLE001 - an unstorable value is the stage's mistake
@@ -998,14 +1044,20 @@ def _user_frames(tb: Any) -> Any:
 
 def _record_failure(store: Store, st: Stage, fp: Fingerprint, exc: BaseException,
                     started: _dt.datetime, elapsed: float) -> None:
-    store.write_failure(st.name, {
-        "stage": st.name,
-        "fingerprint": fp.digest,
-        "error": _summary(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc,
-                                                        _user_frames(exc.__traceback__))),
-        "started": started.isoformat(timespec="milliseconds"),
-        "duration": round(elapsed, 6),
-    })
+    """Write FAILED.json. The stage's own error matters more: if the file cannot be written
+    (a full or read-only disk), that is a warning and ``exc`` still propagates unchanged."""
+    try:
+        store.write_failure(st.name, {
+            "stage": st.name,
+            "fingerprint": fp.digest,
+            "error": _summary(exc),
+            "traceback": "".join(traceback.format_exception(type(exc), exc,
+                                                            _user_frames(exc.__traceback__))),
+            "started": started.isoformat(timespec="milliseconds"),
+            "duration": round(elapsed, 6),
+        })
+    except Exception as write_error:  # noqa: BLE001 - never replaces the stage's own error
+        warn_user(f"stage '{st.name}' failed ({_summary(exc)}), and its failure could not be "
+                  f"recorded in {store.url}: {write_error}")
     if hasattr(exc, "add_note") and not isinstance(exc, PipeliteError):
         exc.add_note(f"(PipeLite: stage '{st.name}' failed; nothing was stored)")
