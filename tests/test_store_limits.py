@@ -213,11 +213,11 @@ def test_a_result_whose_latest_pointer_could_not_be_written_is_still_found(disk,
 
 
 def test_store_errors_survive_pickling_from_worker_processes():
-    full = pickle.loads(pickle.dumps(StoreFullError("/s", "big", 10, "the record", 28)))
-    assert (full.store, full.stage, full.needed) == ("/s", "big", 10)
-    assert "10 bytes" in str(full)
-    ro = pickle.loads(pickle.dumps(StoreNotWritableError("/s", "/s/locks", "run stage 'x'", 30)))
-    assert (ro.store, ro.path) == ("/s", "/s/locks") and "run stage 'x'" in str(ro)
+    for err in (StoreFullError("/s", "big", 10, "the record", 28),
+                StoreNotWritableError("/s", "/s/locks", "run stage 'x'", 30)):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err)
+        assert vars(back) == vars(err)
 
 
 # -- a read-only store ------------------------------------------------------------------------
@@ -282,3 +282,15 @@ def test_gc_in_a_read_only_store_raises_store_not_writable_error(read_only):
     with pytest.raises(StoreNotWritableError, match=f"cannot collect garbage \\(gc\\): the "
                                                     f"store {store} is not writable"):
         Pipeline(store=str(store)).gc(keep=1)
+
+
+def test_a_stale_stage_on_an_executor_in_a_read_only_store_raises_store_not_writable_error(
+        read_only):
+    from concurrent.futures import ThreadPoolExecutor
+
+    store, disk = read_only
+    _remount(disk, "ro")
+    with ThreadPoolExecutor(1) as pool:
+        pipe = Pipeline(store=str(store), params={"made": {"n": 3}}, executor=pool)
+        with pytest.raises(StoreNotWritableError, match="cannot run stage 'made'"):
+            pipe.run("made")
