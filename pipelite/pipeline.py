@@ -986,7 +986,8 @@ def _compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: d
     try:
         store.write_result(st.name, fp.digest, record)
     except BaseException:  # no record, so no result: its objects would only take space
-        store.discard_objects(created)
+        if store.record(st.name, fp.digest, cached=False) is None:  # (a warning raised as an
+            store.discard_objects(created)  # error comes after the commit: keep them then)
         raise
     # A stage may change what it reads while it runs (a memo cache in a helper's default, an
     # import inside it, a global it appends to): store the result for the state after the run

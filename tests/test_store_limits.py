@@ -12,6 +12,7 @@ import os
 import pickle
 import shutil
 import subprocess
+import warnings
 
 import numpy as np
 import pytest
@@ -294,3 +295,25 @@ def test_a_stale_stage_on_an_executor_in_a_read_only_store_raises_store_not_writ
         pipe = Pipeline(store=str(store), params={"made": {"n": 3}}, executor=pool)
         with pytest.raises(StoreNotWritableError, match="cannot run stage 'made'"):
             pipe.run("made")
+
+
+def test_a_committed_result_keeps_its_objects_when_its_latest_warning_is_an_error(
+        disk, monkeypatch):
+    @stage(outputs="y")
+    def made():
+        return np.full(10, 7)
+
+    store = disk / "store"
+    write_atomic = store_mod._LocalFS.write_atomic
+
+    def full_before_latest(self, rel, data):
+        if rel.endswith("/LATEST"):
+            _fill(disk)
+        return write_atomic(self, rel, data)
+
+    monkeypatch.setattr(store_mod._LocalFS, "write_atomic", full_before_latest)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PipeliteWarning)  # as under python -W error
+        with pytest.raises(PipeliteWarning, match="LATEST pointer could not be written"):
+            Pipeline(store=str(store)).run("made")
+    assert list(Pipeline(store=str(store)).load("y")) == [7] * 10  # record and object kept
