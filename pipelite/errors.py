@@ -112,3 +112,70 @@ class FormatSaveError(FormatError, StageOutputError):
 
 class FormatLoadError(FormatError):
     """A format registered with ``register_format`` raised while loading a stored file."""
+def _reason(errno_: int | None) -> str:
+    import os
+
+    return os.strerror(errno_).lower() if errno_ else "cannot write"
+
+
+class StoreFullError(PipeliteError):
+    """The store's disk is full (ENOSPC) or over quota (EDQUOT): nothing was stored.
+    ``store``, ``stage``, ``needed`` (bytes being written, None if unknown), ``errno``;
+    ``__cause__`` is the ``OSError``."""
+
+    def __init__(self, store: str, stage: str | None = None, needed: int | None = None,
+                 what: str = "a file", errno: int | None = None):
+        from .humanize import human_bytes
+
+        self.store, self.stage, self.needed, self.what, self.errno = (
+            store, stage, needed, what, errno)
+        of = f" of stage '{stage}'" if stage else ""
+        size = (f"needs {human_bytes(needed)} ({needed:,} bytes)" if needed is not None
+                else "failed (size unknown)")
+        super().__init__(
+            f"the store {store} is full ({_reason(errno)}): writing {what}{of} {size}. "
+            f"Nothing was stored and no partial file is left; free space on that disk "
+            f"(pipeline.gc() deletes old results) or use a store with more room, then run again"
+        )
+
+    def __reduce__(self):  # rebuilt from its fields when sent back from a worker process
+        return (type(self), (self.store, self.stage, self.needed, self.what, self.errno))
+
+
+class StoreNotWritableError(PipeliteError):
+    """The store cannot be written (a read-only file system, no permission: EROFS, EACCES,
+    EPERM). Fresh results can still be loaded. ``store``, ``path``, ``action``, ``errno``;
+    ``__cause__`` is the ``OSError``."""
+
+    def __init__(self, store: str, path: str | None = None, action: str = "write to it",
+                 errno: int | None = None):
+        self.store, self.path, self.action, self.errno = store, path, action, errno
+        at = f" at {path}" if path and path != store else ""
+        super().__init__(
+            f"cannot {action}: the store {store} is not writable ({_reason(errno)}{at}). "
+            f"Fresh results can still be loaded from it; to compute or delete, make it "
+            f"writable or use another store (Pipeline(store=...))"
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.store, self.path, self.action, self.errno))
+
+
+def limit_error(exc: BaseException, store: str, *, stage: str | None = None,
+                needed: int | None = None, what: str = "a file",
+                action: str | None = None) -> PipeliteError | None:
+    """The ``StoreFullError`` or ``StoreNotWritableError`` an ``OSError`` from writing to the
+    store stands for; None for any other error (re-raise it as it is)."""
+    import errno as _errno
+
+    if not isinstance(exc, OSError):
+        return None
+    full = {_errno.ENOSPC, getattr(_errno, "EDQUOT", _errno.ENOSPC)}
+    read_only = {_errno.EROFS, _errno.EACCES, _errno.EPERM}
+    if exc.errno in full:
+        return StoreFullError(store, stage, needed, what, exc.errno)
+    if exc.errno in read_only:
+        of = f" stage '{stage}'" if stage else ""
+        return StoreNotWritableError(store, exc.filename, action or f"write {what}{of}",
+                                     exc.errno)
+    return None

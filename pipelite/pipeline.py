@@ -1,6 +1,7 @@
 """The pipeline: resolve dependencies, decide what is fresh, run what is not, explain why."""
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import difflib
 import functools
@@ -29,6 +30,7 @@ from .errors import (
     StoreLocationError,
     UnknownArtifactError,
     UnknownStageError,
+    limit_error,
 )
 from ._integrity import check_level
 from .humanize import human_bytes, human_duration
@@ -744,7 +746,7 @@ class Pipeline:
                       memo: dict | None = None) -> tuple[dict, bool]:
         __tracebackhide__ = True
         url = self.store.url
-        with self.store.lock(st.name, fp.digest):
+        with _stage_lock(self.store, st.name, fp.digest):
             # another process may have computed it while we waited for the lock
             rec = _stored(self.store, st.name, fp, forced)
             if rec is not None:
@@ -864,7 +866,13 @@ class Pipeline:
             if producer is None:
                 raise
             stage_name = producer
-        count = self.store.invalidate(stage_name)
+        try:
+            count = self.store.invalidate(stage_name)
+        except OSError as exc:
+            err = limit_error(exc, self.store.url, action=f"invalidate stage '{stage_name}'")
+            if err is None:
+                raise
+            raise err from exc
         events.emit(events.StageEvent("invalidated", stage_name, self.store.url))
         return count
 
@@ -881,7 +889,13 @@ class Pipeline:
             raise InvalidArgumentError(
                 f"gc(keep={keep}): keep must be at least 1 (use invalidate(name) to forget a "
                 f"stage entirely)")
-        return self.store.gc(keep=keep)
+        try:
+            return self.store.gc(keep=keep)
+        except OSError as exc:
+            err = limit_error(exc, self.store.url, action="collect garbage (gc)")
+            if err is None:
+                raise
+            raise err from exc
 
     @_user_facing
     def graph(self, format: str = "mermaid") -> str:
@@ -940,6 +954,25 @@ def np_bool() -> type:
     return np.bool_ if np is not None else bool
 
 
+@contextlib.contextmanager
+def _stage_lock(store: Store, stage: str, digest: str):
+    """Hold the (stage, fingerprint) lock. Taken only to compute, so a store that cannot be
+    written fails here, before the stage runs: ``StoreNotWritableError``, not a raw OSError."""
+    try:
+        lock = store.lock(stage, digest)
+        lock.acquire()
+    except OSError as exc:
+        err = limit_error(exc, store.url, stage=stage, what="its lock file",
+                          action=f"run stage '{stage}'")
+        if err is None:
+            raise
+        raise err from exc
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
 def _is_dask(executor: Any) -> bool:
     return type(executor).__module__.startswith("distributed")
 
@@ -988,7 +1021,7 @@ def _load_input(store: Store, stage: str, record: dict, info: dict) -> Any:
 def _compute_locked(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: dict,
                     forced: bool) -> tuple[dict, bool]:
     """On an executor's worker: compute once per (stage, fingerprint) across processes."""
-    with store.lock(st.name, fp.digest):
+    with _stage_lock(store, st.name, fp.digest):
         rec = _stored(store, st.name, fp, forced)
         if rec is not None:
             return rec, False
@@ -1011,6 +1044,7 @@ def _compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: d
     t0 = time.perf_counter()
     if memo is not None:
         memo.clear()
+    created: list[str] = []  # objects this run added: taken back if it stores no record
     try:
         try:
             outputs = st.normalize_result(st.call(inputs, params))
@@ -1020,13 +1054,16 @@ def _compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: d
                 recorder.stop()
         if learn is not None:
             learn(st, outputs)
-        infos = {name: _save_output(store, st, name, value) for name, value in outputs.items()}
-        attachments = {k: store.save_value(v) for k, v in st.take_attachments().items()}
+        infos = {name: _save_output(store, st, name, value, created)
+                 for name, value in outputs.items()}
+        attachments = {k: store.save_value(v, stage=st.name, created=created)
+                       for k, v in st.take_attachments().items()}
         observed = None
         if recorder is not None:
             carried = (previous or {}).get("observed", {}).get("modules", ())
             observed = recorder.collect(carry_modules=[m["name"] for m in carried])
     except BaseException as exc:
+        store.discard_objects(created)
         _record_failure(store, st, fp, exc, started, time.perf_counter() - t0)
         raise
     record = {
@@ -1047,7 +1084,12 @@ def _compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: d
     }
     if observed:
         record["observed"] = observed
-    store.write_result(st.name, fp.digest, record)
+    try:
+        store.write_result(st.name, fp.digest, record)
+    except BaseException:  # no record, so no result: its objects would only take space
+        if store.record(st.name, fp.digest, cached=False) is None:  # (a warning raised as an
+            store.discard_objects(created)  # error comes after the commit: keep them then)
+        raise
     # A stage may change what it reads while it runs (a memo cache in a helper's default, an
     # import inside it, a global it appends to): store the result for the state after the run
     # too, or the stage would look stale right after running.
@@ -1058,7 +1100,11 @@ def _compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: d
                                  params, {})
         record = dict(record, fingerprint=after.digest, parts=after.parts,
                       same_result_as=fp.digest)
-        store.write_result(st.name, after.digest, record)
+        try:
+            store.write_result(st.name, after.digest, record)
+        except PipeliteError as exc:  # full or read-only: the result is stored all the same
+            warn_user(f"stage '{st.name}': its result is stored, but not for the state after "
+                      f"its run ({exc}); it will run again next time")
         if fp.parts["globals"] != after.parts["globals"]:
             warn_user(
                 f"stage '{st.name}' changed what it reads while running ({'; '.join(changed)}): "
@@ -1067,9 +1113,10 @@ def _compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: d
     return record
 
 
-def _save_output(store: Store, st: Stage, name: str, value: Any) -> dict:
+def _save_output(store: Store, st: Stage, name: str, value: Any,
+                 created: list[str] | None = None) -> dict:
     try:
-        return store.save_value(value)
+        return store.save_value(value, stage=st.name, created=created)
     except FormatSaveError as exc:  # the user's format: say which output it was saving
         raise FormatSaveError(f"stage '{st.name}', output '{name}': {exc}") from exc.__cause__
     except (KeyboardInterrupt, PipeliteError, OSError):
@@ -1101,14 +1148,20 @@ def _user_frames(tb: Any) -> Any:
 
 def _record_failure(store: Store, st: Stage, fp: Fingerprint, exc: BaseException,
                     started: _dt.datetime, elapsed: float) -> None:
-    store.write_failure(st.name, {
-        "stage": st.name,
-        "fingerprint": fp.digest,
-        "error": _summary(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc,
-                                                        _user_frames(exc.__traceback__))),
-        "started": started.isoformat(timespec="milliseconds"),
-        "duration": round(elapsed, 6),
-    })
+    """Write FAILED.json. The stage's own error matters more: if the file cannot be written
+    (a full or read-only disk), that is a warning and ``exc`` still propagates unchanged."""
+    try:
+        store.write_failure(st.name, {
+            "stage": st.name,
+            "fingerprint": fp.digest,
+            "error": _summary(exc),
+            "traceback": "".join(traceback.format_exception(type(exc), exc,
+                                                            _user_frames(exc.__traceback__))),
+            "started": started.isoformat(timespec="milliseconds"),
+            "duration": round(elapsed, 6),
+        })
+    except Exception as write_error:  # noqa: BLE001 - never replaces the stage's own error
+        warn_user(f"stage '{st.name}' failed ({_summary(exc)}), and its failure could not be "
+                  f"recorded in {store.url}: {write_error}")
     if hasattr(exc, "add_note") and not isinstance(exc, PipeliteError):
         exc.add_note(f"(PipeLite: stage '{st.name}' failed; nothing was stored)")

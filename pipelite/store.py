@@ -41,6 +41,7 @@ from .errors import (
     UnsafeStorePathError,
     UntrustedRecordError,
 )
+from .errors import limit_error
 from .humanize import human_bytes
 from .formats import PICKLE, format_for, format_named, hash_file
 from .stage import _STAGE_NAME
@@ -572,12 +573,34 @@ class Store:
         record["signature"] = signature(record)  # you wrote it: your key vouches for it
         data = _record_text(record).encode()
         rel = self._record_rel(stage, fingerprint)
-        self._fs.write_atomic(rel, data)
+        try:
+            self._fs.write_atomic(rel, data)
+        except OSError as exc:
+            err = limit_error(exc, self.url, stage=stage, needed=len(data), what="the record")
+            if err is not None:
+                raise err from exc
+            raise
         stamp = self._fs.stamp(rel)
         if stamp is not None:
             self._records[rel] = (stamp, record)
-        self._fs.write_atomic(f"records/{stage}/LATEST", fingerprint.encode())
-        self._fs.delete(f"records/{stage}/FAILED.json")
+        # the record is the commit point: failing the LATEST hint (latest() then lists the
+        # records) or clearing FAILED.json does not unstore the result, so it only warns
+        from ._encode import warn_user
+
+        try:
+            self._fs.write_atomic(f"records/{stage}/LATEST", fingerprint.encode())
+        except OSError as exc:
+            try:  # an older pointer would name an older result: without one, latest() lists
+                self._fs.delete(f"records/{stage}/LATEST")
+            except OSError:
+                pass
+            warn_user(f"stage '{stage}': its result is stored in {self.url}, but the LATEST "
+                      f"pointer could not be written ({exc}); the result is still found")
+        try:
+            self._fs.delete(f"records/{stage}/FAILED.json")
+        except OSError as exc:
+            warn_user(f"stage '{stage}': its result is stored in {self.url}, but its last "
+                      f"failure (FAILED.json) could not be cleared ({exc}); it may run again")
 
     def drop_record(self, stage: str, fingerprint: str) -> None:
         """Forget one result (e.g. because a file it names is corrupt)."""
@@ -601,7 +624,14 @@ class Store:
             return None
 
     def write_failure(self, stage: str, info: dict) -> None:
-        self._fs.write_atomic(f"records/{stage}/FAILED.json", json.dumps(info, indent=1).encode())
+        data = json.dumps(info, indent=1).encode()
+        try:
+            self._fs.write_atomic(f"records/{stage}/FAILED.json", data)
+        except OSError as exc:
+            err = limit_error(exc, self.url, stage=stage, needed=len(data), what="FAILED.json")
+            if err is not None:
+                raise err from exc
+            raise
 
     def invalidate(self, stage: str) -> int:
         """Forget every result of ``stage``; return how many records were removed."""
@@ -617,13 +647,21 @@ class Store:
         return count
 
     # -- objects ------------------------------------------------------------------------------
-    def save_value(self, value: Any) -> dict:
-        """Write ``value`` as a content-addressed object; return its output description."""
+    def save_value(self, value: Any, *, stage: str | None = None,
+                   created: list[str] | None = None) -> dict:
+        """Write ``value`` as a content-addressed object; return its output description.
+
+        A full disk raises ``StoreFullError`` (naming ``stage``), a read-only store
+        ``StoreNotWritableError``; no temporary file is left. ``created``, a list, gets the
+        object's path if this call added it (so a failed run can take it back)."""
         fmt = format_for(value)
-        tmp = self._fs.tmp_path(fmt.ext)
+        tmp = size = None
         try:
+            tmp = self._fs.tmp_path(fmt.ext)
             try:
                 digest = fmt.save(value, tmp)
+            except OSError:
+                raise  # a full or read-only disk: retrying as pickle would only write again
             except Exception as exc:
                 if not fmt.falls_back_to_pickle(exc, tmp):  # only a built-in format's refusal
                     raise
@@ -641,8 +679,17 @@ class Store:
                 _remove_quietly(tmp)  # same content is already stored
             else:
                 self._fs.commit(tmp, rel)
-        except BaseException:
-            _remove_quietly(tmp)
+                if created is not None:
+                    created.append(rel)
+        except BaseException as exc:
+            if tmp is not None:
+                _remove_quietly(tmp)
+            needed = size if size is not None else getattr(value, "nbytes", None)  # when known
+            err = limit_error(exc, self.url, stage=stage,
+                              needed=needed if isinstance(needed, int) else None,
+                              what=f"an output ({type(value).__name__})")
+            if err is not None:
+                raise err from exc
             raise
         info = {
             "hash": digest,
@@ -655,6 +702,15 @@ class Store:
         if sample is not None:
             info["sample"] = sample  # 64 blocks, checked on every load of a large file
         return info
+
+    def discard_objects(self, rels: list[str]) -> None:
+        """Delete objects a failed run added (``save_value(created=...)``): nothing partial
+        is left taking space. Best effort: what cannot be deleted is left to ``gc``."""
+        for rel in rels:
+            try:
+                self._fs.delete(rel)
+            except (OSError, PipeliteError):
+                pass
 
     def object_path(self, info: dict) -> str:
         """Where an output's file lives (path or URL), derived from its hash."""
