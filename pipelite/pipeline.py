@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from . import _observe, events
-from ._location import check_store_location
 from .errors import (
     CorruptArtifactError,
     CycleError,
@@ -224,8 +223,7 @@ class Pipeline:
                         "is a Store object already: pass them to Store(url, storage_options=...)")
                 self.store = store
             else:
-                check_store_location(store, storage_options)
-                self.store = Store(store, dict(storage_options or {}))
+                self.store = Store(store, storage_options)
             self.store.verify_level = check_level(verify)
             self.params: dict[str, dict[str, Any]] = _checked_params(params, "Pipeline")
             if executor is not None and not callable(getattr(executor, "submit", None)):

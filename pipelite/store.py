@@ -42,6 +42,7 @@ from .errors import (
     UntrustedRecordError,
 )
 from .errors import limit_error
+from ._location import check_store_location
 from .humanize import human_bytes
 from .formats import PICKLE, format_for, format_named, hash_file
 from .stage import _STAGE_NAME
@@ -435,6 +436,8 @@ class Store:
         if not isinstance(loc, str):
             raise PipeliteError(f"store must be a path or an fsspec URL string, not "
                                 f"{type(loc).__name__} (from {type(location).__name__})")
+        check_store_location(loc, storage_options)  # an empty path, a file, no such protocol
+        storage_options = dict(storage_options or {})
         if "://" in loc and not loc.startswith("file://"):
             self._fs: _LocalFS | _FsspecFS = _FsspecFS(loc, storage_options)
         else:

@@ -508,3 +508,12 @@ def test_load_verify_that_is_not_a_bool_is_refused_naming_the_levels(tmp_path):
     with pytest.raises(pipelite.InvalidArgumentError, match="Pipeline\\(verify='always'\\)"):
         p.load("v", verify="yes")
     assert p.load("v", verify=True) == 1
+
+
+def test_a_store_object_made_directly_checks_its_location_too():
+    from pipelite import Store, StoreLocationError
+
+    with pytest.raises(StoreLocationError, match="empty"):
+        Store("")
+    with pytest.raises(StoreLocationError, match="unknown storage protocol"):
+        Store("nosuchproto://x")
