@@ -116,6 +116,17 @@ def _join(proc) -> None:
     assert proc.exitcode == 0
 
 
+@pytest.fixture(autouse=True)
+def plain_main(monkeypatch):
+    """'spawn' reads ``__main__``; IPython tests in this session may leave one without a
+    ``__spec__``: the children need no main module at all."""
+    import types
+
+    main = types.ModuleType("__main__")
+    main.__spec__ = None
+    monkeypatch.setitem(sys.modules, "__main__", main)
+
+
 @pytest.fixture
 def store(store_dir):
     register()
