@@ -13,6 +13,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .errors import (
+    ArtifactRemovedError,
     CorruptArtifactError,
     CycleError,
     DuplicateProducerError,
@@ -46,6 +47,7 @@ from .store import GcReport, Store
 
 __all__ = [
     "Artifact",
+    "ArtifactRemovedError",
     "CellStage",
     "CorruptArtifactError",
     "CycleError",

@@ -71,6 +71,22 @@ class CorruptArtifactError(PipeliteError):
         self.detail = detail
 
 
+class ArtifactRemovedError(CorruptArtifactError):
+    """A stored file was deleted by another process (``gc``, ``invalidate``) between reading its
+    record and loading it: not damage, nothing is quarantined. A ``CorruptArtifactError`` for
+    code that catches that."""
+
+    def __init__(self, path: str, detail: str = "removed by another process"):
+        PipeliteError.__init__(
+            self, f"stored file {path} was {detail} while it was being loaded; "
+                  f"it will be recomputed by the next run")
+        self.path = path
+        self.detail = detail
+
+    def __reduce__(self):
+        return type(self), (self.path, self.detail)
+
+
 class UnsafeStorePathError(PipeliteError):
     """A path in the store would lead outside it (``..``, an absolute path, a symbolic link):
     PipeLite refuses to open, rename or delete it."""

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping
 
 from . import _observe, events
 from .errors import (
+    ArtifactRemovedError,
     CorruptArtifactError,
     CycleError,
     FormatSaveError,
@@ -35,7 +36,7 @@ from ._integrity import check_level
 from .humanize import human_bytes, human_duration
 from .fingerprint import Fingerprint, fingerprint_of, warn_user
 from .stage import REGISTRY, REQUIRED, Registry, Stage, artifact_name, stage_of
-from .store import GcReport, Store
+from .store import GC_GRACE, GcReport, Store
 
 __all__ = ["Pipeline", "StageStatus", "OutputInfo", "PlannedStage", "RunResult", "STATES"]
 
@@ -146,6 +147,11 @@ class _CorruptInput(Exception):
     def __init__(self, stage: str, record: dict, info: dict, error: CorruptArtifactError):
         super().__init__(stage, record, info, error)  # all in args: survives pickling
         self.stage, self.record, self.info, self.error = stage, record, info, error
+
+    @property
+    def removed(self) -> bool:
+        """The file was deleted by another process, not damaged: nothing to quarantine."""
+        return isinstance(self.error, ArtifactRemovedError)
 
 
 def _user_facing(method):
@@ -600,12 +606,24 @@ class Pipeline:
                     f"session): run the cell or import the module that defines it first"
                 )
         last: _CorruptInput | None = None
-        for _attempt in range(3):
+        reread: set[tuple[str, str]] = set()
+        for _attempt in range(4):
             try:
                 return self._run(targets, force, params)
             except _CorruptInput as bad:
                 last = bad
-                self.store.drop_record(bad.stage, bad.record["fingerprint"])
+                key = (bad.stage, bad.record["fingerprint"])
+                if bad.removed and key not in reread:
+                    # deleted by another process (gc, invalidate) after its record was read:
+                    # read the record again once (it may be gone, or name other files)
+                    reread.add(key)
+                    warn_user(f"{bad.error.path} was removed by another process while it was "
+                              f"being loaded; reading stage '{bad.stage}' again")
+                    continue
+                self.store.drop_record(*key)
+                if bad.removed:  # its record still names a file that is gone: recompute
+                    warn_user(f"{bad.error}; recomputing stage '{bad.stage}'")
+                    continue
                 moved = self.store.quarantine(bad.info)
                 warn_user(f"{bad.error}" + (f"; moved to {moved}" if moved else "")
                           + f"; recomputing stage '{bad.stage}'")
@@ -801,23 +819,33 @@ class Pipeline:
                 + (f"; did you mean '{hint[0]}'?" if hint else
                    f"; known artifacts: {', '.join(known) or 'none'}")
             )
-        evals = self._evaluate(self._order([producer], producers), producers, None)
-        ev = evals[producer]
-        if ev.state != "fresh" or ev.record is None or name not in ev.record["outputs"]:
-            why = "; ".join(ev.reasons) or ev.state
-            raise StaleArtifactError(
-                f"artifact '{name}' is not up to date: stage '{producer}' is {ev.state} ({why}). "
-                f"Run pipeline.run('{producer}') first"
-            )
-        try:
-            return self.store.load_value(ev.record["outputs"][name], verify=verify,
-                                         record=ev.record)
-        except CorruptArtifactError:
-            # move the bad file aside (into quarantine/): the recompute writes the same
-            # content-addressed path, and an object of the right size there would be kept
-            self.store.drop_record(producer, ev.record["fingerprint"])
-            self.store.quarantine(ev.record["outputs"][name])
-            raise
+        for attempt in range(2):
+            evals = self._evaluate(self._order([producer], producers), producers, None)
+            ev = evals[producer]
+            if ev.state != "fresh" or ev.record is None or name not in ev.record["outputs"]:
+                why = "; ".join(ev.reasons) or ev.state
+                raise StaleArtifactError(
+                    f"artifact '{name}' is not up to date: stage '{producer}' is {ev.state} "
+                    f"({why}). Run pipeline.run('{producer}') first"
+                )
+            info = ev.record["outputs"][name]
+            try:
+                return self.store.load_value(info, verify=verify, record=ev.record)
+            except CorruptArtifactError as exc:
+                removed = _as_removed(self.store, info, exc)
+                if removed is not None and attempt == 0:
+                    # deleted by another process after its record was read: read it again
+                    warn_user(f"{removed.path} was removed by another process while it was "
+                              f"being loaded; reading stage '{producer}' again")
+                    continue
+                self.store.drop_record(producer, ev.record["fingerprint"])
+                if removed is not None:
+                    raise removed from None  # nothing to quarantine
+                # move the bad file aside (into quarantine/): the recompute writes the same
+                # content-addressed path, and an object of the right size there would be kept
+                self.store.quarantine(info)
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @_user_facing
     def attachment(self, stage: Any, name: str, *, record: dict | None = None) -> Any:
@@ -875,8 +903,9 @@ class Pipeline:
         return count
 
     @_user_facing
-    def gc(self, keep: int = 1) -> GcReport:
-        """Delete all but the newest ``keep`` results per stage, and unreferenced files."""
+    def gc(self, keep: int = 1, *, grace: float = GC_GRACE) -> GcReport:
+        """Delete all but the newest ``keep`` results per stage, and unreferenced files older
+        than ``grace`` seconds (default one hour: files other processes are writing stay)."""
         __tracebackhide__ = True
         if isinstance(keep, bool) or not hasattr(type(keep), "__index__"):
             raise InvalidArgumentError(
@@ -888,7 +917,7 @@ class Pipeline:
                 f"gc(keep={keep}): keep must be at least 1 (use invalidate(name) to forget a "
                 f"stage entirely)")
         try:
-            return self.store.gc(keep=keep)
+            return self.store.gc(keep=keep, grace=grace)
         except OSError as exc:
             err = limit_error(exc, self.store.url, action="collect garbage (gc)")
             if err is None:
@@ -1013,7 +1042,19 @@ def _load_input(store: Store, stage: str, record: dict, info: dict) -> Any:
     try:
         return store.load_value(info, record=record)
     except CorruptArtifactError as exc:
-        raise _CorruptInput(stage, record, info, exc) from None
+        raise _CorruptInput(stage, record, info, _as_removed(store, info, exc) or exc) from None
+
+
+def _as_removed(store: Store, info: dict, exc: CorruptArtifactError
+                ) -> ArtifactRemovedError | None:
+    """``exc`` as an ``ArtifactRemovedError`` if the file is absent rather than damaged (gc or
+    invalidate in another process deleted it after its record was read); else None."""
+    if isinstance(exc, ArtifactRemovedError):
+        return exc
+    # "the file is missing" is Store.verify's (and a remote download's) word for an absent file
+    if exc.detail == "the file is missing" or not store.object_exists(info):
+        return ArtifactRemovedError(exc.path)
+    return None
 
 
 def _compute_locked(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: dict,

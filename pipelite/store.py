@@ -8,6 +8,7 @@ Layout under the store root (local directory or any fsspec URL)::
     records/<stage>/LATEST          the fingerprint of the stage's newest result
     records/<stage>/FAILED.json     the last failed run, until the next success
     tmp/                            files being written (renamed into place when complete)
+    trash/                          record folders being removed by invalidate
     locks/                          per-(stage, fingerprint) lock files (local stores)
 
 A result becomes visible only when its record is written, and the record is written last,
@@ -20,6 +21,7 @@ opened, renamed or deleted.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import re
@@ -343,6 +345,31 @@ def _record_text(record: dict) -> str:
 
 _OBJECT_PREFIX = re.compile(r"[0-9a-f]{2}\Z")
 _OBJECT_NAME = re.compile(r"[0-9a-f]{32}(?:\.[A-Za-z0-9_-]{1,12}){0,2}\Z")
+_TMP_NAME = re.compile(r"\.tmp-[0-9a-f]{32}\Z")  # write_atomic's temporary files
+GC_GRACE = 3600.0  # seconds: gc never collects a file younger than this
+
+
+def _is_committed_record(name: str) -> bool:
+    """A file of a stage's record folder that a writer has committed (not a temporary one)."""
+    return name in ("LATEST", "FAILED.json") or (
+        name.endswith(".json") and is_fingerprint(name[:-5]))
+
+
+def _mtime_of(info: dict, now: float) -> float:
+    """A remote file's modification time from fsspec's ``info`` (its keys differ by backend);
+    ``now`` when none is known."""
+    for key in ("mtime", "LastModified", "last_modified", "updated", "modified", "created"):
+        value = info.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if hasattr(value, "timestamp"):
+            return value.timestamp()
+        if isinstance(value, str):
+            try:
+                return _dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return now
 
 
 def _is_stage_dir(name: Any) -> bool:
@@ -637,16 +664,49 @@ class Store:
             raise
 
     def invalidate(self, stage: str) -> int:
-        """Forget every result of ``stage``; return how many records were removed."""
+        """Forget every result of ``stage``; return how many records were removed.
+
+        Atomic on a local store: the stage's record folder is renamed into ``trash/`` in one
+        step (a reader sees every result or none), then the committed records there
+        (``<fingerprint>.json``, ``LATEST``, ``FAILED.json``) are deleted. Another process's
+        record being written (a ``.tmp-*`` file) is put back where it is writing, never
+        deleted; if it then commits, its result is kept in a fresh folder."""
         if not _is_stage_dir(stage):
             return 0
-        names = self._fs.listdir(f"records/{stage}")
+        folder = f"records/{stage}"
+        names = self._fs.listdir(folder)  # refuses a symbolic link before anything moves
+        for key in [k for k in self._records if k.startswith(folder + "/")]:
+            self._records.pop(key, None)
+        if not self._fs.is_local:  # no folder rename on an object store: committed files only
+            count = 0
+            for name in names:
+                if _is_committed_record(name):
+                    count += name != "FAILED.json" and name != "LATEST"
+                    self._fs.delete(f"{folder}/{name}")
+            return count
+        if not names:
+            return 0
+        trash = f"trash/{stage}.{uuid.uuid4().hex}"
+        try:
+            self._fs.move(folder, trash)
+        except FileNotFoundError:
+            return 0  # invalidated by another process meanwhile
+        names = self._fs.listdir(trash)
+        for name in names:  # first: in-flight writes go back before their writer renames them
+            if _TMP_NAME.match(name):
+                try:
+                    self._fs.move(f"{trash}/{name}", f"{folder}/{name}")
+                except FileNotFoundError:
+                    pass
         count = 0
         for name in names:
-            if name.endswith(".json") and name != "FAILED.json":
-                count += 1
-            self._records.pop(f"records/{stage}/{name}", None)
-            self._fs.delete(f"records/{stage}/{name}")
+            if _is_committed_record(name):
+                count += name != "FAILED.json" and name != "LATEST"
+                self._fs.delete(f"{trash}/{name}")
+        try:
+            os.rmdir(self._fs.path(trash))
+        except OSError:
+            pass  # something not ours was in the folder: gc empties trash/ later
         return count
 
     # -- objects ------------------------------------------------------------------------------
@@ -881,22 +941,30 @@ class Store:
         return filelock.FileLock(os.path.join(folder, f"{stage}-{fingerprint}.lock"))
 
     # -- garbage collection ---------------------------------------------------------------------
-    def gc(self, keep: int = 1, tmp_age: float = 3600.0) -> GcReport:
-        """Keep the newest ``keep`` records per stage; delete unreferenced objects."""
+    def gc(self, keep: int = 1, *, grace: float = GC_GRACE) -> GcReport:
+        """Keep the newest ``keep`` records per stage; delete unreferenced objects.
+
+        Safe while other processes write and read: nothing younger than ``grace`` seconds is
+        collected (an object is written before the record that names it, so for a moment it
+        has none), no object named by any record is collected, and a lock file is removed only
+        when this process could take the lock itself. Leftovers of interrupted writes
+        (``tmp/``, ``records/*/.tmp-*``, ``trash/``) older than ``grace`` are deleted."""
         if keep < 1:
             raise PipeliteError(f"gc(keep={keep}): keep must be at least 1 "
                                 f"(use invalidate(name) to forget a stage entirely)")
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
+            raise PipeliteError(f"gc(grace={grace!r}): grace must be a number of seconds, "
+                                f"at least 0")
+        now = time.time()
         removed_records = 0
-        referenced: set[str] = set()
         for stage in self.stages():
-            recs = self.records_of(stage)
-            for rec in recs[keep:]:
+            for rec in self.records_of(stage)[keep:]:
                 self.drop_record(stage, rec["fingerprint"])
                 removed_records += 1
-            for rec in recs[:keep]:
-                referenced.update(object_rel(o) for o in rec.get("outputs", {}).values())
-                referenced.update(object_rel(o) for o in rec.get("attachments", {}).values())
+        # Objects are listed before the records are read: a record committed after that names
+        # objects written after the listing or within the grace period, never collected here.
         removed_objects = freed = 0
+        candidates: list[tuple[str, int]] = []
         for prefix in self._fs.listdir("objects"):
             if not _OBJECT_PREFIX.match(prefix):
                 continue  # not a folder PipeLite made: not ours to delete
@@ -904,24 +972,115 @@ class Store:
                 if not _OBJECT_NAME.match(name) or not name.startswith(prefix):
                     continue
                 rel = f"objects/{prefix}/{name}"
-                if rel not in referenced:
-                    try:
-                        freed += self._fs.size(rel) or 0
-                    except UnsafeStorePathError:
-                        pass  # a symbolic link: removed itself below, its target never
+                found = self._gc_stat(rel, now)
+                if found is None:
+                    continue  # gone meanwhile
+                age, size, kind = found
+                if kind == "link":  # never written by PipeLite: the link goes, its target stays
                     self._fs.delete(rel)
                     removed_objects += 1
+                elif kind == "file" and age >= grace:
+                    candidates.append((rel, size))
+        referenced: set[str] = set()
+        for stage in self.stages():
+            for rec in self.records_of(stage):
+                for key in ("outputs", "attachments"):
+                    referenced.update(object_rel(o) for o in rec.get(key, {}).values())
+        for rel, size in candidates:
+            if rel not in referenced:
+                self._fs.delete(rel)
+                removed_objects += 1
+                freed += size
+        # leftovers of interrupted writes (records' temporary files are local-only)
+        for stage in self.stages() if self._fs.is_local else ():
+            for name in self._fs.listdir(f"records/{stage}"):
+                if _TMP_NAME.match(name):
+                    freed += self._gc_leftover(f"records/{stage}/{name}", now, grace)
         if self._fs.is_local:
-            # leftovers of interrupted writes, and lock files nobody has used for a while
-            now = time.time()
-            for folder in ("tmp", "locks"):
-                for name in self._fs.listdir(folder):
-                    p = self._fs.path(f"{folder}/{name}")
+            for name in self._fs.listdir("tmp"):
+                freed += self._gc_leftover(f"tmp/{name}", now, grace)
+            for name in self._fs.listdir("trash"):
+                rel = f"trash/{name}"
+                found = self._gc_stat(rel, now)
+                if found is not None and found[2] == "dir":
+                    for inner in self._fs.listdir(rel):
+                        freed += self._gc_leftover(f"{rel}/{inner}", now, grace)
                     try:
-                        info = os.stat(p)
-                        if now - info.st_mtime > tmp_age:
-                            freed += info.st_size
-                            _remove_quietly(p)
-                    except FileNotFoundError:
-                        pass
+                        os.rmdir(self._fs.path(rel))
+                    except OSError:
+                        pass  # not empty yet
+                else:
+                    freed += self._gc_leftover(rel, now, grace)
+            freed += self._gc_locks(now, grace)
         return GcReport(removed_records, removed_objects, freed)
+
+    def _gc_stat(self, rel: str, now: float) -> tuple[float, int, str] | None:
+        """(age in seconds, size, kind: "file", "dir", "link" or "other") of a store path, or
+        None if it is gone. The age of a remote file without a known modification time is 0:
+        too young to collect unless ``grace`` is 0."""
+        if not self._fs.is_local:
+            try:
+                info = self._fs.fs.info(self._fs.path(rel))
+            except (FileNotFoundError, OSError):
+                return None
+            return (now - _mtime_of(info, now), info.get("size") or 0,
+                    "dir" if info.get("type") == "directory" else "file")
+        try:
+            st = os.lstat(self._fs.path(rel))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        mode = st.st_mode
+        kind = ("link" if _stat.S_ISLNK(mode) else "file" if _stat.S_ISREG(mode)
+                else "dir" if _stat.S_ISDIR(mode) else "other")
+        return now - st.st_mtime, st.st_size, kind
+
+    def _gc_leftover(self, rel: str, now: float, grace: float) -> int:
+        """Delete a leftover file older than ``grace`` (a symbolic link: the link itself, never
+        its target); return the bytes freed."""
+        found = self._gc_stat(rel, now)
+        if found is None or found[2] not in ("file", "link"):
+            return 0
+        age, size, kind = found
+        if kind == "file" and age < grace:
+            return 0
+        self._fs.delete(rel)
+        return size if kind == "file" else 0
+
+    def _gc_locks(self, now: float, grace: float) -> int:
+        """Delete lock files unused for ``grace`` seconds, each only while holding it: a lock
+        another process holds (or waits on and then takes) is never removed."""
+        folder = self._fs.lock_dir()
+        try:
+            names = os.listdir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return 0
+        freed = 0
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if _stat.S_ISLNK(st.st_mode):
+                _remove_quietly(path)  # never made by PipeLite; the link goes, its target stays
+                continue
+            if not _stat.S_ISREG(st.st_mode) or now - st.st_mtime < grace:
+                continue
+            lock = filelock.FileLock(path)
+            try:
+                lock.acquire(blocking=False)
+            except (filelock.Timeout, OSError):
+                continue  # held by another process (or not ours to take): kept
+            try:
+                _remove_quietly(path)  # a waiter that takes the old file then finds it
+                freed += st.st_size    # unlinked and opens the new one (filelock checks)
+            finally:
+                lock.release()
+        return freed
+
+    def object_exists(self, info: dict) -> bool:
+        """Whether the output's object file is in the store (whatever its content)."""
+        try:
+            return self._fs.exists(object_rel(info))
+        except (BadRecord, UnsafeStorePathError):
+            return True  # there, but not something to load: the caller's error stands
