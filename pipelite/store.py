@@ -135,18 +135,26 @@ class _LocalFS:
     def write_atomic(self, rel: str, data: bytes) -> None:
         final = self._abs(rel)
         folder = os.path.dirname(final)
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            _remove_quietly(tmp)
-            raise
-        _fsync_dir(folder)
+        for attempt in (1, 2):
+            os.makedirs(folder, exist_ok=True)
+            tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, final)
+                _fsync_dir(folder)
+                return
+            except FileNotFoundError:
+                # another process's invalidate moved the folder away mid-write: write again
+                # into a new folder (once; the bytes are all here)
+                _remove_quietly(tmp)
+                if attempt == 2:
+                    raise
+            except BaseException:
+                _remove_quietly(tmp)
+                raise
 
     def exists(self, rel: str) -> bool:
         return os.path.lexists(self._abs(rel))
@@ -178,6 +186,19 @@ class _LocalFS:
 
     def delete(self, rel: str) -> None:
         _remove_quietly(self._abs(rel))  # a symbolic link is removed itself, never its target
+
+    def reuse(self, rel: str, digest: str, sample: str | None) -> bool:
+        """Whether the object already at ``rel`` (of the right size) can stand for new bytes
+        with this hash: it must be intact (hashed whole when small, its sampled blocks when
+        large), and it is touched, so that gc's grace period covers it until its record lands."""
+        path = self._abs(rel)
+        info = {"hash": digest, "size": os.lstat(path).st_size, "sample": sample}
+        try:
+            Store._check_content(path, info, "sampled")
+            os.utime(path)
+        except (CorruptArtifactError, OSError):
+            return False  # damaged or gone: the new bytes replace it
+        return True
 
     def move(self, rel: str, dest_rel: str) -> None:
         src, dest = self._abs(rel), self._abs(dest_rel)
@@ -267,6 +288,9 @@ class _FsspecFS:
         except (FileNotFoundError, OSError):
             pass
         _remove_quietly(os.path.join(self._cache, _check_rel(rel)))
+
+    def reuse(self, rel: str, digest: str, sample: str | None) -> bool:
+        return True  # content-addressed and written whole by one PUT: the size says enough
 
     def move(self, rel: str, dest_rel: str) -> None:
         self.fs.mv(self.path(rel), self.path(dest_rel))
@@ -738,8 +762,8 @@ class Store:
             sample = sample_digest(tmp, size) if size > CHEAP_VERIFY_BYTES else None
             _fsync_file(tmp)  # whatever format wrote it (Parquet, a user's format) it is durable
             rel = f"objects/{digest[:2]}/{digest}{fmt.ext}"
-            if self._fs.size(rel) == size:
-                _remove_quietly(tmp)  # same content is already stored
+            if self._fs.size(rel) == size and self._fs.reuse(rel, digest, sample):
+                _remove_quietly(tmp)  # the same content is stored already, intact
             else:
                 self._fs.commit(tmp, rel)
                 if created is not None:

@@ -258,3 +258,32 @@ def test_a_remote_stores_local_cache_is_in_your_cache_folder_not_the_shared_temp
     assert cache.startswith(str(tmp_path / "cache-home"))
     assert not cache.startswith(tempfile.gettempdir() + os.sep + "pipelite-cache")
     assert oct((tmp_path / "cache-home" / "pipelite").stat().st_mode & 0o777) == oct(0o700)
+
+
+def test_storing_the_same_content_again_replaces_a_damaged_copy_of_it(store_dir):
+    define()
+    p = Pipeline(store=str(store_dir))
+    p.run("make")
+    (obj,) = (store_dir / "objects").rglob("*.npy")
+    obj.write_bytes(obj.read_bytes()[:-8] + b"\x00" * 8)  # same size, other bytes
+    p.run("make", force=True)  # the same value again: its object must not be kept as is
+    assert list(fresh_pipeline(store_dir).load("arr", verify=True)) == [0, 10, 20, 30, 40]
+
+
+def test_a_write_whose_folder_was_moved_away_midway_writes_again(store_dir, monkeypatch):
+    import shutil
+
+    from pipelite.store import _LocalFS
+
+    fs = _LocalFS(str(store_dir))
+    real_replace, calls = os.replace, []
+
+    def replace_after_the_folder_moved(src, dst):
+        if not calls:  # another process's invalidate renames the folder right now
+            calls.append(1)
+            shutil.move(os.path.dirname(src), str(store_dir / "trash-elsewhere"))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_after_the_folder_moved)
+    fs.write_atomic("records/s/" + "0" * 32 + ".json", b"{}")
+    assert (store_dir / "records" / "s" / ("0" * 32 + ".json")).read_bytes() == b"{}"
