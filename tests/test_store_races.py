@@ -267,11 +267,11 @@ def _between_record_and_load(monkeypatch, action):
     calls = []
     real = Store.load_value
 
-    def load_value(self, info, verify=False):
+    def load_value(self, info, verify=False, record=None):
         calls.append(info["hash"])
         if len(calls) == 1:
             action()
-        return real(self, info, verify)
+        return real(self, info, verify, record=record)
 
     monkeypatch.setattr(Store, "load_value", load_value)
     return calls
