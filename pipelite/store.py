@@ -135,10 +135,10 @@ class _LocalFS:
     def write_atomic(self, rel: str, data: bytes) -> None:
         final = self._abs(rel)
         folder = os.path.dirname(final)
-        for attempt in (1, 2):
-            os.makedirs(folder, exist_ok=True)
+        for attempt in (1, 2, 3):
             tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
             try:
+                os.makedirs(folder, exist_ok=True)
                 with open(tmp, "wb") as f:
                     f.write(data)
                     f.flush()
@@ -146,11 +146,11 @@ class _LocalFS:
                 os.replace(tmp, final)
                 _fsync_dir(folder)
                 return
-            except FileNotFoundError:
-                # another process's invalidate moved the folder away mid-write: write again
-                # into a new folder (once; the bytes are all here)
+            except (FileNotFoundError, FileExistsError):
+                # another process's invalidate moved the folder away mid-write (or while it
+                # was being made): write again into a new folder; the bytes are all here
                 _remove_quietly(tmp)
-                if attempt == 2:
+                if attempt == 3:
                     raise
             except BaseException:
                 _remove_quietly(tmp)
