@@ -6,6 +6,7 @@ import getopt
 import re
 import symtable
 from dataclasses import dataclass
+from typing import Any
 
 # Names a notebook host puts in every namespace, that no cell means as data. Names of the
 # builtins are NOT here: a notebook may bind ``input`` or ``format`` itself, so whether a
@@ -233,12 +234,13 @@ def analyze(source: str) -> CellAnalysis:
                 return False
             return ends
         elif isinstance(stmt, ast.Try) or type(stmt).__name__ == "TryStar":
+            tried: Any = stmt  # ast.Try, or ast.TryStar (3.11+) with the same fields
             start = set(st.definite)
-            body = branch(stmt.body, start)
+            body = branch(tried.body, start)
             if not body[1]:
-                body = branch(stmt.orelse, body[0])
+                body = branch(tried.orelse, body[0])
             paths = [body]
-            for handler in stmt.handlers:  # an exception may come before anything is bound
+            for handler in tried.handlers:  # an exception may come before anything is bound
                 st.definite = set(start)
                 expr(handler.type)
                 if handler.name:
@@ -246,7 +248,7 @@ def analyze(source: str) -> CellAnalysis:
                 paths.append(branch(handler.body, st.definite))
             merge(paths, start)
             ends = all(e for _, e in paths)
-            return block(stmt.finalbody) or ends
+            return block(tried.finalbody) or ends
         elif type(stmt).__name__ == "Match":
             expr(stmt.subject)  # type: ignore[attr-defined]
             start = set(st.definite)

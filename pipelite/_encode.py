@@ -31,7 +31,8 @@ def warn_user(message: str) -> None:
     import os
 
     here = os.path.dirname(os.path.abspath(__file__))
-    frame, level = sys._getframe(1), 2  # 1 is this function, 2 its caller
+    frame: Any = sys._getframe(1)
+    level = 2  # 1 is this function, 2 its caller
     while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == here:
         frame, level = frame.f_back, level + 1
     warnings.warn(message, PipeliteWarning, stacklevel=level)
@@ -156,8 +157,8 @@ class Encoder:
             h.update(b"}")
         elif isinstance(v, (str, bytes, bytearray, *_SCALARS)):
             # a subclass of a builtin value: the value inside, then what the subclass adds
-            base = next(b for b in (str, bytes, bytearray, bool, int, float, complex)
-                        if isinstance(v, b))
+            base: Any = next(b for b in (str, bytes, bytearray, bool, int, float, complex)
+                                  if isinstance(v, b))
             h.update(b"%s<" % name)
             self.feed(h, base(v))
             h.update(b">")

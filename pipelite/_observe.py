@@ -207,8 +207,8 @@ class Recorder:
                     names.add(name)
         modules: dict[str, str] = {}
         for name in names:
-            mod = sys.modules.get(name)
-            file = getattr(mod, "__file__", None) if mod is not None else None
+            loaded = sys.modules.get(name)
+            file = getattr(loaded, "__file__", None) if loaded is not None else None
             if isinstance(file, str):
                 file = _absolute(self.cwd, file)
                 if keep(file):
@@ -342,7 +342,7 @@ def _hash_small(path: str, size: int) -> str:
     """A small file's digest in one read, without a file object (most observed files are)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     try:
-        chunks = []
+        chunks: list[bytes] = []
         while True:  # to the end, even if it grew since the stat
             chunk = os.read(fd, size + 1 if not chunks else 1 << 20)
             if not chunk:

@@ -40,7 +40,7 @@ class Format:
     load: Callable[[str], Any]
     # the exceptions with which a built-in format refuses a value it cannot hold (then the
     # value is pickled instead); empty for pickle and for user formats: their errors surface
-    refusals: tuple = ()
+    refusals: "tuple[type[BaseException], ...] | Callable[[], tuple[type[BaseException], ...]]" = ()
 
     def falls_back_to_pickle(self, exc: BaseException, tmp: str) -> bool:
         """Whether a failed ``save`` to ``tmp`` is this built-in format refusing the value

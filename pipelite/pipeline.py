@@ -13,7 +13,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from . import _observe, events
 from .errors import (
@@ -109,7 +109,7 @@ class _Eval:
     failure: dict | None = None
 
 
-class _Producers:
+class _Producers(Mapping[str, str]):
     """Artifact -> producing stage: registered stages first; the store is listed only when a
     name is not found there (so a run of fresh stages never lists the store)."""
 
@@ -139,6 +139,12 @@ class _Producers:
 
     def all(self) -> dict[str, str]:
         return {**self._store_only(), **self._registered}
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.all())
+
+    def __len__(self) -> int:
+        return len(self.all())
 
 
 class _CorruptInput(Exception):
@@ -314,19 +320,19 @@ class Pipeline:
             order: list[str] = []
             placed: set[str] = set()
             for root in sorted(graph, key=key):
-                stack = [(root, iter(sorted(graph[root], key=key)))]  # no recursion limit
-                while stack:
-                    node, deps = stack[-1]
+                walk = [(root, iter(sorted(graph[root], key=key)))]  # no recursion limit
+                while walk:
+                    node, deps = walk[-1]
                     if node in placed:
-                        stack.pop()
+                        walk.pop()
                         continue
                     dep = next((d for d in deps if d not in placed), None)
                     if dep is None:
                         placed.add(node)
                         order.append(node)
-                        stack.pop()
+                        walk.pop()
                     else:
-                        stack.append((dep, iter(sorted(graph[dep], key=key))))
+                        walk.append((dep, iter(sorted(graph[dep], key=key))))
             return order
 
     def _all_names(self) -> list[str]:

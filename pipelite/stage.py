@@ -360,8 +360,9 @@ class ClassStage(Stage):
             inputs.append(_annotation_artifact(p.annotation, run) or p.name)
         params: dict[str, Any] = {}
         any_param = False
-        if cls.__init__ is not object.__init__:
-            for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+        init = vars(cls).get("__init__") or getattr(cls, "__init__")
+        if init is not object.__init__:
+            for p in list(inspect.signature(init).parameters.values())[1:]:
                 if p.kind is p.VAR_KEYWORD:
                     any_param = True
                 elif p.kind is p.VAR_POSITIONAL:

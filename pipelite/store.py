@@ -30,7 +30,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import filelock
 
@@ -386,8 +386,8 @@ def _mtime_of(info: dict, now: float) -> float:
         value = info.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        if hasattr(value, "timestamp"):
-            return value.timestamp()
+        if value is not None and hasattr(value, "timestamp"):
+            return float(value.timestamp())
         if isinstance(value, str):
             try:
                 return _dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
@@ -478,7 +478,7 @@ class Store:
     """Records and objects under one location (a local path or an fsspec URL)."""
 
     def __init__(self, location: str | os.PathLike = ".pipelite",
-                 storage_options: dict | None = None):
+                 storage_options: Mapping[str, Any] | None = None):
         """``storage_options`` go to the fsspec filesystem (e.g. S3 credentials, endpoint_url)."""
         if not isinstance(location, (str, os.PathLike)):
             raise PipeliteError(f"store must be a path or an fsspec URL string, not "
@@ -1042,7 +1042,7 @@ class Store:
         """(age in seconds, size, kind: "file", "dir", "link" or "other") of a store path, or
         None if it is gone. The age of a remote file without a known modification time is 0:
         too young to collect unless ``grace`` is 0."""
-        if not self._fs.is_local:
+        if isinstance(self._fs, _FsspecFS):
             try:
                 info = self._fs.fs.info(self._fs.path(rel))
             except (FileNotFoundError, OSError):
