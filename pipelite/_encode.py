@@ -57,9 +57,34 @@ def _plumbing() -> tuple[type, ...]:
 _PLUMBING = _plumbing()
 
 
+def np_bytes(values: Any) -> Any:
+    """The raw bytes of a float pandas column or index, as a buffer (copied only when the
+    column is not contiguous)."""
+    import numpy as np
+
+    return np.ascontiguousarray(values.to_numpy()).reshape(-1).view(np.uint8)
+
+
 def _numpy_types() -> tuple[type, ...]:
     np = sys.modules.get("numpy")
     return (np.ndarray, np.generic) if np is not None else ()
+
+
+_DATALESS_BASES = frozenset({object})
+
+
+def _holds_library_data(t: type) -> bool:
+    """Whether your class derives from a library class that may keep data outside the
+    instance's ``__dict__`` (``collections.deque``, ``datetime.date``, ``decimal.Decimal``...).
+    Builtin containers and values are fed item by item elsewhere."""
+    import abc
+    import typing
+
+    dataless = _DATALESS_BASES | {abc.ABC, typing.Generic}
+    handled = (list, tuple, dict, set, frozenset, str, bytes, bytearray, bool, int, float,
+               complex)
+    return any(b not in dataless and not _is_user_type(b) and not issubclass(b, handled)
+               for b in t.__mro__[1:])
 
 
 def _is_user_type(t: type) -> bool:
@@ -168,6 +193,8 @@ class Encoder:
             self._feed_pickled(h, v)
             return
         if _is_user_type(t) and not isinstance(v, type):
+            if _holds_library_data(t):  # a deque, date, Decimal... of yours: its C-held data
+                self._feed_pickled(h, v)
             self._feed_state(h, v, t)
 
     def _feed_state(self, h: Any, v: Any, t: type) -> None:
@@ -194,16 +221,20 @@ class Encoder:
             self._feed_numpy(h, np.ma.getdata(v))
             self._feed_numpy(h, np.ma.getmaskarray(v))
             h.update(repr(v.fill_value).encode())
-        elif isinstance(v, np.ndarray) and v.dtype != object:
+        elif isinstance(v, np.ndarray) and not v.dtype.hasobject and v.dtype.kind != "T":
+            # (object fields and numpy 2's StringDType hold references, not bytes: pickled)
             arr = np.ascontiguousarray(v)  # at least 1-d: the shape comes from v itself
             kind = arr.dtype.descr if arr.dtype.fields else arr.dtype.str
             h.update(f"ndarray{tag}:{kind}:{v.shape};".encode())
             h.update(arr.reshape(-1).view(np.uint8))
-        elif isinstance(v, np.generic) and not isinstance(v, np.object_):
+        elif isinstance(v, np.generic) and not isinstance(v, np.object_) and v.dtype.kind != "T":
             h.update(f"npscalar:{v.dtype.str}:".encode())
             h.update(v.tobytes())
         else:
+            h.update(f"ndarray{tag}:{v.dtype!r}:{getattr(v, 'shape', ())};".encode())
             self._feed_pickled(h, v)
+        if tag and _is_user_type(t) and isinstance(getattr(v, "__dict__", None), dict):
+            self.feed(h, vars(v))  # your ndarray subclass's own attributes (a unit, say)
 
     def _feed_pandas(self, h: Any, v: Any) -> None:
         import pandas as pd
@@ -220,6 +251,9 @@ class Encoder:
                 h.update(repr(list(v.columns) if isinstance(v, pd.DataFrame) else v.name).encode())
                 index = v if isinstance(v, pd.Index) else v.index
                 h.update(repr((list(index.names), type(index).__name__)).encode())
+                levels = getattr(index, "levels", None)  # a MultiIndex: each level's dtype
+                h.update(repr([repr(lv.dtype) for lv in levels] if levels is not None
+                              else repr(index.dtype)).encode())  # int32 vs int64, time zones
                 if isinstance(v, pd.DataFrame):
                     h.update(repr(list(v.columns.names)).encode())
                 h.update(rows.to_numpy().tobytes())
@@ -230,6 +264,8 @@ class Encoder:
                 for part in columns + ([] if isinstance(v, pd.Index) else [v.index]):
                     if part.dtype == object:
                         self._feed_pickled(h, part.to_numpy())
+                    elif part.dtype.kind == "f":  # -0.0 and 0.0 agree there: raw bytes too
+                        h.update(np_bytes(part))
                 attrs = getattr(v, "attrs", None)
                 if attrs:  # metadata user code reads (units, sources)
                     h.update(b"attrs:")

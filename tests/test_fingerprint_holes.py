@@ -639,3 +639,67 @@ def test_pickling_an_instance_does_not_change_its_class_digest(pipeline, monkeyp
         warnings.simplefilter("error", PipeliteWarning)  # "changed what it reads" would raise
         pipeline.run("f")  # storing the output pickles a Touchy: copyreg caches on the class
         assert state(pipeline, "f").state == "fresh"
+
+
+# -- found by a review: data a value holds outside its __dict__, and dtypes ---------------------
+class _History(__import__("collections").deque):
+    pass
+
+
+class _Day(__import__("datetime").date):
+    pass
+
+
+class _Money(__import__("decimal").Decimal):
+    pass
+
+
+@pytest.mark.parametrize("a, b", [
+    (_History([1, 2]), _History([1, 2, 100])),
+    (_Day(2024, 1, 1), _Day(2030, 5, 5)),
+    (_Money("1.5"), _Money("9")),
+], ids=["deque-subclass", "date-subclass", "decimal-subclass"])
+def test_your_subclass_of_a_library_type_counts_by_the_data_the_library_holds(a, b):
+    assert value_digest(a) != value_digest(b)
+    assert value_digest(a) == value_digest(type(a)(a) if not isinstance(a, _Day)
+                                           else _Day(a.year, a.month, a.day))
+
+
+def test_your_ndarray_subclass_counts_with_its_own_attributes():
+    class Tagged(np.ndarray):
+        def __array_finalize__(self, obj):
+            self.unit = getattr(obj, "unit", "m")
+
+    a, b = np.arange(3.0).view(Tagged), np.arange(3.0).view(Tagged)
+    b.unit = "km"
+    assert value_digest(a) != value_digest(b)
+
+
+def test_an_index_time_zone_and_the_sign_of_zero_count_in_pandas_values():
+    import pandas as pd
+
+    s = pd.Series([1.0, 2.0], index=pd.date_range("2024-01-01", periods=2, freq="h", tz="UTC"))
+    assert value_digest(s) != value_digest(s.tz_convert("Asia/Tokyo"))
+    assert value_digest(pd.Series([0.0, 1.0])) != value_digest(pd.Series([-0.0, 1.0]))
+    assert value_digest(pd.Series([1], index=pd.Index([1], dtype="int32"))) != value_digest(
+        pd.Series([1], index=pd.Index([1], dtype="int64")))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: np.array(["a", "bb"], dtype=np.dtypes.StringDType()),
+    lambda: np.array([(1, "x")], dtype=[("i", "i8"), ("o", object)]),
+], ids=["StringDType", "object-field"])
+def test_arrays_holding_references_are_hashed_by_value_not_a_crash(pipeline, make):
+    a = make()
+    b = a.copy()
+    b[0] = b[1] if a.dtype.kind == "T" else (1, "y")
+    assert value_digest(a) != value_digest(b) and value_digest(a) == value_digest(a.copy())
+    ns = notebook()
+    ns["LABELS"] = a
+    run_cell("""
+        @stage(outputs="n")
+        def n_labels():
+            return len(LABELS)
+        """, ns)
+    assert pipeline.status()[0].state == "missing"  # checking it does not raise
+    assert pipeline.run("n_labels")["n"] == len(a)
