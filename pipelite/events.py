@@ -32,6 +32,12 @@ _listeners: list[Callable[[StageEvent], None]] = []
 
 def subscribe(listener: Callable[[StageEvent], None]) -> Callable[[], None]:
     """Call ``listener(event)`` for every stage event; returns a function that unsubscribes."""
+    if not callable(listener):
+        from .errors import InvalidArgumentError
+
+        raise InvalidArgumentError(
+            f"subscribe() takes a function called with each StageEvent, not "
+            f"{type(listener).__name__} {listener!r}: e.g. subscribe(lambda event: print(event))")
     _listeners.append(listener)
 
     def unsubscribe() -> None:
