@@ -8,10 +8,13 @@ their digest, which covers everything their code reaches.
 """
 from __future__ import annotations
 
+import abc
+import functools
 import io
 import pickle
 import sys
 import types
+import typing
 import warnings
 from typing import Any, Callable
 
@@ -70,21 +73,18 @@ def _numpy_types() -> tuple[type, ...]:
     return (np.ndarray, np.generic) if np is not None else ()
 
 
-_DATALESS_BASES = frozenset({object})
+_DATALESS_BASES = frozenset({object, abc.ABC, typing.Generic})
+_FED_ITEM_BY_ITEM = (list, tuple, dict, set, frozenset, str, bytes, bytearray, bool, int, float,
+                     complex)
 
 
+@functools.lru_cache(maxsize=1024)
 def _holds_library_data(t: type) -> bool:
     """Whether your class derives from a library class that may keep data outside the
     instance's ``__dict__`` (``collections.deque``, ``datetime.date``, ``decimal.Decimal``...).
     Builtin containers and values are fed item by item elsewhere."""
-    import abc
-    import typing
-
-    dataless = _DATALESS_BASES | {abc.ABC, typing.Generic}
-    handled = (list, tuple, dict, set, frozenset, str, bytes, bytearray, bool, int, float,
-               complex)
-    return any(b not in dataless and not _is_user_type(b) and not issubclass(b, handled)
-               for b in t.__mro__[1:])
+    return any(b not in _DATALESS_BASES and not _is_user_type(b)
+               and not issubclass(b, _FED_ITEM_BY_ITEM) for b in t.__mro__[1:])
 
 
 def _is_user_type(t: type) -> bool:
@@ -107,8 +107,10 @@ class Encoder:
     def digest(self, value: Any, label: str) -> str:
         """The digest of ``value``; ``label`` names it in a warning if it cannot be hashed."""
         memo = self.memo
-        if memo is not None and (isinstance(value, _numpy_types())
-                                 or type(value).__module__.startswith("pandas")):
+        if memo is not None and not (isinstance(value, _numpy_types())
+                                     or type(value).__module__.startswith("pandas")):
+            memo = None  # only large data is memoised: code may add to the walk as it is hashed
+        if memo is not None:
             hit = memo.get(id(value))
             if hit is not None and hit[0] is value:
                 return hit[1]
@@ -119,8 +121,7 @@ class Encoder:
             digest = h.hexdigest()
         finally:
             self.label = outer
-        if memo is not None and (isinstance(value, _numpy_types())
-                                 or type(value).__module__.startswith("pandas")):
+        if memo is not None:
             memo[id(value)] = (value, digest)
         return digest
 

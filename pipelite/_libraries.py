@@ -17,25 +17,28 @@ import sysconfig
 import types
 from typing import Any
 
-__all__ = ["LIBRARY_ROOTS", "is_library_path", "is_library_module", "module_location",
+__all__ = ["LIBRARY_ROOTS", "library_locations", "is_library_path", "is_library_module", "module_location",
            "library_token", "forget"]
 
 _OWN_PACKAGES = frozenset({"pipelite", "pipelite_ipy"})
 
 
-def _library_roots() -> tuple[str, ...]:
-    roots = set()
+def library_locations() -> list[str]:
+    """The interpreter's library folders as configured (not resolved): the standard library,
+    site-packages (the user's too) and the ``site-packages``/``dist-packages`` on sys.path."""
     paths = sysconfig.get_paths()
-    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
-        if paths.get(key):
-            roots.add(os.path.realpath(paths[key]))
+    found = [paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")
+             if paths.get(key)]
     try:
-        roots.add(os.path.realpath(site.getusersitepackages()))
+        found.append(site.getusersitepackages())
     except Exception:  # noqa: BLE001 - some embedded interpreters have no user site
         pass
-    for p in sys.path:
-        if p and ("site-packages" in p or "dist-packages" in p):
-            roots.add(os.path.realpath(p))
+    found += [p for p in sys.path if p and ("site-packages" in p or "dist-packages" in p)]
+    return found
+
+
+def _library_roots() -> tuple[str, ...]:
+    roots = {os.path.realpath(p) for p in library_locations()}
     return tuple(sorted(r.rstrip(os.sep) + os.sep for r in roots))
 
 

@@ -48,13 +48,14 @@ import importlib.util
 import os
 import stat as _stat
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
 from typing import Any, Iterable
 
 import xxhash
+
+from ._libraries import library_locations
 
 from .formats import hash_file
 
@@ -288,9 +289,7 @@ _TEMP: tuple[str, ...] | None = None
 
 def library_dirs() -> list[str]:
     """The interpreter's library locations and PipeLite's own packages."""
-    paths = sysconfig.get_paths()
-    dirs = [paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths]
-    dirs += [p for p in sys.path if p and ("site-packages" in p or "dist-packages" in p)]
+    dirs = library_locations()
     here = os.path.dirname(os.path.abspath(__file__))
     dirs += [here, os.path.join(os.path.dirname(here), "pipelite_ipy")]
     return dirs

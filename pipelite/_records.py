@@ -12,12 +12,13 @@ from typing import Any
 
 import xxhash
 
+from .stage import MAX_NAME_LENGTH
+
 __all__ = ["BadRecord", "check_record", "check_failure", "object_rel", "bind", "HEX32",
            "is_fingerprint"]
 
 HEX32 = re.compile(r"[0-9a-f]{32}\Z")
 _OBJECT = re.compile(r"objects/([0-9a-f]{2})/([0-9a-f]{32})((?:\.[A-Za-z0-9_-]{1,12}){0,2})\Z")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 class BadRecord(ValueError):
@@ -77,8 +78,8 @@ def _str_map(v: Any, what: str) -> None:
 def _objects(entries: Any, what: str, version: int) -> None:
     _need(isinstance(entries, dict), f"{what} is not a map")
     for name, info in entries.items():
-        _need(isinstance(name, str) and _NAME.match(name) is not None,
-              f"{what} name {name!r} is not an identifier")
+        _need(isinstance(name, str) and name.isidentifier() and len(name) <= MAX_NAME_LENGTH,
+              f"{what} name {name!r} is not an artifact name")
         _need(isinstance(info, dict), f"{what} '{name}' is not a map")
         _need(is_fingerprint(info.get("hash")), f"{what} '{name}' has no valid hash")
         _need(_is_int(info.get("size")) and info["size"] >= 0, f"{what} '{name}' has no size")

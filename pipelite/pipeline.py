@@ -810,7 +810,7 @@ class Pipeline:
         Numpy arrays come back read-only and memory-mapped. ``verify=True`` rehashes the file.
         """
         __tracebackhide__ = True
-        if not isinstance(verify, (bool, np_bool())):
+        if not _is_bool(verify):
             raise InvalidArgumentError(
                 f"load(verify={verify!r}): verify is True (hash the whole file now) or False "
                 f"(the pipeline's verify level); for a level, use Pipeline(verify='always')")
@@ -973,18 +973,18 @@ def _checked_params(params: Any, where: str) -> dict[str, dict[str, Any]]:
     return checked
 
 
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy's bool too
+
+
 def _checked_bool(value: Any, where: str, what: str) -> None:
     """A flag given as something other than True/False ('no' is true) is refused."""
-    if not isinstance(value, bool) and type(value).__name__ != "bool_":  # numpy's bool too
+    if not _is_bool(value):
         raise InvalidArgumentError(
             f"{where}({what}={_short_repr(value)}): {what} must be True or False, not "
             f"{type(value).__name__}")
 
 
-def np_bool() -> type:
-    """numpy's bool type when numpy is loaded (a comparison's result is one), else bool."""
-    np = sys.modules.get("numpy")
-    return np.bool_ if np is not None else bool
 
 
 @contextlib.contextmanager

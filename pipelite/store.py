@@ -47,7 +47,7 @@ from .errors import limit_error
 from ._location import check_store_location
 from .humanize import human_bytes
 from .formats import PICKLE, format_for, format_named, hash_file
-from .stage import _STAGE_NAME
+from .stage import _STAGE_NAME, MAX_NAME_LENGTH
 
 __all__ = ["Store", "GcReport", "ScrubReport"]
 
@@ -397,7 +397,8 @@ def _mtime_of(info: dict, now: float) -> float:
 
 
 def _is_stage_dir(name: Any) -> bool:
-    return isinstance(name, str) and len(name) <= 200 and _STAGE_NAME.match(name) is not None
+    return (isinstance(name, str) and len(name) <= MAX_NAME_LENGTH
+            and _STAGE_NAME.match(name) is not None)
 
 
 def _remove_quietly(path: str) -> None:

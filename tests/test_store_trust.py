@@ -290,3 +290,15 @@ def test_a_write_whose_folder_was_moved_away_midway_writes_again(store_dir, monk
     monkeypatch.setattr(os, "replace", replace_after_the_folder_moved)
     fs.write_atomic("records/s/" + "0" * 32 + ".json", b"{}")
     assert (store_dir / "records" / "s" / ("0" * 32 + ".json")).read_bytes() == b"{}"
+
+
+def test_an_artifact_named_with_non_ascii_letters_is_stored_and_read_back(store_dir):
+    @stage(outputs="données")
+    def f():
+        return 1
+
+    Pipeline(store=str(store_dir)).run("f")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PipeliteWarning)  # not "corrupt record"
+        assert fresh_pipeline(store_dir).status()[0].state == "fresh"
+        assert fresh_pipeline(store_dir).load("données") == 1
