@@ -377,7 +377,8 @@ def test_editing_a_pandas_accessor_makes_the_stage_stale(pipeline):
             """, ns)
         assert pipeline.run("f")["y"] == 3
         run_cell(src.format(k=10), ns)
-        assert state(pipeline, "f").state == "stale"
+        s = state(pipeline, "f")
+        assert s.state == "stale" and "accessor 'pltest' changed" in s.reasons, s.reasons
         assert pipeline.run("f")["y"] == 13
     finally:
         if hasattr(pd.DataFrame, "pltest"):

@@ -383,6 +383,15 @@ def test_PIPELITE_OBSERVE_0_turns_observation_off(pipe, project, monkeypatch):
     assert state(pipe, "reader").state == "fresh"
 
 
+def test_with_observation_off_a_record_that_has_observations_is_still_checked(pipe, project,
+                                                                            monkeypatch):
+    define_reader()
+    pipe.run("reader")  # observed
+    monkeypatch.setenv(_observe.ENV, "0")
+    (project / "data" / "raw.csv").write_text("new!\n")
+    assert state(pipe, "reader").reasons == ("file 'data/raw.csv' changed",)
+
+
 def test_a_module_imported_with_an_import_statement_inside_the_stage_is_tracked(
         pipe, project, monkeypatch):
     (project / "helper4.py").write_text("FACTOR = 4\n")
