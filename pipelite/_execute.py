@@ -16,6 +16,7 @@ import queue
 import sys
 import time
 import traceback
+from dataclasses import replace
 from typing import Any, Callable, Iterator, Mapping
 
 from . import _observe, events
@@ -32,11 +33,11 @@ from .errors import (
 )
 from .fingerprint import Fingerprint, fingerprint_of, warn_user
 from .stage import REQUIRED, Stage
-from .store import Store
+from .store import FailureRecord, InputRecord, OutputRecord, ResultRecord, Store
 
 __all__ = ["RunResult", "Runner", "compute", "compute_locked"]
 
-Upstream = dict[str, tuple[str, dict]]  # input artifact -> (producing stage, its record)
+Upstream = dict[str, tuple[str, ResultRecord]]  # input artifact -> (producer, its record)
 
 
 class RunResult(dict):
@@ -44,7 +45,7 @@ class RunResult(dict):
     ``records`` holds each target stage's stored record."""
 
     def __init__(self, values: Mapping[str, Any], executed: list[str], skipped: list[str],
-                 records: Mapping[str, dict] | None = None):
+                 records: Mapping[str, ResultRecord] | None = None):
         super().__init__(values)
         self.executed = executed
         self.skipped = skipped
@@ -54,7 +55,8 @@ class RunResult(dict):
 class CorruptInput(Exception):
     """A stored input turned out corrupt: drop its record and plan again."""
 
-    def __init__(self, stage: str, record: dict, info: dict, error: CorruptArtifactError):
+    def __init__(self, stage: str, record: ResultRecord, info: OutputRecord,
+                 error: CorruptArtifactError):
         super().__init__(stage, record, info, error)  # all in args: survives pickling
         self.stage, self.record, self.info, self.error = stage, record, info, error
 
@@ -85,7 +87,7 @@ class Runner:
                 return self._run(targets, force, params)
             except CorruptInput as bad:
                 last = bad
-                key = (bad.stage, bad.record["fingerprint"])
+                key = (bad.stage, bad.record.fingerprint)
                 if bad.removed and key not in reread:
                     # deleted by another process (gc, invalidate) after its record was read:
                     # read the record again once (it may be gone, or name other files)
@@ -116,7 +118,7 @@ class Runner:
                     if first[n].state != "fresh" or (force and n in targets))
         url = self.store.url
         events.emit(events.StageEvent("run_started", None, url, 0, total))
-        done: dict[str, dict] = {}
+        done: dict[str, ResultRecord] = {}
         executed: list[str] = []
         skipped: list[str] = []
         sorter = graphlib.TopologicalSorter({n: self.graph.deps(n) for n in order})
@@ -133,7 +135,7 @@ class Runner:
                         job: Any = first[name].record
                     else:  # check again: an earlier stage may have changed what it reads
                         job = self._prepare(name, done, params, forced, memo)
-                    if isinstance(job, dict):  # a stored result matches: nothing to run
+                    if isinstance(job, ResultRecord):  # a stored result matches: nothing to run
                         done[name] = job
                         skipped.append(name)
                         events.emit(events.StageEvent("skipped", name, url))
@@ -163,7 +165,7 @@ class Runner:
                 try:
                     rec, ran = future.result()
                     if ran:
-                        self.registry.learn_outputs(st, rec["outputs"])
+                        self.registry.learn_outputs(st, rec.outputs)
                 except BaseException as exc:  # noqa: BLE001 - re-raised once in-flight work ends
                     RUNNING.discard((url, name))
                     events.emit(events.StageEvent("failed", name, url, index, total,
@@ -174,19 +176,19 @@ class Runner:
                 done[name] = rec
                 (executed if ran else skipped).append(name)
                 events.emit(events.StageEvent("finished" if ran else "skipped", name, url,
-                                              index, total, duration=rec.get("duration")))
+                                              index, total, duration=rec.duration))
                 sorter.done(name)
             if error is not None:
                 raise error
             values = {}
             for name in targets:
-                for out, info in done[name]["outputs"].items():
+                for out, info in done[name].outputs.items():
                     values[out] = load_input(self.store, name, done[name], info)
         finally:
             events.emit(events.StageEvent("run_finished", None, url, len(executed), total))
         return RunResult(values, executed, skipped, {t: done[t] for t in targets})
 
-    def _prepare(self, name: str, done: Mapping[str, dict], params: Params | None,
+    def _prepare(self, name: str, done: Mapping[str, ResultRecord], params: Params | None,
                  forced: bool, memo: dict | None = None) -> Any:
         """A stored record that matches, or (stage, fingerprint, params, upstream) to run."""
         st = self.registry.get(name)
@@ -202,10 +204,10 @@ class Runner:
             p = producers.get(i)
             if p is None or p == name:
                 raise MissingInputError(self._missing_input_message(st, i))
-            if i not in done[p]["outputs"]:
+            if i not in done[p].outputs:
                 raise MissingInputError(
                     f"stage '{name}' needs artifact '{i}', but stage '{p}' did not "
-                    f"produce it (it produced: {', '.join(done[p]['outputs']) or 'nothing'})"
+                    f"produce it (it produced: {', '.join(done[p].outputs) or 'nothing'})"
                 )
             upstream[i] = (p, done[p])
         resolved = st.resolve_params(stage_params(self.base, params, name))
@@ -228,7 +230,7 @@ class Runner:
 
     def _execute_here(self, st: Stage, fp: Fingerprint, params: dict, upstream: Upstream,
                       forced: bool, index: int, total: int,
-                      memo: dict | None = None) -> tuple[dict, bool]:
+                      memo: dict | None = None) -> tuple[ResultRecord, bool]:
         __tracebackhide__ = True
         url = self.store.url
         with stage_lock(self.store, st.name, fp.digest):
@@ -250,7 +252,7 @@ class Runner:
             finally:
                 RUNNING.discard((url, st.name))
         events.emit(events.StageEvent("finished", st.name, url, index, total,
-                                      duration=rec["duration"]))
+                                      duration=rec.duration))
         return rec, True
 
     def _submit(self, st: Stage, fp: Fingerprint, params: dict, upstream: Upstream,
@@ -267,7 +269,7 @@ class Runner:
 
 
 def _input_hashes(upstream: Upstream) -> dict[str, str]:
-    return {i: rec["outputs"][i]["hash"] for i, (_, rec) in upstream.items()}
+    return {i: rec.outputs[i].hash for i, (_, rec) in upstream.items()}
 
 
 @contextlib.contextmanager
@@ -297,7 +299,7 @@ def _summary(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def load_input(store: Store, stage: str, record: dict, info: dict) -> Any:
+def load_input(store: Store, stage: str, record: ResultRecord, info: OutputRecord) -> Any:
     """A stored value; a corrupt or vanished file raises ``CorruptInput`` (run() retries)."""
     try:
         return store.load_value(info, record=record)
@@ -305,7 +307,7 @@ def load_input(store: Store, stage: str, record: dict, info: dict) -> Any:
         raise CorruptInput(stage, record, info, as_removed(store, info, exc) or exc) from None
 
 
-def as_removed(store: Store, info: dict, exc: CorruptArtifactError
+def as_removed(store: Store, info: OutputRecord, exc: CorruptArtifactError
                ) -> ArtifactRemovedError | None:
     """``exc`` as an ``ArtifactRemovedError`` if the file is absent rather than damaged (gc or
     invalidate in another process deleted it after its record was read); else None."""
@@ -318,7 +320,7 @@ def as_removed(store: Store, info: dict, exc: CorruptArtifactError
 
 
 def compute_locked(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: Upstream,
-                   forced: bool) -> tuple[dict, bool]:
+                   forced: bool) -> tuple[ResultRecord, bool]:
     """On an executor's worker: compute once per (stage, fingerprint) across processes."""
     with stage_lock(store, st.name, fp.digest):
         rec = stored(store, st.name, fp, forced)
@@ -328,13 +330,14 @@ def compute_locked(store: Store, st: Stage, fp: Fingerprint, params: dict, upstr
 
 
 def compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: Upstream,
-            learn: Callable[[Stage, Any], None] | None, memo: dict | None = None) -> dict:
+            learn: Callable[[Stage, Any], None] | None, memo: dict | None = None
+            ) -> ResultRecord:
     """Load the inputs, run the stage, store its outputs, commit the record (last).
 
     ``memo``, the run's digests, is emptied before the stage's code runs and refilled by the
     check after it."""
     __tracebackhide__ = True
-    inputs = {i: load_input(store, p, rec, rec["outputs"][i]) for i, (p, rec) in upstream.items()}
+    inputs = {i: load_input(store, p, rec, rec.outputs[i]) for i, (p, rec) in upstream.items()}
     started = _dt.datetime.now(_dt.timezone.utc)
     # files read, modules imported, directories listed while it runs (see _observe)
     recorder = _observe.start(store.local_dirs()) if _observe.enabled() else None
@@ -359,32 +362,30 @@ def compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: Up
                        for k, v in st.take_attachments().items()}
         observed = None
         if recorder is not None:
-            carried = (previous or {}).get("observed", {}).get("modules", ())
+            carried = ((previous.observed if previous is not None else None) or {}).get(
+                "modules", ())
             observed = recorder.collect(carry_modules=[m["name"] for m in carried])
     except BaseException as exc:
         store.discard_objects(created)
         _record_failure(store, st, fp, exc, started, time.perf_counter() - t0)
         raise
-    record = {
-        "format_version": 1,
-        "stage": st.name,
-        "kind": st.kind,
-        "fingerprint": fp.digest,
-        "started": started.isoformat(timespec="milliseconds"),
-        "duration": round(duration, 6),
-        "save_duration": round(time.perf_counter() - t0 - duration, 6),
-        "params": {k: short_repr(v) for k, v in params.items()},
-        "inputs": {i: {"hash": rec["outputs"][i]["hash"], "stage": p}
-                   for i, (p, rec) in upstream.items()},
-        "outputs": infos,
-        "attachments": attachments,
-        "parts": fp.parts,
-        "versions": _versions(),
-    }
-    if observed:
-        record["observed"] = observed
+    record = ResultRecord(
+        stage=st.name,
+        kind=st.kind,
+        fingerprint=fp.digest,
+        started=started.isoformat(timespec="milliseconds"),
+        duration=round(duration, 6),
+        save_duration=round(time.perf_counter() - t0 - duration, 6),
+        params={k: short_repr(v) for k, v in params.items()},
+        inputs={i: InputRecord(rec.outputs[i].hash, p) for i, (p, rec) in upstream.items()},
+        outputs=infos,
+        attachments=attachments,
+        parts=fp.parts,
+        versions=_versions(),
+        observed=observed or None,
+    )
     try:
-        store.write_result(st.name, fp.digest, record)
+        record = store.write_result(record)
     except BaseException:  # no record, so no result: its objects would only take space
         if store.record(st.name, fp.digest, cached=False) is None:  # (a warning raised as an
             store.discard_objects(created)  # error comes after the commit: keep them then)
@@ -393,17 +394,19 @@ def compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: Up
 
 
 def _store_after_run(store: Store, st: Stage, fp: Fingerprint, params: dict,
-                     upstream: Upstream, record: dict, memo: dict | None) -> dict:
+                     upstream: Upstream, record: ResultRecord, memo: dict | None
+                     ) -> ResultRecord:
     """A stage may change what it reads while it runs (a memo cache in a helper's default, an
     import inside it, a global it appends to): store the result for the state after the run
     too, or the stage would look stale right after running."""
     after = fingerprint_of(st, params, _input_hashes(upstream), memo)
     if after.digest == fp.digest:
         return record
-    changed = diff({"parts": fp.parts, "params": record["params"]}, after, params, {})
-    record = dict(record, fingerprint=after.digest, parts=after.parts, same_result_as=fp.digest)
+    changed = diff(fp.parts, record.params, after, params, {})
+    record = replace(record, fingerprint=after.digest, parts=after.parts,
+                     same_result_as=fp.digest)
     try:
-        store.write_result(st.name, after.digest, record)
+        record = store.write_result(record)
     except PipeliteError as exc:  # full or read-only: the result is stored all the same
         warn_user(f"stage '{st.name}': its result is stored, but not for the state after "
                   f"its run ({exc}); it will run again next time")
@@ -426,7 +429,7 @@ def _versions() -> dict[str, str]:
 
 
 def _save_output(store: Store, st: Stage, name: str, value: Any,
-                 created: list[str] | None = None) -> dict:
+                 created: list[str] | None = None) -> OutputRecord:
     try:
         return store.save_value(value, stage=st.name, created=created)
     except FormatSaveError as exc:  # the user's format: say which output it was saving
@@ -463,15 +466,15 @@ def _record_failure(store: Store, st: Stage, fp: Fingerprint, exc: BaseException
     """Write FAILED.json. The stage's own error matters more: if the file cannot be written
     (a full or read-only disk), that is a warning and ``exc`` still propagates unchanged."""
     try:
-        store.write_failure(st.name, {
-            "stage": st.name,
-            "fingerprint": fp.digest,
-            "error": _summary(exc),
-            "traceback": "".join(traceback.format_exception(type(exc), exc,
-                                                            _user_frames(exc.__traceback__))),
-            "started": started.isoformat(timespec="milliseconds"),
-            "duration": round(elapsed, 6),
-        })
+        store.write_failure(FailureRecord(
+            stage=st.name,
+            fingerprint=fp.digest,
+            error=_summary(exc),
+            traceback="".join(traceback.format_exception(type(exc), exc,
+                                                         _user_frames(exc.__traceback__))),
+            started=started.isoformat(timespec="milliseconds"),
+            duration=round(elapsed, 6),
+        ))
     except Exception as write_error:  # noqa: BLE001 - never replaces the stage's own error
         warn_user(f"stage '{st.name}' failed ({_summary(exc)}), and its failure could not be "
                   f"recorded in {store.url}: {write_error}")

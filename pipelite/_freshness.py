@@ -17,7 +17,7 @@ from ._resolve import Graph
 from .errors import ParameterError
 from .fingerprint import Fingerprint, fingerprint_of
 from .stage import Stage
-from .store import Store
+from .store import FailureRecord, ResultRecord, Store
 
 __all__ = ["STATES", "Check", "OutputInfo", "StageStatus", "Verdict", "check", "checked_record",
            "diff", "short_repr", "stored"]
@@ -69,10 +69,10 @@ class Verdict:
     state: str
     reasons: list[str]
     stage: Stage | None
-    record: dict | None = None  # the stored result for the current fingerprint
-    latest: dict | None = None
+    record: ResultRecord | None = None  # the stored result for the current fingerprint
+    latest: ResultRecord | None = None
     fingerprint: Fingerprint | None = None
-    failure: dict | None = None
+    failure: FailureRecord | None = None
 
 
 @dataclass
@@ -132,8 +132,8 @@ def _store_only(store: Store, name: str) -> Verdict:
     latest = store.latest(name)
     if latest is None:
         return Verdict(name, "missing", ["not defined in this session"], None)
-    when = latest.get("started", "?")[:16].replace("T", " ")
-    changed = _observe.changes(latest.get("observed"))
+    when = latest.started[:16].replace("T", " ")
+    changed = _observe.changes(latest.observed)
     return Verdict(name, "stale" if changed else "fresh",
                    [f"not defined in this session (stored result from {when})", *changed],
                    None, latest=latest, record=None if changed else latest)
@@ -155,10 +155,10 @@ def _defined(graph: Graph, name: str, verdicts: Mapping[str, Verdict], params: d
         up = verdicts[p]
         if up.state != "fresh" or up.record is None:
             blocked.append(f"upstream stage '{p}' is {up.state}")
-        elif i not in up.record["outputs"]:
+        elif i not in up.record.outputs:
             blocked.append(f"upstream stage '{p}' did not produce '{i}'")
         else:
-            input_hashes[i] = up.record["outputs"][i]["hash"]
+            input_hashes[i] = up.record.outputs[i].hash
     if blocked:
         verdict.latest = store.latest(name)
         verdict.state = "stale" if verdict.latest else "missing"
@@ -174,62 +174,62 @@ def _defined(graph: Graph, name: str, verdicts: Mapping[str, Verdict], params: d
     verdict.fingerprint = fp
     verdict.record, observed = checked_record(store, name, fp.digest)
     failure = store.failure(name)
-    if failure is not None and failure.get("fingerprint") == fp.digest:
+    if failure is not None and failure.fingerprint == fp.digest:
         verdict.state, verdict.failure = "failed", failure
         verdict.latest = store.latest(name)
-        verdict.reasons = [f"last run failed: {failure.get('error')}"]
+        verdict.reasons = [f"last run failed: {failure.error}"]
     elif observed:  # the same fingerprint, but a file it read has changed
         verdict.state, verdict.latest, verdict.reasons = "stale", observed[0], observed[1]
     elif verdict.record is not None:
         verdict.state = "fresh"
     elif (latest := store.latest(name)) is not None:
         verdict.state, verdict.latest = "stale", latest
-        verdict.reasons = diff(latest, fp, resolved, graph.producers)
+        verdict.reasons = diff(latest.parts, latest.params, fp, resolved, graph.producers)
     else:
         verdict.reasons = ["no stored result"]
     return verdict
 
 
-def stored(store: Store, name: str, fp: Fingerprint, forced: bool) -> dict | None:
+def stored(store: Store, name: str, fp: Fingerprint, forced: bool) -> ResultRecord | None:
     """The stored result for this fingerprint, unless forced, its last run there failed, or
     a file, module or directory it observed has changed since."""
     if forced:
         return None
     failure = store.failure(name)
-    if failure is not None and failure.get("fingerprint") == fp.digest:
+    if failure is not None and failure.fingerprint == fp.digest:
         return None  # its last run at this fingerprint failed: try again
     return checked_record(store, name, fp.digest)[0]
 
 
 def checked_record(store: Store, name: str, digest: str
-                   ) -> tuple[dict | None, tuple[dict, list[str]] | None]:
+                   ) -> tuple[ResultRecord | None, tuple[ResultRecord, list[str]] | None]:
     """The stored record for (stage, fingerprint) if its observed dependencies (files read,
     modules imported, directories listed while it ran) are unchanged; else (None, (record,
     reasons)). The one place every freshness check (status, explain, plan, run, load, and
     executor workers) validates observed dependencies."""
     rec = store.record(name, digest)
-    if rec is None or not rec.get("observed"):
+    if rec is None or not rec.observed:
         return rec, None
-    reasons = _observe.changes(rec["observed"])
+    reasons = _observe.changes(rec.observed)
     if reasons:
         # another process may have rerun it since this process cached the record
         again = store.record(name, digest, cached=False)
         if again is not None and again is not rec and again != rec:
             rec = again
-            reasons = _observe.changes(rec.get("observed"))
+            reasons = _observe.changes(rec.observed)
     return (None, (rec, reasons)) if reasons else (rec, None)
 
 
-def diff(old: Mapping[str, Any], fp: Fingerprint, params: Mapping[str, Any],
-         producers: Mapping[str, str]) -> list[str]:
-    """Why a stored result (``old``, a record) does not match the fingerprint, in words."""
-    before, now = old.get("parts", {}), fp.parts
+def diff(before: Mapping[str, Any], shown: Mapping[str, str], fp: Fingerprint,
+         params: Mapping[str, Any], producers: Mapping[str, str]) -> list[str]:
+    """Why a result stored for fingerprint parts ``before`` (with parameters ``shown`` as
+    recorded) does not match the fingerprint ``fp``, in words."""
+    now = fp.parts
     reasons: list[str] = []
     if before.get("code") != now["code"]:
         reasons.append("its code changed")
     reasons += _named_changes(before, now)
     b, n = before.get("params", {}), now["params"]
-    shown = old.get("params", {})
     for k in sorted(set(b) | set(n)):
         if b.get(k) != n.get(k):
             reasons.append(f"parameter '{k}' changed: {shown.get(k, '(unset)')} -> "
@@ -283,31 +283,26 @@ def _env_changes(b: Mapping[str, str], n: Mapping[str, str]) -> list[str]:
 
 def status_of(verdict: Verdict) -> StageStatus:
     rec = verdict.record if verdict.record is not None else verdict.latest
-    outputs = tuple(
-        OutputInfo(k, v["size"], v["format"], v.get("summary", ""), v["hash"])
-        for k, v in (rec or {}).get("outputs", {}).items()
-    )
+    stored_outputs = rec.outputs if rec is not None else {}
+    outputs = tuple(OutputInfo(k, v.size, v.format, v.summary or "", v.hash)
+                    for k, v in stored_outputs.items())
     st = verdict.stage
-    inputs = st.inputs if st else tuple((rec or {}).get("inputs", {}))
-    produces = tuple((st.outputs if st else None) or (rec or {}).get("outputs", {}))
+    inputs = st.inputs if st else tuple(rec.inputs if rec is not None else ())
+    produces = tuple((st.outputs if st else None) or stored_outputs)
     return StageStatus(
         name=verdict.name,
         state=verdict.state,
         reasons=tuple(verdict.reasons),
         outputs=outputs,
         inputs=tuple(inputs),
-        last_run=_parse_time(rec.get("started")) if rec else None,
-        duration=rec.get("duration") if rec else None,
+        last_run=rec.started_at if rec is not None else None,
+        duration=rec.duration if rec is not None else None,
         fingerprint=verdict.fingerprint.digest if verdict.fingerprint else None,
         defined=st is not None,
-        error=verdict.failure.get("error") if verdict.failure else None,
+        error=verdict.failure.error if verdict.failure else None,
         produces=produces,
-        traceback=verdict.failure.get("traceback") if verdict.failure else None,
+        traceback=verdict.failure.traceback if verdict.failure else None,
     )
-
-
-def _parse_time(text: str | None) -> _dt.datetime | None:
-    return _dt.datetime.fromisoformat(text) if text else None
 
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")

@@ -34,7 +34,8 @@ class Producers(Mapping[str, str]):
             found: dict[str, str] = {}
             for name in self._store.stages():
                 if name not in self._registry:
-                    for out in (self._store.latest(name) or {}).get("outputs", {}):
+                    latest = self._store.latest(name)
+                    for out in latest.outputs if latest is not None else ():
                         if out not in self._registered:
                             found.setdefault(out, name)
             self._extra = found
@@ -75,7 +76,7 @@ class Graph:
                     latest = self.store.latest(st.name)
                     if latest is not None:
                         try:
-                            self.registry.learn_outputs(st, latest["outputs"])
+                            self.registry.learn_outputs(st, latest.outputs)
                         except PipeliteError:
                             pass
             self._producers = Producers(self.registry, self.store)
@@ -118,8 +119,9 @@ class Graph:
         """The stages ``name`` reads artifacts from."""
         st = self.registry.get(name)
         if st is None:  # known from the store only: its record says what it was made from
-            inputs = (self.store.latest(name) or {}).get("inputs", {})
-            return [i["stage"] for i in inputs.values() if i.get("stage") not in (None, name)]
+            latest = self.store.latest(name)
+            inputs = latest.inputs.values() if latest is not None else ()
+            return [i.stage for i in inputs if i.stage is not None and i.stage != name]
         producers = self.producers
         return [producers[i] for i in st.inputs if i in producers and producers[i] != name]
 

@@ -31,7 +31,7 @@ from .errors import (
 from .fingerprint import warn_user
 from .humanize import human_bytes, human_duration
 from .stage import REGISTRY, Registry, artifact_name, stage_of
-from .store import GC_GRACE, GcReport, Store
+from .store import GC_GRACE, GcReport, ResultRecord, Store
 
 __all__ = ["Pipeline", "StageStatus", "OutputInfo", "PlannedStage", "RunResult", "STATES"]
 
@@ -242,13 +242,13 @@ class Pipeline:
         for attempt in range(2):
             verdict = self._check([producer], graph=graph)[producer]
             record = verdict.record
-            if verdict.state != "fresh" or record is None or name not in record["outputs"]:
+            if verdict.state != "fresh" or record is None or name not in record.outputs:
                 why = "; ".join(verdict.reasons) or verdict.state
                 raise StaleArtifactError(
                     f"artifact '{name}' is not up to date: stage '{producer}' is "
                     f"{verdict.state} ({why}). Run pipeline.run('{producer}') first"
                 )
-            info = record["outputs"][name]
+            info = record.outputs[name]
             try:
                 return self.store.load_value(info, verify=verify, record=record)
             except CorruptArtifactError as exc:
@@ -258,7 +258,7 @@ class Pipeline:
                     warn_user(f"{removed.path} was removed by another process while it was "
                               f"being loaded; reading stage '{producer}' again")
                     continue
-                self.store.drop_record(producer, record["fingerprint"])
+                self.store.drop_record(producer, record.fingerprint)
                 if removed is not None:
                     raise removed from None  # nothing to quarantine
                 # move the bad file aside (into quarantine/): the recompute writes the same
@@ -268,7 +268,7 @@ class Pipeline:
         raise AssertionError("unreachable")  # pragma: no cover
 
     @_user_facing
-    def attachment(self, stage: Any, name: str, *, record: dict | None = None) -> Any:
+    def attachment(self, stage: Any, name: str, *, record: ResultRecord | None = None) -> Any:
         """A stored side value of a stage's fresh result (e.g. a cell's captured output).
 
         Pass the stage's ``record`` (from ``RunResult.records``) to skip the freshness check.
@@ -278,7 +278,7 @@ class Pipeline:
             stage_name = graph.stage_name(stage)
             verdict = self._check([stage_name], graph=graph)[stage_name]
             record = verdict.record if verdict.state == "fresh" else None
-        info = (record or {}).get("attachments", {}).get(name)
+        info = ((record.attachments if record is not None else None) or {}).get(name)
         if info is None:
             return None
         # a cell's captured output can carry HTML and JavaScript: only from a signed record
@@ -292,8 +292,8 @@ class Pipeline:
         return self._graph().producers.all()
 
     @_user_facing
-    def record(self, stage: Any) -> dict | None:
-        """The stored record (as JSON data) of a stage's current result, or its newest one."""
+    def record(self, stage: Any) -> ResultRecord | None:
+        """The stored record of a stage's current result, or its newest one."""
         graph = self._graph()
         stage_name = graph.stage_name(stage)
         verdict = self._check([stage_name], graph=graph)[stage_name]
