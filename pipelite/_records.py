@@ -83,8 +83,10 @@ def _str_map(v: Any, what: str) -> dict[str, str]:
     return dict(v)
 
 
-def _unknown(data: Mapping[str, Any], known: tuple[str, ...]) -> dict[str, Any]:
+def _unknown(data: Mapping[str, Any], known: frozenset[str]) -> dict[str, Any]:
     """Keys PipeLite does not write (a newer version's): kept, so the JSON round-trips."""
+    if data.keys() <= known:  # the usual case, checked at C speed
+        return {}
     return {k: v for k, v in data.items() if k not in known}
 
 
@@ -107,7 +109,7 @@ class OutputRecord:
     bind: str | None = None  # binds the entry to its name (format 2)
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
-    _KEYS = ("hash", "size", "format", "path", "type", "summary", "sample", "bind")
+    _KEYS = frozenset(("hash", "size", "format", "path", "type", "summary", "sample", "bind"))
 
     @property
     def rel(self) -> str:
@@ -162,6 +164,9 @@ class OutputRecord:
         return out
 
 
+_INPUT_KEYS = frozenset(("hash", "stage"))
+
+
 @dataclass(frozen=True)
 class InputRecord:
     """An input a result was made from: the content hash it had, and its producer."""
@@ -180,7 +185,7 @@ class InputRecord:
     def from_json(cls, data: Any) -> "InputRecord":
         _need(isinstance(data, dict) and isinstance(data.get("hash"), str)
               and isinstance(data.get("stage", ""), str), "its inputs are malformed")
-        return cls(data["hash"], data.get("stage"), _unknown(data, ("hash", "stage")))
+        return cls(data["hash"], data.get("stage"), _unknown(data, _INPUT_KEYS))
 
 
 def _objects(entries: Any, what: str, version: int) -> dict[str, OutputRecord]:
@@ -249,9 +254,9 @@ class ResultRecord:
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
-    _KEYS = ("format_version", "stage", "kind", "fingerprint", "started", "duration",
-             "save_duration", "params", "inputs", "outputs", "attachments", "parts",
-             "versions", "observed", "same_result_as", "signature")
+    _KEYS = frozenset(("format_version", "stage", "kind", "fingerprint", "started", "duration",
+                       "save_duration", "params", "inputs", "outputs", "attachments", "parts",
+                       "versions", "observed", "same_result_as", "signature"))
 
     @property
     def started_at(self) -> _dt.datetime:
