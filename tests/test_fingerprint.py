@@ -13,6 +13,8 @@ import warnings
 import numpy as np
 import pytest
 
+import pipelite._fs
+import pipelite._integrity
 import pipelite.formats
 import pipelite.store
 from pipelite import Pipeline, PipeliteWarning
@@ -535,6 +537,8 @@ def test_checking_freshness_never_rehashes_or_loads_stored_data(pipeline, monkey
         raise AssertionError("stored data was read while checking freshness")
 
     monkeypatch.setattr(pipelite.store, "hash_file", forbidden)
+    monkeypatch.setattr(pipelite._fs, "hash_file", forbidden)
+    monkeypatch.setattr(pipelite._integrity, "hash_file", forbidden)
     monkeypatch.setattr(pipelite.formats, "hash_file", forbidden)
     monkeypatch.setattr(pipelite.store.Store, "load_value", forbidden)
     assert [s.state for s in pipeline.status()] == ["fresh", "fresh"]

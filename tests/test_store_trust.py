@@ -276,9 +276,9 @@ def test_storing_the_same_content_again_replaces_a_damaged_copy_of_it(store_dir)
 def test_a_write_whose_folder_was_moved_away_midway_writes_again(store_dir, monkeypatch):
     import shutil
 
-    from pipelite.store import _LocalFS
+    from pipelite._fs import LocalFS
 
-    fs = _LocalFS(str(store_dir))
+    fs = LocalFS(str(store_dir))
     real_replace, calls = os.replace, []
 
     def replace_after_the_folder_moved(src, dst):
