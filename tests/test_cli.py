@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pipelite import Pipeline, PipeliteError, stage
+from pipelite import Pipeline, stage
 from pipelite.cli import main
 
 
@@ -49,13 +49,6 @@ def test_the_core_never_imports_ipython():
             "bad = [m for m in ('IPython', 'ipywidgets', 'ipykernel') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
-
-
-@pytest.mark.parametrize("bad, kind", [(12, "int"), (None, "NoneType"), (b"x", "bytes")])
-def test_a_store_that_is_not_a_path_is_a_pipelite_error(bad, kind):
-    with pytest.raises(PipeliteError, match=f"store must be a path or an fsspec URL string, "
-                                            f"not {kind}"):
-        Pipeline(store=bad)
 
 
 # -- --store before or after the command -----------------------------------------------------

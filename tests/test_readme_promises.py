@@ -1,5 +1,4 @@
 """Promises the README makes, each checked (found missing by an audit of README vs tests)."""
-import os
 import numpy as np
 import pytest
 from pipelite import PipeliteWarning, stage, subscribe
@@ -79,19 +78,6 @@ def test_a_global_the_stage_mutates_is_named_in_a_warning_and_stays_fresh(pipeli
         assert pipeline.run("app").executed == ["app"]
     assert _state(pipeline, "app").state == "fresh"
     assert pipeline.run("app").executed == []
-
-
-def test_parquet_objects_are_fsynced_before_rename(pipeline, monkeypatch):
-    pd = pytest.importorskip("pandas")
-    synced, real = [], os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real(fd))
-
-    @stage(outputs="df")
-    def mk():
-        return pd.DataFrame({"a": [1, 2]})
-
-    pipeline.run()
-    assert any(p.endswith(".parquet") for p in synced), synced
 
 
 def test_instance_attribute_mutation_makes_stage_stale(pipeline):
