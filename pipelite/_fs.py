@@ -119,8 +119,8 @@ class StoreFS(Protocol):
         ...
 
     def delete(self, rel: str) -> None:
-        """Remove the file at ``rel`` (a symbolic link: the link, never its target); nothing
-        if it is absent already."""
+        """Remove the file at ``rel`` (a symbolic link: the link, never its target) and any
+        local copy of it; nothing if it is absent already."""
         ...
 
     def remove_empty_folder(self, rel: str) -> None:
@@ -138,9 +138,10 @@ class StoreFS(Protocol):
         ...
 
     def commit(self, local_tmp: str, rel: str) -> None:
-        """Make the complete file ``local_tmp`` (from ``tmp_path``) the object at ``rel``, all
-        or nothing, creating its folder; ``local_tmp`` is gone afterwards. The object is
-        durable when it returns, before any record names it."""
+        """Make the complete file ``local_tmp`` (from ``tmp_path``, fsync'ed by the caller) the
+        object at ``rel``, all or nothing, creating its folder; ``local_tmp`` is gone
+        afterwards. On a local disk the rename itself is durable (the folder is fsync'ed) when
+        it returns: before any record names the object."""
         ...
 
     def reuse(self, rel: str, digest: str, sample: str | None) -> bool:
