@@ -19,9 +19,14 @@ from typing import Any
 
 import xxhash
 
-__all__ = ["LEVELS", "BLOCK", "BLOCKS", "sample_digest", "check_level"]
+from .errors import CorruptArtifactError
+from .formats import hash_file
+
+__all__ = ["LEVELS", "BLOCK", "BLOCKS", "CHEAP_VERIFY_BYTES", "sample_digest", "check_level",
+           "check_content"]
 
 LEVELS = ("always", "sampled", "never")
+CHEAP_VERIFY_BYTES = 2 << 20  # files up to this size are hashed on every load (~0.3 ms)
 BLOCK = 4096
 BLOCKS = 64
 
@@ -53,3 +58,16 @@ def sample_digest(path: str, size: int) -> str:
     finally:
         os.close(fd)
     return h.hexdigest()
+
+
+def check_content(path: str, digest: str, size: int, sample: str | None, level: str) -> None:
+    """Raise ``CorruptArtifactError`` if the local file at ``path`` does not hold the content
+    of hash ``digest`` (``size`` bytes, ``sample`` its sampled blocks' digest, if recorded),
+    checked at ``level``."""
+    if level == "never":
+        return
+    if level == "always" or size <= CHEAP_VERIFY_BYTES:
+        if hash_file(path) != digest:
+            raise CorruptArtifactError(path, "its content hash does not match")
+    elif sample is not None and sample_digest(path, size) != sample:
+        raise CorruptArtifactError(path, "its sampled blocks do not match")

@@ -6,13 +6,34 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import StoreLocationError
 
-__all__ = ["check_store_location"]
+__all__ = ["Location", "check_store_location", "parse_location"]
 
 _EXAMPLE = "e.g. '.pipelite' (the default), '/data/pipelite' or 's3://bucket/prefix'"
+
+
+class Location(NamedTuple):
+    """A store location read as remote (an fsspec URL) or local (a path)."""
+
+    is_remote: bool
+    path_or_url: str  # the URL whole; the path as given (relative, '~'), 'file://' taken off
+
+
+def parse_location(location: str | os.PathLike[str]) -> Location:
+    """Whether ``location`` is an fsspec URL or a local path, and which: the one rule every
+    part of PipeLite reads a store location by.
+
+    A URL of any protocol but ``file`` is remote, chains included (``simplecache::s3://b/p``,
+    ``memory://x``); anything else is a local path, ``file://`` taken off
+    (``file:///data/store`` is ``/data/store``). ``os.PathLike`` objects are read as their
+    path. Nothing is checked here (``check_store_location`` does that)."""
+    loc = os.fspath(location)
+    if "://" in loc and not loc.startswith("file://"):
+        return Location(True, loc)
+    return Location(False, loc.removeprefix("file://"))
 
 
 def check_store_location(location: Any, storage_options: Any = None) -> None:
@@ -29,10 +50,10 @@ def check_store_location(location: Any, storage_options: Any = None) -> None:
     loc = os.fspath(location)
     if not isinstance(loc, str):
         return
-    if "://" in loc and not loc.startswith("file://"):
+    is_remote, path = parse_location(loc)
+    if is_remote:
         _check_protocols(loc)
         return
-    path = loc[len("file://"):] if loc.startswith("file://") else loc
     if not path.strip():
         raise StoreLocationError(
             f"the store path is empty ({loc!r}): pass a directory or an fsspec URL, {_EXAMPLE}")

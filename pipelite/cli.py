@@ -7,6 +7,7 @@ import re
 import sys
 from typing import Sequence
 
+from ._location import parse_location
 from .errors import PipeliteError
 from .humanize import human_bytes, human_duration
 
@@ -27,9 +28,8 @@ def _pipeline(store: str):
 def _check_store_exists(store: str) -> None:
     """A local store that does not exist is a mistake (a typo, the wrong directory): say so
     instead of showing an empty table. An existing, empty directory is a store with no stages."""
-    local = "://" not in store or store.startswith("file://")
-    path = store[len("file://"):] if store.startswith("file://") else store
-    if local and not os.path.isdir(os.path.expanduser(path)):
+    is_remote, path = parse_location(store)
+    if not is_remote and not os.path.isdir(os.path.expanduser(path)):
         raise PipeliteError(f"no PipeLite store at {store}")
 
 
@@ -201,8 +201,10 @@ def _run_notebook(args: argparse.Namespace) -> int:
     if store is not None and not store.strip():
         print(_EMPTY_STORE, file=sys.stderr)
         return 2
-    if store and "://" not in store:
-        store = os.path.abspath(os.path.expanduser(store))
+    if store is not None:
+        is_remote, path = parse_location(store)
+        if not is_remote:
+            store = os.path.abspath(os.path.expanduser(path))
     runnable = prepare_notebook(nb, args.stages, store, args.force)
     # With STAGE names the %%stage cells only define their stages, so a plain cell that reads
     # a stage output (print(train_data.shape)) cannot run: keep going, and judge afterwards.

@@ -11,6 +11,9 @@ Layout under the store root (local directory or any fsspec URL)::
     trash/                          record folders being removed by invalidate
     locks/                          per-(stage, fingerprint) lock files (local stores)
 
+``Store`` works through a ``pipelite._fs.StoreFS`` (a local directory or any fsspec
+filesystem): this module keeps the layout and the rules, the filesystem only moves bytes.
+
 A result becomes visible only when its record is written, and the record is written last,
 after every object it names is complete on disk: a crash at any point leaves no partial result.
 
@@ -21,12 +24,10 @@ opened, renamed or deleted.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import re
 import stat as _stat
-import sys
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -34,7 +35,11 @@ from typing import Any, Callable, Mapping
 
 import filelock
 
-from ._integrity import sample_digest
+from ._fs import StoreFS, open_fs
+from ._fs import TMP_NAME as _TMP_NAME
+from ._fs import fsync_file as _fsync_file
+from ._fs import remove_quietly as _remove_quietly
+from ._integrity import CHEAP_VERIFY_BYTES, check_content, sample_digest
 from ._trust import SAFE_FORMATS, is_signed, key_source, signature
 from ._records import (
     FORMAT_VERSION,
@@ -60,305 +65,6 @@ from .stage import _STAGE_NAME, MAX_NAME_LENGTH
 __all__ = ["Store", "GcReport", "ScrubReport", "ResultRecord", "OutputRecord", "InputRecord",
            "FailureRecord", "FORMAT_VERSION"]
 
-CHEAP_VERIFY_BYTES = 2 << 20  # files up to this size are hashed on every load (~0.3 ms)
-
-
-_REL_PART = re.compile(r"[A-Za-z0-9_.-]{1,255}\Z")
-
-
-def _check_rel(rel: str) -> str:
-    """A store-relative path made of plain names: no '..', no absolute path, no separators
-    other than '/', nothing but letters, digits, '_', '-' and '.'."""
-    parts = rel.split("/") if isinstance(rel, str) else [None]
-    if not all(isinstance(p, str) and _REL_PART.match(p) and p not in (".", "..")
-               for p in parts):
-        raise UnsafeStorePathError(f"refusing the store path {rel!r}: not a plain relative path")
-    return rel
-
-
-class _LocalFS:
-    """Direct os calls for a local directory: the fast path. Every path is checked to lie under
-    the root, through no symbolic link (``_abs``); files are opened without following one."""
-
-    is_local = True
-
-    def __init__(self, root: str):
-        self.root = os.path.abspath(os.path.expanduser(root))
-        self.url = self.root
-        self._real = os.path.realpath(self.root)
-        self._safe_dirs: set[str] = set()
-        self._checked: dict[str, str] = {}  # rel -> absolute path, already checked
-
-    def _abs(self, rel: str) -> str:
-        """The absolute path of ``rel`` after checking that its folder is really inside the
-        store: resolving it (symlinks included) must give the same place under the root."""
-        found = self._checked.get(rel)
-        if found is not None:
-            return found
-        _check_rel(rel)
-        folder = rel.rpartition("/")[0]
-        if folder and folder not in self._safe_dirs:
-            self._check_folder(folder)
-        path = os.path.join(self.root, rel)
-        if len(self._checked) > 100_000:
-            self._checked.clear()
-        self._checked[rel] = path
-        return path
-
-    def _check_folder(self, folder: str) -> None:
-        """Every folder from the root down to ``folder`` is a plain folder (or not made yet):
-        a symbolic link among them is refused. Folders found plain are remembered."""
-        done = ""
-        for part in folder.split("/"):
-            done = f"{done}/{part}" if done else part
-            if done in self._safe_dirs:
-                continue
-            path = os.path.join(self._real, done)
-            try:
-                st = os.lstat(path)
-            except (FileNotFoundError, NotADirectoryError):
-                return  # not made yet: whatever makes it makes a plain folder
-            if _stat.S_ISLNK(st.st_mode):
-                raise UnsafeStorePathError(
-                    f"refusing {os.path.join(self.root, done)}: a symbolic link inside the store "
-                    f"(to {os.path.realpath(path)}); move it out of the store")
-            self._safe_dirs.add(done)
-
-    def path(self, rel: str) -> str:
-        return self._abs(rel)
-
-    def read_bytes(self, rel: str) -> bytes | None:
-        path = self._abs(rel)
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except OSError as exc:
-            if os.path.islink(path):
-                raise UnsafeStorePathError(f"refusing {path}: a symbolic link inside the "
-                                           f"store") from None
-            raise exc
-        with os.fdopen(fd, "rb") as f:
-            return f.read()
-
-    def write_atomic(self, rel: str, data: bytes) -> None:
-        final = self._abs(rel)
-        folder = os.path.dirname(final)
-        for attempt in (1, 2, 3):
-            tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
-            try:
-                os.makedirs(folder, exist_ok=True)
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, final)
-                _fsync_dir(folder)
-                return
-            except (FileNotFoundError, FileExistsError):
-                # another process's invalidate moved the folder away mid-write (or while it
-                # was being made): write again into a new folder; the bytes are all here
-                _remove_quietly(tmp)
-                if attempt == 3:
-                    raise
-            except BaseException:
-                _remove_quietly(tmp)
-                raise
-
-    def exists(self, rel: str) -> bool:
-        return os.path.lexists(self._abs(rel))
-
-    def _lstat(self, rel: str) -> os.stat_result | None:
-        """The file's own stat (a symbolic link is refused, not followed); None if absent."""
-        path = self._abs(rel)
-        try:
-            st = os.lstat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        if _stat.S_ISLNK(st.st_mode):
-            raise UnsafeStorePathError(f"refusing {path}: a symbolic link inside the store")
-        return st
-
-    def stamp(self, rel: str) -> tuple | None:
-        """Identifies one version of a file (None if absent): a rewrite changes it."""
-        st = self._lstat(rel)
-        return None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns)
-
-    def listdir(self, rel: str) -> list[str]:
-        path = self._abs(rel + "/x")[:-2]  # the folder itself, checked like a file's folder
-        if os.path.islink(path):
-            raise UnsafeStorePathError(f"refusing {path}: a symbolic link inside the store")
-        try:
-            return os.listdir(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-
-    def delete(self, rel: str) -> None:
-        _remove_quietly(self._abs(rel))  # a symbolic link is removed itself, never its target
-
-    def reuse(self, rel: str, digest: str, sample: str | None) -> bool:
-        """Whether the object already at ``rel`` (of the right size) can stand for new bytes
-        with this hash: it must be intact (hashed whole when small, its sampled blocks when
-        large), and it is touched, so that gc's grace period covers it until its record lands."""
-        path = self._abs(rel)
-        info = OutputRecord(digest, os.lstat(path).st_size, "", rel, sample=sample)
-        try:
-            Store._check_content(path, info, "sampled")
-            os.utime(path)
-        except (CorruptArtifactError, OSError):
-            return False  # damaged or gone: the new bytes replace it
-        return True
-
-    def move(self, rel: str, dest_rel: str) -> None:
-        src, dest = self._abs(rel), self._abs(dest_rel)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        os.replace(src, dest)
-
-    def size(self, rel: str) -> int | None:
-        st = self._lstat(rel)
-        return None if st is None else st.st_size
-
-    def tmp_path(self, ext: str) -> str:
-        path = self._abs(f"tmp/{uuid.uuid4().hex}{ext}")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        return path
-
-    def commit(self, local_tmp: str, rel: str) -> None:
-        final = self._abs(rel)
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        os.replace(local_tmp, final)
-        _fsync_dir(os.path.dirname(final))
-
-    def local_copy(self, rel: str, expected_hash: str, verify: bool = False) -> str:
-        return self.path(rel)  # Store.verify has hashed it already when asked to
-
-    def lock_dir(self) -> str:
-        path = self._abs("locks/x")[:-2]
-        if os.path.islink(path):
-            raise UnsafeStorePathError(f"refusing {path}: a symbolic link inside the store")
-        return path
-
-    def local_dirs(self) -> list[str]:
-        return [self.root]
-
-
-class _FsspecFS:
-    """Any fsspec filesystem. Objects are cached locally by content hash for loading."""
-
-    is_local = False
-
-    def __init__(self, url: str, storage_options: dict | None = None):
-        import fsspec
-
-        self.fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-        self.root = root.rstrip("/")
-        self.url = url
-        key = __import__("xxhash").xxh3_64_hexdigest(url.encode())
-        # in your own cache folder, not the shared temp dir, where another user could plant
-        # files or links for this store's objects
-        base = os.path.join(os.path.expanduser(os.environ.get("XDG_CACHE_HOME") or "~/.cache"),
-                            "pipelite")
-        os.makedirs(base, mode=0o700, exist_ok=True)
-        self._cache = os.path.join(base, key)
-
-    def path(self, rel: str) -> str:
-        return f"{self.root}/{_check_rel(rel)}"
-
-    def read_bytes(self, rel: str) -> bytes | None:
-        try:
-            return self.fs.cat_file(self.path(rel))
-        except (FileNotFoundError, OSError):
-            return None
-
-    def write_atomic(self, rel: str, data: bytes) -> None:
-        # a single object PUT is atomic on object stores; memory:// and local are dict/rename
-        self.fs.pipe_file(self.path(rel), data)
-
-    def exists(self, rel: str) -> bool:
-        self.fs.invalidate_cache(self.path(rel))
-        return self.fs.exists(self.path(rel))
-
-    def stamp(self, rel: str) -> tuple | None:
-        # no cheap version stamp on object stores: existence only (a record rewritten by
-        # another process is re-read when its observed dependencies look changed)
-        return () if self.exists(rel) else None
-
-    def listdir(self, rel: str) -> list[str]:
-        try:
-            self.fs.invalidate_cache(self.path(rel))
-            return [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.path(rel),
-                                                                         detail=False)]
-        except (FileNotFoundError, OSError):
-            return []
-
-    def delete(self, rel: str) -> None:
-        try:
-            self.fs.rm_file(self.path(rel))
-        except (FileNotFoundError, OSError):
-            pass
-        _remove_quietly(os.path.join(self._cache, _check_rel(rel)))
-
-    def reuse(self, rel: str, digest: str, sample: str | None) -> bool:
-        return True  # content-addressed and written whole by one PUT: the size says enough
-
-    def move(self, rel: str, dest_rel: str) -> None:
-        self.fs.mv(self.path(rel), self.path(dest_rel))
-        _remove_quietly(os.path.join(self._cache, _check_rel(rel)))
-
-    def size(self, rel: str) -> int | None:
-        try:
-            return self.fs.size(self.path(rel))
-        except (FileNotFoundError, OSError):
-            return None
-
-    def tmp_path(self, ext: str) -> str:
-        folder = os.path.join(self._cache, "tmp")
-        os.makedirs(folder, exist_ok=True)
-        return os.path.join(folder, f"{uuid.uuid4().hex}{ext}")
-
-    def commit(self, local_tmp: str, rel: str) -> None:
-        self.fs.put_file(local_tmp, self.path(rel))
-        # keep the bytes in the local cache: they are content-addressed
-        cached = os.path.join(self._cache, rel)
-        os.makedirs(os.path.dirname(cached), exist_ok=True)
-        os.replace(local_tmp, cached)
-
-    def local_copy(self, rel: str, expected_hash: str, verify: bool = False) -> str:
-        """A local file with the object's bytes: the cached copy, or a fresh download.
-
-        With ``verify`` the cached copy is hashed; a wrong one is discarded and fetched again
-        (once). A download is always hashed: a wrong one raises ``CorruptArtifactError``."""
-        cached = os.path.join(self._cache, _check_rel(rel))
-        if os.path.exists(cached):
-            if not verify:
-                return cached
-            try:
-                if hash_file(cached) == expected_hash:
-                    return cached
-            except OSError:
-                pass
-            _remove_quietly(cached)  # a damaged local copy: fetch the object again
-        os.makedirs(os.path.dirname(cached), exist_ok=True)
-        tmp = f"{cached}.{uuid.uuid4().hex}.part"
-        try:
-            self.fs.get_file(self.path(rel), tmp)
-        except (FileNotFoundError, OSError):
-            _remove_quietly(tmp)
-            raise CorruptArtifactError(self.path(rel), "the file is missing") from None
-        got = hash_file(tmp)
-        if got != expected_hash:
-            _remove_quietly(tmp)
-            raise CorruptArtifactError(self.path(rel), "its content hash does not match")
-        os.replace(tmp, cached)
-        return cached
-
-    def lock_dir(self) -> str:
-        return os.path.join(self._cache, "locks")
-
-    def local_dirs(self) -> list[str]:
-        return [self._cache]
-
-
 def _record_text(record: dict) -> str:
     """A record as indented JSON, with each observed file, module or listing on one line.
 
@@ -378,7 +84,6 @@ def _record_text(record: dict) -> str:
 
 _OBJECT_PREFIX = re.compile(r"[0-9a-f]{2}\Z")
 _OBJECT_NAME = re.compile(r"[0-9a-f]{32}(?:\.[A-Za-z0-9_-]{1,12}){0,2}\Z")
-_TMP_NAME = re.compile(r"\.tmp-[0-9a-f]{32}\Z")  # write_atomic's temporary files
 GC_GRACE = 3600.0  # seconds: gc never collects a file younger than this
 
 
@@ -388,47 +93,9 @@ def _is_committed_record(name: str) -> bool:
         name.endswith(".json") and is_fingerprint(name[:-5]))
 
 
-def _mtime_of(info: dict, now: float) -> float:
-    """A remote file's modification time from fsspec's ``info`` (its keys differ by backend);
-    ``now`` when none is known."""
-    for key in ("mtime", "LastModified", "last_modified", "updated", "modified", "created"):
-        value = info.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if value is not None and hasattr(value, "timestamp"):
-            return float(value.timestamp())
-        if isinstance(value, str):
-            try:
-                return _dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-            except ValueError:
-                continue
-    return now
-
-
 def _is_stage_dir(name: Any) -> bool:
     return (isinstance(name, str) and len(name) <= MAX_NAME_LENGTH
             and _STAGE_NAME.match(name) is not None)
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
-
-
-def _fsync_file(path: str) -> None:
-    """fsync a file or (where the OS allows it) a directory, by path."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(folder: str) -> None:
-    if not sys.platform.startswith("win"):  # Windows cannot open a directory to sync it
-        _fsync_file(folder)
 
 
 @dataclass(frozen=True)
@@ -498,11 +165,7 @@ class Store:
             raise PipeliteError(f"store must be a path or an fsspec URL string, not "
                                 f"{type(loc).__name__} (from {type(location).__name__})")
         check_store_location(loc, storage_options)  # an empty path, a file, no such protocol
-        storage_options = dict(storage_options or {})
-        if "://" in loc and not loc.startswith("file://"):
-            self._fs: _LocalFS | _FsspecFS = _FsspecFS(loc, storage_options)
-        else:
-            self._fs = _LocalFS(loc[len("file://"):] if loc.startswith("file://") else loc)
+        self._fs: StoreFS = open_fs(loc, dict(storage_options or {}))
         self._records: dict[str, tuple[tuple, ResultRecord]] = {}  # rel -> (stamp, record)
         self._reported: set[tuple] = set()  # corrupt records already reported
         self.verify_level = "sampled"  # see pipelite._integrity
@@ -686,7 +349,7 @@ class Store:
             return None
         rel = f"records/{stage}/FAILED.json"
         try:
-            if self._fs.is_local and not self._fs.exists(rel):  # the usual case
+            if self._fs.local_root is not None and not self._fs.exists(rel):  # the usual case
                 return None
             info = self._read_json(rel)
             return None if info is None else FailureRecord.from_json(info, stage)
@@ -719,7 +382,7 @@ class Store:
         names = self._fs.listdir(folder)  # refuses a symbolic link before anything moves
         for key in [k for k in self._records if k.startswith(folder + "/")]:
             self._records.pop(key, None)
-        if not self._fs.is_local:  # no folder rename on an object store: committed files only
+        if not self._fs.renames_folders:  # an object store: committed files only, one by one
             count = 0
             for name in names:
                 if _is_committed_record(name):
@@ -746,7 +409,7 @@ class Store:
                 count += name != "FAILED.json" and name != "LATEST"
                 self._fs.delete(f"{trash}/{name}")
         try:
-            os.rmdir(self._fs.path(trash))
+            self._fs.remove_empty_folder(trash)
         except OSError:
             pass  # something not ours was in the folder: gc empties trash/ later
         return count
@@ -831,19 +494,9 @@ class Store:
             raise CorruptArtifactError(where, "the file is missing")
         if size != info.size:
             raise CorruptArtifactError(where, f"{size} bytes, expected {info.size}")
-        if not self._fs.is_local:
+        if self._fs.local_root is None:
             return  # remote objects are checked on the local copy that is loaded
-        self._check_content(where, info, level)
-
-    @staticmethod
-    def _check_content(path: str, info: OutputRecord, level: str) -> None:
-        if level == "never":
-            return
-        if level == "always" or info.size <= CHEAP_VERIFY_BYTES:
-            if hash_file(path) != info.hash:
-                raise CorruptArtifactError(path, "its content hash does not match")
-        elif info.sample is not None and sample_digest(path, info.size) != info.sample:
-            raise CorruptArtifactError(path, "its sampled blocks do not match")
+        check_content(where, info.hash, info.size, info.sample, level)
 
     def _object_rel(self, info: OutputRecord) -> str:
         try:
@@ -865,13 +518,13 @@ class Store:
             level = "always"
         self.verify(info, level=level, full=False)
         rel = self._object_rel(info)
-        if self._fs.is_local:
+        if self._fs.local_root is not None:  # checked in place by verify() above
             local = self._fs.local_copy(rel, info.hash)
         else:
             full = level == "always" or (level == "sampled" and info.size <= CHEAP_VERIFY_BYTES)
             local = self._fs.local_copy(rel, info.hash, verify=full)
             if not full and level == "sampled":
-                self._check_content(local, info, level)
+                check_content(local, info.hash, info.size, info.sample, level)
         try:
             return format_named(info.format).load(local)
         except PipeliteError:
@@ -941,7 +594,7 @@ class Store:
         def check(rel: str) -> tuple[str, str | None]:
             info = users[rel][0]
             try:
-                if self._fs.is_local:
+                if self._fs.local_root is not None:
                     self.verify(info, full=True)
                 else:
                     self.verify(info, full=False, level="never")
@@ -1027,11 +680,11 @@ class Store:
                 removed_objects += 1
                 freed += size
         # leftovers of interrupted writes (records' temporary files are local-only)
-        for stage in self.stages() if self._fs.is_local else ():
+        for stage in self.stages() if self._fs.local_root is not None else ():
             for name in self._fs.listdir(f"records/{stage}"):
                 if _TMP_NAME.match(name):
                     freed += self._gc_leftover(f"records/{stage}/{name}", now, grace)
-        if self._fs.is_local:
+        if self._fs.local_root is not None:
             for name in self._fs.listdir("tmp"):
                 freed += self._gc_leftover(f"tmp/{name}", now, grace)
             for name in self._fs.listdir("trash"):
@@ -1041,7 +694,7 @@ class Store:
                     for inner in self._fs.listdir(rel):
                         freed += self._gc_leftover(f"{rel}/{inner}", now, grace)
                     try:
-                        os.rmdir(self._fs.path(rel))
+                        self._fs.remove_empty_folder(rel)
                     except OSError:
                         pass  # not empty yet
                 else:
@@ -1053,21 +706,11 @@ class Store:
         """(age in seconds, size, kind: "file", "dir", "link" or "other") of a store path, or
         None if it is gone. The age of a remote file without a known modification time is 0:
         too young to collect unless ``grace`` is 0."""
-        if isinstance(self._fs, _FsspecFS):
-            try:
-                info = self._fs.fs.info(self._fs.path(rel))
-            except (FileNotFoundError, OSError):
-                return None
-            return (now - _mtime_of(info, now), info.get("size") or 0,
-                    "dir" if info.get("type") == "directory" else "file")
-        try:
-            st = os.lstat(self._fs.path(rel))
-        except (FileNotFoundError, NotADirectoryError):
+        found = self._fs.stat(rel)
+        if found is None:
             return None
-        mode = st.st_mode
-        kind = ("link" if _stat.S_ISLNK(mode) else "file" if _stat.S_ISREG(mode)
-                else "dir" if _stat.S_ISDIR(mode) else "other")
-        return now - st.st_mtime, st.st_size, kind
+        age = 0.0 if found.mtime is None else now - found.mtime
+        return age, found.size, found.kind
 
     def _gc_leftover(self, rel: str, now: float, grace: float) -> int:
         """Delete a leftover file older than ``grace`` (a symbolic link: the link itself, never

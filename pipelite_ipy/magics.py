@@ -18,7 +18,7 @@ from IPython.display import display
 from IPython.utils.process import arg_split
 
 from pipelite import REGISTRY, PipeliteError, StageStatus
-from pipelite._location import check_store_location
+from pipelite._location import check_store_location, parse_location
 from pipelite.humanize import human_bytes, human_duration
 
 from .cell import CellSyntaxError, user_traceback
@@ -316,8 +316,9 @@ class PipeliteMagics(Magics):
                 raise UsageError("%pipelite store: the path is empty: give a directory or an "
                                  "fsspec URL (e.g. %pipelite store .pipelite), or no PATH to "
                                  "show the current store")
-            if "://" not in path:
-                path = os.path.abspath(os.path.expanduser(path))
+            is_remote, local_path = parse_location(path)
+            if not is_remote:
+                path = os.path.abspath(os.path.expanduser(local_path))
                 existed = os.path.isdir(path)
                 try:  # a store you cannot write to should fail here, not in a later cell
                     os.makedirs(path, exist_ok=True)

@@ -75,9 +75,11 @@ def _when(t: _dt.datetime | None) -> str:
 
 def _short_store(url: str) -> str:
     """A local store under the working directory as ``./relative``; anything else as is."""
-    if "://" in url and not url.startswith("file://"):
+    from pipelite._location import parse_location
+
+    is_remote, path = parse_location(url)
+    if is_remote:
         return url
-    path = url[len("file://"):] if url.startswith("file://") else url
     try:
         rel = os.path.relpath(path)
     except ValueError:  # another drive (Windows)

@@ -519,8 +519,3 @@ def test_a_store_object_made_directly_checks_its_location_too():
         Store("nosuchproto://x")
 
 
-def test_subscribing_something_that_cannot_be_called_is_refused():
-    import pipelite
-
-    with pytest.raises(pipelite.InvalidArgumentError, match="subscribe\\(\\) takes a function"):
-        pipelite.subscribe(5)

@@ -1,17 +1,54 @@
-"""The `pipelite` command line: where --store goes, a missing store, the status table; and
-store arguments that are not paths."""
+"""The `pipelite` command line (pipelite/cli.py): status, graph, gc and their errors; where
+--store goes; a missing store; the status table; `pipelite run NOTEBOOK`."""
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 
-from pipelite import Pipeline, PipeliteError
+from pipelite import Pipeline, stage
+from pipelite.cli import main
 
 
-@pytest.mark.parametrize("bad, kind", [(12, "int"), (None, "NoneType"), (b"x", "bytes")])
-def test_a_store_that_is_not_a_path_is_a_pipelite_error(bad, kind):
-    with pytest.raises(PipeliteError, match=f"store must be a path or an fsspec URL string, "
-                                            f"not {kind}"):
-        Pipeline(store=bad)
+@pytest.fixture
+def two_stages():
+    @stage(outputs="x")
+    def a():
+        return 1
+
+    @stage(outputs="y")
+    def b(x):
+        return x + 1
+
+
+def test_cli_status_graph_and_gc_read_the_store(store_dir, two_stages, capsys):
+    Pipeline(store_dir).run()
+    assert main(["--store", str(store_dir), "status"]) == 0
+    out = capsys.readouterr().out
+    assert "STAGE" in out and "a" in out and "fresh" in out
+    assert main(["--store", str(store_dir), "graph", "--format", "dot"]) == 0
+    assert capsys.readouterr().out.startswith("digraph")
+    assert main(["--store", str(store_dir), "gc", "--keep", "1"]) == 0
+    assert "removed 0 record(s)" in capsys.readouterr().out
+
+
+def test_cli_reports_user_errors_without_a_traceback(store_dir, capsys):
+    assert main(["--store", str(store_dir), "gc", "--keep", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pipelite: error: ") and "Traceback" not in err
+
+
+def test_the_console_script_is_installed():
+    done = subprocess.run(["pipelite", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "status" in done.stdout
+
+
+def test_the_core_never_imports_ipython():
+    code = ("import sys, pipelite, pipelite.cli, pipelite.graph; "
+            "bad = [m for m in ('IPython', 'ipywidgets', 'ipykernel') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # -- --store before or after the command -----------------------------------------------------
@@ -183,3 +220,37 @@ def test_run_uses_the_store_beside_the_notebook_force_and_exit_1(tmp_path):
     assert not (tmp_path / ".pipelite").exists()           # beside the notebook, not cwd
     assert run("nbs/demo.ipynb", "gen", "--force").returncode == 0
     assert (tmp_path / "nbs" / "calls.log").read_text().split() == ["gen", "gen"]
+
+
+def test_cli_run_executes_a_notebook_with_the_same_cache(tmp_path):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "import numpy as np\n"
+            "def log(name):\n"
+            "    open('calls.log', 'a').write(name + '\\n')"),
+        nbformat.v4.new_code_cell("%%stage gen\nlog('gen')\ndata = np.arange(10)"),
+        nbformat.v4.new_code_cell("%%stage double\nlog('double')\ndoubled = data * 2"),
+        nbformat.v4.new_code_cell("%%stage other\nlog('other')\nunrelated = 1"),
+    ]
+    nbformat.write(nb, tmp_path / "demo.ipynb")
+    log = tmp_path / "calls.log"
+
+    def pipelite(*args):
+        return subprocess.run(["pipelite", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+
+    done = pipelite("run", "demo.ipynb", "double")
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().split() == ["gen", "double"]  # 'other' is only defined
+    done = pipelite("run", "demo.ipynb", "--output", "out.ipynb")
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().split() == ["gen", "double", "other"]  # gen, double from the store
+    assert "gen: loaded from store" in done.stdout
+    assert (tmp_path / "out.ipynb").exists()
+    status = pipelite("status").stdout
+    assert all(name in status for name in ("gen", "double", "other"))
+    bad = pipelite("run", "missing.ipynb")
+    assert bad.returncode == 2 and "no notebook at missing.ipynb" in bad.stderr

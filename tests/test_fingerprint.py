@@ -13,6 +13,8 @@ import warnings
 import numpy as np
 import pytest
 
+import pipelite._fs
+import pipelite._integrity
 import pipelite.formats
 import pipelite.store
 from pipelite import Pipeline, PipeliteWarning
@@ -347,6 +349,27 @@ def test_library_functions_are_tracked_by_module_and_version_not_source(pipeline
     assert helpers["dumps"].startswith("lib:json.dumps@python-")
 
 
+def test_library_version_change_is_named(pipeline, monkeypatch):
+    from pipelite import _libraries
+    ns = notebook()
+    run_cell("""
+        import numpy as np
+        @stage(outputs="y")
+        def f():
+            return float(np.sum(np.arange(3)))
+        """, ns)
+    pipeline.run("f")
+    old = pipeline.record("f").parts["helpers"]["np"][4:]  # e.g. numpy@2.4.6
+    monkeypatch.setattr(np, "__version__", "0.0.1")
+    _libraries.forget()
+    try:
+        s = state(pipeline, "f")
+        assert s.state == "stale"
+        assert s.reasons == (f"library 'np' changed ({old} -> numpy@0.0.1)",)
+    finally:
+        _libraries.forget()
+
+
 # -- globals by content -------------------------------------------------------------------------
 @pytest.mark.parametrize("before, after", [
     ("3", "4"),
@@ -453,6 +476,20 @@ def test_a_lock_is_plumbing_not_data_and_raises_no_warning(pipeline):
         assert state(pipeline, "f").state == "fresh"
 
 
+def test_an_array_read_by_many_stages_is_hashed_once_per_check(pipeline, monkeypatch):
+    from pipelite._encode import Encoder
+    ns = notebook()
+    run_cell("import numpy as np\nARR = np.arange(100_000.0)", ns)
+    for i in range(5):
+        run_cell(f"@stage(outputs='y{i}')\ndef s{i}():\n    return float(ARR[{i}])\n", ns)
+    pipeline.run()
+    calls, real = [], Encoder._feed_numpy
+    monkeypatch.setattr(Encoder, "_feed_numpy",
+                        lambda self, h, v: (calls.append(1) if v is ns["ARR"] else None) or real(self, h, v))
+    assert {s.state for s in pipeline.status()} == {"fresh"}
+    assert len(calls) == 1
+
+
 # -- parameters -------------------------------------------------------------------------------
 def test_changing_a_parameter_makes_the_stage_stale_and_says_old_and_new(store_dir):
     ns = notebook()
@@ -535,6 +572,8 @@ def test_checking_freshness_never_rehashes_or_loads_stored_data(pipeline, monkey
         raise AssertionError("stored data was read while checking freshness")
 
     monkeypatch.setattr(pipelite.store, "hash_file", forbidden)
+    monkeypatch.setattr(pipelite._fs, "hash_file", forbidden)
+    monkeypatch.setattr(pipelite._integrity, "hash_file", forbidden)
     monkeypatch.setattr(pipelite.formats, "hash_file", forbidden)
     monkeypatch.setattr(pipelite.store.Store, "load_value", forbidden)
     assert [s.state for s in pipeline.status()] == ["fresh", "fresh"]
@@ -577,6 +616,24 @@ def test_editing_the_class_of_a_global_instance_makes_the_stage_stale(pipeline):
     s = state(pipeline, "f")
     assert s.state == "stale" and s.reasons == ("global 'MODEL' changed",)
     assert pipeline.run("f")["y"] == 7
+
+
+def test_instance_attribute_mutation_makes_stage_stale(pipeline):
+    ns = notebook()
+    run_cell("""
+        class Model:
+            def __init__(self, w):
+                self.w = w
+        M = Model(2)
+        @stage(outputs="y")
+        def f():
+            return M.w
+        """, ns)
+    pipeline.run("f")
+    ns["M"].w = 3
+    s = state(pipeline, "f")
+    assert s.state == "stale" and s.reasons == ("global 'M' changed",)
+    assert pipeline.run("f")["y"] == 3
 
 
 @pytest.mark.parametrize("holder", ["[clean]", "{'t': clean}", "SimpleNamespace(t=clean)",
@@ -693,6 +750,21 @@ def test_a_helper_that_memoises_into_its_default_does_not_make_its_stage_stale(p
         assert pipeline.run("apply").executed == ["apply"]
     assert state(pipeline, "apply").state == "fresh"
     assert pipeline.run("apply").executed == []
+
+
+def test_a_global_the_stage_mutates_is_named_in_a_warning_and_stays_fresh(pipeline):
+    ns = notebook()
+    run_cell("""
+        SEEN = []
+        @stage(outputs="y")
+        def app():
+            SEEN.append(1)
+            return len(SEEN)
+        """, ns)
+    with pytest.warns(PipeliteWarning, match="global 'SEEN' changed"):
+        assert pipeline.run("app").executed == ["app"]
+    assert state(pipeline, "app").state == "fresh"
+    assert pipeline.run("app").executed == []
 
 
 def test_fingerprints_do_not_depend_on_the_hash_seed(tmp_path):
@@ -892,6 +964,25 @@ def test_one_check_hashes_a_frame_read_by_many_stages_once(pipeline, monkeypatch
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     assert {s.state for s in pipeline.status()} == {"fresh"}
     assert len(calls) == 1
+
+
+def test_input_changed_reason_names_the_producer(pipeline):
+    ns = notebook()
+    src = """
+        @stage(outputs="raw")
+        def load():
+            return {v}
+        @stage(outputs="total")
+        def summarize(raw):
+            return sum(raw)
+        """
+    run_cell(src.format(v="[1, 2, 3]"), ns)
+    pipeline.run()
+    run_cell(src.format(v="[1, 2, 3, 4]"), ns)
+    pipeline.run("load")  # only the upstream reruns
+    s = state(pipeline, "summarize")
+    assert s.state == "stale"
+    assert s.reasons == ("input 'raw' changed (new content from stage 'load')",)
 
 
 # -- environment variables -------------------------------------------------------------------

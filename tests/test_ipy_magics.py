@@ -144,17 +144,6 @@ def test_loading_is_fast_and_does_not_import_ipywidgets():
     assert float(out[0]) < 1.0
 
 
-def test_store_defaults_to_dot_pipelite_in_the_working_directory(ip, tmp_path):
-    assert pipelite_ipy.current_session().pipeline.store.url == str(tmp_path / ".pipelite")
-
-
-def test_store_can_be_configured_with_traitlets(ip, tmp_path):
-    ip.run_line_magic("unload_ext", "pipelite")
-    ip.config.PipeliteSession.store = str(tmp_path / "configured")
-    ip.run_line_magic("load_ext", "pipelite")
-    assert pipelite_ipy.current_session().pipeline.store.url == str(tmp_path / "configured")
-
-
 # -- %%stage -----------------------------------------------------------------------------------
 def test_first_run_computes_shows_output_and_binds_outputs(ip, tmp_path):
     ok(ip, HELPERS)

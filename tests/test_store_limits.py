@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 import pytest
 
+import pipelite._fs as _fs
 import pipelite.store as store_mod
 from pipelite import (
     Pipeline,
@@ -196,14 +197,14 @@ def test_a_result_whose_latest_pointer_could_not_be_written_is_still_found(disk,
 
     store = disk / "store"
     Pipeline(store=str(store)).run("made")  # LATEST names this first result
-    write_atomic = store_mod._LocalFS.write_atomic
+    write_atomic = _fs.LocalFS.write_atomic
 
     def full_before_latest(self, rel, data):
         if rel.endswith("/LATEST"):
             _fill(disk)  # the disk fills between the record and its pointer
         return write_atomic(self, rel, data)
 
-    monkeypatch.setattr(store_mod._LocalFS, "write_atomic", full_before_latest)
+    monkeypatch.setattr(_fs.LocalFS, "write_atomic", full_before_latest)
     with pytest.warns(PipeliteWarning, match="LATEST pointer could not be written"):
         result = Pipeline(store=str(store), params={"made": {"n": 2}}).run("made")
     assert list(result["y"]) == [2] * 10  # reported as stored, not as a failure
@@ -304,14 +305,14 @@ def test_a_committed_result_keeps_its_objects_when_its_latest_warning_is_an_erro
         return np.full(10, 7)
 
     store = disk / "store"
-    write_atomic = store_mod._LocalFS.write_atomic
+    write_atomic = _fs.LocalFS.write_atomic
 
     def full_before_latest(self, rel, data):
         if rel.endswith("/LATEST"):
             _fill(disk)
         return write_atomic(self, rel, data)
 
-    monkeypatch.setattr(store_mod._LocalFS, "write_atomic", full_before_latest)
+    monkeypatch.setattr(_fs.LocalFS, "write_atomic", full_before_latest)
     with warnings.catch_warnings():
         warnings.simplefilter("error", PipeliteWarning)  # as under python -W error
         with pytest.raises(PipeliteWarning, match="LATEST pointer could not be written"):

@@ -1,0 +1,519 @@
+"""The filesystems a store lives on: what ``Store`` asks of one (``StoreFS``) and the two that
+do it, a local directory (``LocalFS``) and any fsspec filesystem (``FsspecFS``).
+
+``Store`` knows the layout (records, objects, trash) and the rules (what is committed when);
+a filesystem only moves bytes, under one root, by store-relative paths made of plain names
+(``objects/ab/ab12...ef.npy``). Every such path is checked before it is used.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import stat as _stat
+import sys
+import uuid
+from typing import Any, NamedTuple, Protocol
+
+import xxhash
+
+from ._integrity import check_content
+from ._location import parse_location
+from .errors import CorruptArtifactError, UnsafeStorePathError
+from .formats import hash_file
+
+__all__ = ["TMP_NAME", "FileStat", "FsspecFS", "LocalFS", "StoreFS", "check_rel", "fsync_file",
+           "open_fs", "remove_quietly"]
+
+TMP_NAME = re.compile(r"\.tmp-[0-9a-f]{32}\Z")  # LocalFS.write_atomic's temporary files
+
+_REL_PART = re.compile(r"[A-Za-z0-9_.-]{1,255}\Z")
+
+
+def check_rel(rel: str) -> str:
+    """A store-relative path made of plain names: no '..', no absolute path, no separators
+    other than '/', nothing but letters, digits, '_', '-' and '.'."""
+    parts = rel.split("/") if isinstance(rel, str) else [None]
+    if not all(isinstance(p, str) and _REL_PART.match(p) and p not in (".", "..")
+               for p in parts):
+        raise UnsafeStorePathError(f"refusing the store path {rel!r}: not a plain relative path")
+    return rel
+
+
+class FileStat(NamedTuple):
+    """One entry of the store, as ``StoreFS.stat`` sees it."""
+
+    mtime: float | None  # seconds since the epoch; None when the filesystem does not say
+    size: int
+    kind: str  # "file", "dir", "link" (never followed) or "other"
+
+
+class StoreFS(Protocol):
+    """What ``Store`` needs of the filesystem under its root.
+
+    Paths (``rel``) are relative to the root and made of plain names (``check_rel``); one that
+    is not, or that would pass through a symbolic link, raises ``UnsafeStorePathError``: nothing
+    outside the store is opened, renamed or deleted. Methods that say "None if absent" return
+    None for a missing file instead of raising.
+    """
+
+    url: str
+    """Where the store lives, as shown to the user: an absolute path or the URL given."""
+
+    root: str
+    """The root as the filesystem names it (a path, or a URL without its protocol)."""
+
+    @property
+    def local_root(self) -> str | None:
+        """The local directory the store's files are in, when they are plain local files that
+        ``Store`` may work on in place: hash an object where it lies (no download), look for a
+        file with a cheap stat, clean up the temporary, trash and lock files interrupted writes
+        leave there. None when the files live elsewhere (their content is checked on the
+        local copy that ``local_copy`` gives)."""
+        ...
+
+    @property
+    def renames_folders(self) -> bool:
+        """Whether ``move`` renames a whole folder in one atomic step (a reader finds all of it
+        at the old place or all of it at the new one). Without it ``invalidate`` deletes the
+        committed records one by one."""
+        ...
+
+    def path(self, rel: str) -> str:
+        """The full path or URL of ``rel``, to name it in a message (or, with ``local_root``,
+        to open it)."""
+        ...
+
+    def read_bytes(self, rel: str) -> bytes | None:
+        """The whole content of the file, or None if absent."""
+        ...
+
+    def write_atomic(self, rel: str, data: bytes) -> None:
+        """Put ``data`` at ``rel``, replacing what is there, all or nothing: a reader sees the
+        old content or the new, never a part. Creates the folders on the way. The bytes are on
+        disk when it returns (fsync'ed, on a local disk)."""
+        ...
+
+    def exists(self, rel: str) -> bool:
+        """Whether something is at ``rel`` now (never an answer cached from before)."""
+        ...
+
+    def stamp(self, rel: str) -> tuple | None:
+        """A token for the version of the file at ``rel`` (None if absent): rewriting the file
+        changes it where the filesystem can tell (a local file); elsewhere it only says the
+        file is there (``()``), and a caller that caches by stamp rereads by other means."""
+        ...
+
+    def stat(self, rel: str) -> FileStat | None:
+        """Modification time, size and kind of the entry at ``rel`` (a symbolic link is
+        described, not followed), or None if absent."""
+        ...
+
+    def size(self, rel: str) -> int | None:
+        """The size in bytes of the file at ``rel`` (a symbolic link is refused), or None if
+        absent."""
+        ...
+
+    def listdir(self, rel: str) -> list[str]:
+        """The names in the folder ``rel`` (not paths), or [] if it is absent."""
+        ...
+
+    def delete(self, rel: str) -> None:
+        """Remove the file at ``rel`` (a symbolic link: the link, never its target) and any
+        local copy of it; nothing if it is absent already."""
+        ...
+
+    def remove_empty_folder(self, rel: str) -> None:
+        """Remove the folder ``rel`` if it is empty; ``OSError`` if it is not (or is gone)."""
+        ...
+
+    def move(self, rel: str, dest_rel: str) -> None:
+        """Rename a file (or, with ``renames_folders``, a folder) to ``dest_rel``, creating
+        its folder; ``FileNotFoundError`` if ``rel`` is gone."""
+        ...
+
+    def tmp_path(self, ext: str) -> str:
+        """A new local file path, ending in ``ext``, for writing an object before ``commit``:
+        on the same disk as the store when it is local, so that commit is a rename."""
+        ...
+
+    def commit(self, local_tmp: str, rel: str) -> None:
+        """Make the complete file ``local_tmp`` (from ``tmp_path``, fsync'ed by the caller) the
+        object at ``rel``, all or nothing, creating its folder; ``local_tmp`` is gone
+        afterwards. On a local disk the rename itself is durable (the folder is fsync'ed) when
+        it returns: before any record names the object."""
+        ...
+
+    def reuse(self, rel: str, digest: str, sample: str | None) -> bool:
+        """Whether the object already at ``rel`` (of the right size: the caller checked) can
+        stand for new bytes with this content hash instead of writing them again. A True
+        answer also keeps it from gc until the record naming it is written."""
+        ...
+
+    def local_copy(self, rel: str, expected_hash: str, verify: bool = False) -> str:
+        """A local file holding the object's bytes, to load from. On a local store the object
+        itself (its content is the caller's to check); elsewhere a cached download, hashed when
+        fetched and, with ``verify``, when taken from the cache (a wrong copy is fetched again);
+        a missing or wrong download raises ``CorruptArtifactError``."""
+        ...
+
+    def lock_dir(self) -> str:
+        """The local folder for this store's cross-process lock files."""
+        ...
+
+    def local_dirs(self) -> list[str]:
+        """The local folders the store owns (its root, or its download cache)."""
+        ...
+
+
+def open_fs(location: str, storage_options: dict | None = None) -> StoreFS:
+    """The filesystem for a store location: a local path (``file://`` taken off) or an fsspec
+    URL, which gets ``storage_options``."""
+    is_remote, where = parse_location(location)
+    if is_remote:
+        return FsspecFS(where, storage_options)
+    return LocalFS(where)
+
+
+class LocalFS(StoreFS):
+    """Direct os calls for a local directory: the fast path. Every path is checked to lie under
+    the root, through no symbolic link (``_abs``); files are opened without following one."""
+
+    renames_folders = True
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(os.path.expanduser(root))
+        self.url = self.root
+        self._real = os.path.realpath(self.root)
+        self._safe_dirs: set[str] = set()
+        self._checked: dict[str, str] = {}  # rel -> absolute path, already checked
+
+    @property
+    def local_root(self) -> str:
+        return self.root
+
+    def _abs(self, rel: str) -> str:
+        """The absolute path of ``rel`` after checking that its folder is really inside the
+        store: resolving it (symlinks included) must give the same place under the root."""
+        found = self._checked.get(rel)
+        if found is not None:
+            return found
+        check_rel(rel)
+        folder = rel.rpartition("/")[0]
+        if folder and folder not in self._safe_dirs:
+            self._check_folder(folder)
+        path = os.path.join(self.root, rel)
+        if len(self._checked) > 100_000:
+            self._checked.clear()
+        self._checked[rel] = path
+        return path
+
+    def _check_folder(self, folder: str) -> None:
+        """Every folder from the root down to ``folder`` is a plain folder (or not made yet):
+        a symbolic link among them is refused. Folders found plain are remembered."""
+        done = ""
+        for part in folder.split("/"):
+            done = f"{done}/{part}" if done else part
+            if done in self._safe_dirs:
+                continue
+            path = os.path.join(self._real, done)
+            try:
+                st = os.lstat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                return  # not made yet: whatever makes it makes a plain folder
+            if _stat.S_ISLNK(st.st_mode):
+                raise UnsafeStorePathError(
+                    f"refusing {os.path.join(self.root, done)}: a symbolic link inside the store "
+                    f"(to {os.path.realpath(path)}); move it out of the store")
+            self._safe_dirs.add(done)
+
+    def path(self, rel: str) -> str:
+        return self._abs(rel)
+
+    def read_bytes(self, rel: str) -> bytes | None:
+        path = self._abs(rel)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            if os.path.islink(path):
+                raise UnsafeStorePathError(f"refusing {path}: a symbolic link inside the "
+                                           f"store") from None
+            raise exc
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+
+    def write_atomic(self, rel: str, data: bytes) -> None:
+        final = self._abs(rel)
+        folder = os.path.dirname(final)
+        for attempt in (1, 2, 3):
+            tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
+            try:
+                os.makedirs(folder, exist_ok=True)
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, final)
+                _fsync_dir(folder)
+                return
+            except (FileNotFoundError, FileExistsError):
+                # another process's invalidate moved the folder away mid-write (or while it
+                # was being made): write again into a new folder; the bytes are all here
+                remove_quietly(tmp)
+                if attempt == 3:
+                    raise
+            except BaseException:
+                remove_quietly(tmp)
+                raise
+
+    def exists(self, rel: str) -> bool:
+        return os.path.lexists(self._abs(rel))
+
+    def _lstat(self, rel: str) -> os.stat_result | None:
+        """The file's own stat (a symbolic link is refused, not followed); None if absent."""
+        path = self._abs(rel)
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if _stat.S_ISLNK(st.st_mode):
+            raise UnsafeStorePathError(f"refusing {path}: a symbolic link inside the store")
+        return st
+
+    def stamp(self, rel: str) -> tuple | None:
+        st = self._lstat(rel)
+        return None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def stat(self, rel: str) -> FileStat | None:
+        try:
+            st = os.lstat(self._abs(rel))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        mode = st.st_mode
+        kind = ("link" if _stat.S_ISLNK(mode) else "file" if _stat.S_ISREG(mode)
+                else "dir" if _stat.S_ISDIR(mode) else "other")
+        return FileStat(st.st_mtime, st.st_size, kind)
+
+    def listdir(self, rel: str) -> list[str]:
+        path = self._abs(rel + "/x")[:-2]  # the folder itself, checked like a file's folder
+        if os.path.islink(path):
+            raise UnsafeStorePathError(f"refusing {path}: a symbolic link inside the store")
+        try:
+            return os.listdir(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def delete(self, rel: str) -> None:
+        remove_quietly(self._abs(rel))  # a symbolic link is removed itself, never its target
+
+    def remove_empty_folder(self, rel: str) -> None:
+        os.rmdir(self._abs(rel))
+
+    def reuse(self, rel: str, digest: str, sample: str | None) -> bool:
+        """The object must be intact (hashed whole when small, its sampled blocks when large),
+        and it is touched, so that gc's grace period covers it until its record lands."""
+        path = self._abs(rel)
+        try:
+            check_content(path, digest, os.lstat(path).st_size, sample, "sampled")
+            os.utime(path)
+        except (CorruptArtifactError, OSError):
+            return False  # damaged or gone: the new bytes replace it
+        return True
+
+    def move(self, rel: str, dest_rel: str) -> None:
+        src, dest = self._abs(rel), self._abs(dest_rel)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.replace(src, dest)
+
+    def size(self, rel: str) -> int | None:
+        st = self._lstat(rel)
+        return None if st is None else st.st_size
+
+    def tmp_path(self, ext: str) -> str:
+        path = self._abs(f"tmp/{uuid.uuid4().hex}{ext}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return path
+
+    def commit(self, local_tmp: str, rel: str) -> None:
+        final = self._abs(rel)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        os.replace(local_tmp, final)
+        _fsync_dir(os.path.dirname(final))
+
+    def local_copy(self, rel: str, expected_hash: str, verify: bool = False) -> str:
+        return self.path(rel)  # Store.verify has hashed it already when asked to
+
+    def lock_dir(self) -> str:
+        path = self._abs("locks/x")[:-2]
+        if os.path.islink(path):
+            raise UnsafeStorePathError(f"refusing {path}: a symbolic link inside the store")
+        return path
+
+    def local_dirs(self) -> list[str]:
+        return [self.root]
+
+
+class FsspecFS(StoreFS):
+    """Any fsspec filesystem. Objects are cached locally by content hash for loading."""
+
+    local_root = None
+    renames_folders = False
+
+    def __init__(self, url: str, storage_options: dict | None = None):
+        import fsspec
+
+        self.fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        self.root = root.rstrip("/")
+        self.url = url
+        key = xxhash.xxh3_64_hexdigest(url.encode())
+        # in your own cache folder, not the shared temp dir, where another user could plant
+        # files or links for this store's objects
+        base = os.path.join(os.path.expanduser(os.environ.get("XDG_CACHE_HOME") or "~/.cache"),
+                            "pipelite")
+        os.makedirs(base, mode=0o700, exist_ok=True)
+        self._cache = os.path.join(base, key)
+
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{check_rel(rel)}"
+
+    def read_bytes(self, rel: str) -> bytes | None:
+        try:
+            return self.fs.cat_file(self.path(rel))
+        except (FileNotFoundError, OSError):
+            return None
+
+    def write_atomic(self, rel: str, data: bytes) -> None:
+        # a single object PUT is atomic on object stores; memory:// and local are dict/rename
+        self.fs.pipe_file(self.path(rel), data)
+
+    def exists(self, rel: str) -> bool:
+        self.fs.invalidate_cache(self.path(rel))
+        return self.fs.exists(self.path(rel))
+
+    def stamp(self, rel: str) -> tuple | None:
+        # no cheap version stamp on object stores: existence only (a record rewritten by
+        # another process is re-read when its observed dependencies look changed)
+        return () if self.exists(rel) else None
+
+    def stat(self, rel: str) -> FileStat | None:
+        try:
+            info = self.fs.info(self.path(rel))
+        except (FileNotFoundError, OSError):
+            return None
+        return FileStat(_mtime_of(info), info.get("size") or 0,
+                        "dir" if info.get("type") == "directory" else "file")
+
+    def listdir(self, rel: str) -> list[str]:
+        try:
+            self.fs.invalidate_cache(self.path(rel))
+            return [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.path(rel),
+                                                                         detail=False)]
+        except (FileNotFoundError, OSError):
+            return []
+
+    def delete(self, rel: str) -> None:
+        try:
+            self.fs.rm_file(self.path(rel))
+        except (FileNotFoundError, OSError):
+            pass
+        remove_quietly(os.path.join(self._cache, check_rel(rel)))
+
+    def remove_empty_folder(self, rel: str) -> None:
+        self.fs.rmdir(self.path(rel))
+
+    def reuse(self, rel: str, digest: str, sample: str | None) -> bool:
+        return True  # content-addressed and written whole by one PUT: the size says enough
+
+    def move(self, rel: str, dest_rel: str) -> None:
+        self.fs.mv(self.path(rel), self.path(dest_rel))
+        remove_quietly(os.path.join(self._cache, check_rel(rel)))
+
+    def size(self, rel: str) -> int | None:
+        try:
+            return self.fs.size(self.path(rel))
+        except (FileNotFoundError, OSError):
+            return None
+
+    def tmp_path(self, ext: str) -> str:
+        folder = os.path.join(self._cache, "tmp")
+        os.makedirs(folder, exist_ok=True)
+        return os.path.join(folder, f"{uuid.uuid4().hex}{ext}")
+
+    def commit(self, local_tmp: str, rel: str) -> None:
+        self.fs.put_file(local_tmp, self.path(rel))
+        # keep the bytes in the local cache: they are content-addressed
+        cached = os.path.join(self._cache, rel)
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        os.replace(local_tmp, cached)
+
+    def local_copy(self, rel: str, expected_hash: str, verify: bool = False) -> str:
+        cached = os.path.join(self._cache, check_rel(rel))
+        if os.path.exists(cached):
+            if not verify:
+                return cached
+            try:
+                if hash_file(cached) == expected_hash:
+                    return cached
+            except OSError:
+                pass
+            remove_quietly(cached)  # a damaged local copy: fetch the object again
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        tmp = f"{cached}.{uuid.uuid4().hex}.part"
+        try:
+            self.fs.get_file(self.path(rel), tmp)
+        except (FileNotFoundError, OSError):
+            remove_quietly(tmp)
+            raise CorruptArtifactError(self.path(rel), "the file is missing") from None
+        got = hash_file(tmp)
+        if got != expected_hash:
+            remove_quietly(tmp)
+            raise CorruptArtifactError(self.path(rel), "its content hash does not match")
+        os.replace(tmp, cached)
+        return cached
+
+    def lock_dir(self) -> str:
+        return os.path.join(self._cache, "locks")
+
+    def local_dirs(self) -> list[str]:
+        return [self._cache]
+
+
+def _mtime_of(info: dict) -> float | None:
+    """A remote file's modification time from fsspec's ``info`` (its keys differ by backend);
+    None when none is known."""
+    for key in ("mtime", "LastModified", "last_modified", "updated", "modified", "created"):
+        value: Any = info.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if value is not None and hasattr(value, "timestamp"):
+            return float(value.timestamp())
+        if isinstance(value, str):
+            try:
+                return _dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return None
+
+
+def remove_quietly(path: str) -> None:
+    """Remove a local file; nothing if it is gone already."""
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def fsync_file(path: str) -> None:
+    """fsync a file or (where the OS allows it) a directory, by path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: str) -> None:
+    if not sys.platform.startswith("win"):  # Windows cannot open a directory to sync it
+        fsync_file(folder)
