@@ -8,7 +8,7 @@ import sys
 from typing import Sequence
 
 from .errors import PipeliteError
-from .humanize import human_bytes, human_duration
+from .present import human_bytes, human_duration
 
 __all__ = ["main"]
 

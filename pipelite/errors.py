@@ -141,7 +141,7 @@ class StoreFullError(PipeliteError):
 
     def __init__(self, store: str, stage: str | None = None, needed: int | None = None,
                  what: str = "a file", errno: int | None = None):
-        from .humanize import human_bytes
+        from .present import human_bytes
 
         self.store, self.stage, self.needed, self.what, self.errno = (
             store, stage, needed, what, errno)

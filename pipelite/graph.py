@@ -6,17 +6,9 @@ import subprocess
 from typing import Sequence
 
 from .errors import GraphvizNotFoundError, PipeliteError
+from .present import STATE_COLOURS
 
-__all__ = ["render", "STATE_COLOURS"]
-
-# fill, stroke per state; shared with the panel so the two agree
-STATE_COLOURS = {
-    "fresh": ("#d1f2d9", "#2e7d32"),
-    "stale": ("#fff1c2", "#b26a00"),
-    "missing": ("#e8e8e8", "#616161"),
-    "failed": ("#ffd6d6", "#c62828"),
-    "running": ("#d6e6ff", "#1565c0"),
-}
+__all__ = ["render"]
 
 
 def _node_id(kind: str, name: str) -> str:

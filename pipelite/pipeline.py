@@ -33,14 +33,13 @@ from .errors import (
     limit_error,
 )
 from ._integrity import check_level
-from .humanize import human_bytes, human_duration
+from .present import STATES, human_bytes, human_duration
 from .fingerprint import Fingerprint, fingerprint_of, warn_user
 from .stage import REGISTRY, REQUIRED, Registry, Stage, artifact_name, stage_of
 from .store import GC_GRACE, GcReport, Store
 
 __all__ = ["Pipeline", "StageStatus", "OutputInfo", "PlannedStage", "RunResult", "STATES"]
 
-STATES = ("fresh", "stale", "missing", "failed", "running")
 _RUNNING: set[tuple[str, str]] = set()  # (store url, stage) running in this process
 
 

@@ -45,7 +45,7 @@ from .errors import (
 )
 from .errors import limit_error
 from ._location import check_store_location
-from .humanize import human_bytes
+from .present import human_bytes
 from .formats import PICKLE, format_for, format_named, hash_file
 from .stage import _STAGE_NAME, MAX_NAME_LENGTH
 

@@ -19,7 +19,7 @@ from IPython.utils.process import arg_split
 
 from pipelite import REGISTRY, PipeliteError, StageStatus
 from pipelite._location import check_store_location
-from pipelite.humanize import human_bytes, human_duration
+from pipelite.present import STATE_COLOURS, human_bytes, human_duration
 
 from .cell import CellSyntaxError, user_traceback
 from .session import PipeliteSession
@@ -126,8 +126,6 @@ class StatusTable:
         return format_status(self.statuses) if self.statuses else "no stages yet"
 
     def _repr_html_(self) -> str:
-        from pipelite.graph import STATE_COLOURS
-
         if not self.statuses:
             return "<p>no stages yet</p>"
         rows = []

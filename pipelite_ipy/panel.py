@@ -18,12 +18,10 @@ from typing import Any, Callable, Sequence
 import ipywidgets as widgets
 
 from pipelite import StageEvent, StageStatus, subscribe
-from pipelite.graph import STATE_COLOURS
-from pipelite.humanize import human_bytes, human_duration
+from pipelite.present import STATE_COLOURS, STATES, human_bytes, human_duration
 
 __all__ = ["PipelinePanel"]
 
-_STATES = ("fresh", "stale", "missing", "failed", "running")
 _NOT_DEFINED = "not defined in this session"
 
 # Layout lives here rather than in inline styles so a user can override it with their own CSS.
@@ -399,7 +397,7 @@ class PipelinePanel(widgets.VBox):
             self._draw_graph()
 
     def _show_counts(self) -> None:
-        by_state = {st: 0 for st in _STATES}
+        by_state = {st: 0 for st in STATES}
         for row in self._rows.values():
             by_state[row.state or "missing"] = by_state.get(row.state or "missing", 0) + 1
         self.counts.value = (" ".join(_chip(st, f"{n} {st}") for st, n in by_state.items() if n)

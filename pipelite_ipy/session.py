@@ -21,7 +21,7 @@ from pipelite import (
 )
 from pipelite._cellcode import definitions
 from pipelite.errors import DuplicateProducerError, UntrustedRecordError
-from pipelite.humanize import human_duration
+from pipelite.present import human_duration
 
 from .cell import CompiledCell, OutputCapture, replay
 
