@@ -33,7 +33,7 @@ from .errors import (
     limit_error,
 )
 from ._integrity import check_level
-from .present import STATES, human_bytes, human_duration
+from .present import STATES, explain_text
 from .fingerprint import Fingerprint, fingerprint_of, warn_user
 from .stage import REGISTRY, REQUIRED, Registry, Stage, artifact_name, stage_of
 from .store import GC_GRACE, GcReport, Store
@@ -550,21 +550,8 @@ class Pipeline:
         stage_name = self._stage_name(name)
         producers = self._producers()
         evals = self._evaluate(self._order([stage_name], producers), producers, None)
-        s = self._status_of(evals[stage_name])
-        lines = [f"stage '{s.name}' is {s.state}" + ("" if s.defined else
-                                                   " (not defined in this session)")]
-        if s.state == "fresh" and s.defined:
-            lines[0] += ": its code, parameters, globals and inputs match the stored result"
-        lines += [f"  - {r}" for r in s.reasons]
-        lines += [f"  - blind spot: {b}"
-                  for b in getattr(evals[stage_name].stage, "blind_spots", ())]
-        if s.last_run:
-            lines.append(f"last run: {s.last_run:%Y-%m-%d %H:%M:%S} UTC, took "
-                         f"{human_duration(s.duration or 0.0)}")
-        if s.outputs:
-            lines.append("outputs: " + ", ".join(f"{o.name} ({o.summary}, {human_bytes(o.size)})"
-                                                  for o in s.outputs))
-        return "\n".join(lines)
+        return explain_text(self._status_of(evals[stage_name]),
+                            getattr(evals[stage_name].stage, "blind_spots", ()))
 
     @_user_facing
     def plan(self, target: Any = None, *, force: bool = False,

@@ -8,7 +8,19 @@ The command line, the magics, the panel and the graph all draw from here, so the
 """
 from __future__ import annotations
 
-__all__ = ["STATES", "STATE_COLOURS", "human_bytes", "human_duration"]
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+if TYPE_CHECKING:
+    from .pipeline import StageStatus
+
+__all__ = [
+    "STATES",
+    "STATE_COLOURS",
+    "human_bytes",
+    "human_duration",
+    "status_table",
+    "explain_text",
+]
 
 # What StageStatus.state can be, in the order counts are shown.
 STATES = ("fresh", "stale", "missing", "failed", "running")
@@ -42,3 +54,54 @@ def human_duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f} s"
     return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+
+
+# -- texts --------------------------------------------------------------------------------
+def status_table(statuses: Sequence[StageStatus], in_session: bool = True) -> str:
+    """A plain-text table of ``Pipeline.status()``: what ``pipelite status`` prints and
+    ``%pipelite status`` shows as text.
+
+    ``in_session=False`` (the command line, where no stage is defined): a stage known from the
+    store only is ``stored`` rather than ``fresh``, and the WHY column is left to LAST RUN.
+    """
+    rows = [("STAGE", "STATE", "LAST RUN", "TOOK", "OUTPUTS", "WHY")]
+    for s in statuses:
+        outs = ", ".join(f"{o.name} ({human_bytes(o.size)})" for o in s.outputs)
+        state, why = s.state, "; ".join(s.reasons) or "-"
+        if not in_session and not s.defined:
+            state = "stored" if state == "fresh" else state
+            why = "-"
+        rows.append((
+            s.name + ("" if s.defined or not in_session else " *"),
+            state,
+            f"{s.last_run:%Y-%m-%d %H:%M}" if s.last_run else "-",
+            human_duration(s.duration) if s.duration is not None else "-",
+            outs or "-",
+            why,
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
+    if in_session and any(not s.defined for s in statuses):
+        lines.append("* known from the store only (not defined in this session)")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def explain_text(status: StageStatus, blind_spots: Iterable[str] = ()) -> str:
+    """Why a stage is in its state, in words: what ``Pipeline.explain`` returns.
+
+    ``blind_spots`` are what PipeLite cannot see in the stage's code (a shell command in a
+    cell), listed after the reasons."""
+    s = status
+    lines = [f"stage '{s.name}' is {s.state}" + ("" if s.defined else
+                                               " (not defined in this session)")]
+    if s.state == "fresh" and s.defined:
+        lines[0] += ": its code, parameters, globals and inputs match the stored result"
+    lines += [f"  - {r}" for r in s.reasons]
+    lines += [f"  - blind spot: {b}" for b in blind_spots]
+    if s.last_run:
+        lines.append(f"last run: {s.last_run:%Y-%m-%d %H:%M:%S} UTC, took "
+                     f"{human_duration(s.duration or 0.0)}")
+    if s.outputs:
+        lines.append("outputs: " + ", ".join(f"{o.name} ({o.summary}, {human_bytes(o.size)})"
+                                              for o in s.outputs))
+    return "\n".join(lines)

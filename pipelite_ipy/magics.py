@@ -19,7 +19,7 @@ from IPython.utils.process import arg_split
 
 from pipelite import REGISTRY, PipeliteError, StageStatus
 from pipelite._location import check_store_location
-from pipelite.present import STATE_COLOURS, human_bytes, human_duration
+from pipelite.present import STATE_COLOURS, human_bytes, human_duration, status_table
 
 from .cell import CellSyntaxError, user_traceback
 from .session import PipeliteSession
@@ -121,9 +121,7 @@ class StatusTable:
         self.statuses = list(statuses)
 
     def __repr__(self) -> str:
-        from pipelite.cli import format_status
-
-        return format_status(self.statuses) if self.statuses else "no stages yet"
+        return status_table(self.statuses) if self.statuses else "no stages yet"
 
     def _repr_html_(self) -> str:
         if not self.statuses:

@@ -1,0 +1,127 @@
+"""pipelite.present: the one place the command line, the magics, the panel and the graph take
+their words, colours and units from."""
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from pipelite import OutputInfo, Pipeline, StageStatus, stage
+from pipelite.present import (
+    STATE_COLOURS,
+    STATES,
+    explain_text,
+    human_bytes,
+    human_duration,
+    status_table,
+)
+
+
+def status(name, state="fresh", *, reasons=(), outputs=(), last_run=None, duration=None,
+           defined=True):
+    return StageStatus(name=name, state=state, reasons=tuple(reasons), outputs=tuple(outputs),
+                       inputs=(), last_run=last_run, duration=duration, fingerprint=None,
+                       defined=defined)
+
+
+WHEN = dt.datetime(2024, 5, 17, 9, 30, 12, tzinfo=dt.timezone.utc)
+WEIGHTS = OutputInfo("model_weights", 8128, "npy", "ndarray float64 (10,)", "0" * 32)
+
+
+def test_every_state_has_a_colour_and_every_colour_is_a_state():
+    assert list(STATE_COLOURS) == list(STATES)
+
+
+def test_the_graph_draws_every_state_in_its_colour():
+    from pipelite.graph import render
+
+    text = render([status("a", "stale")], "mermaid")
+    for state, (fill, stroke) in STATE_COLOURS.items():
+        assert f"classDef {state} fill:{fill},stroke:{stroke},color:#000" in text
+
+
+@pytest.mark.parametrize("n, text", [(0, "0 B"), (208, "208 B"), (8128, "7.9 KiB"),
+                                     (5 * 2**20, "5.0 MiB"), (2**30, "1.0 GiB"),
+                                     (3 * 2**40, "3072.0 GiB")])
+def test_sizes_read_in_binary_units(n, text):
+    assert human_bytes(n) == text
+
+
+@pytest.mark.parametrize("seconds, text", [(0.000338, "338 µs"), (0.012, "12 ms"),
+                                           (3.42, "3.4 s"), (125, "2 min 5 s")])
+def test_durations_read_in_the_unit_that_fits(seconds, text):
+    assert human_duration(seconds) == text
+
+
+def test_the_status_table_lines_up_its_columns_and_marks_store_only_stages():
+    table = status_table([
+        status("gen_data", outputs=[WEIGHTS], last_run=WHEN, duration=0.012),
+        status("train_model", "stale", reasons=["its code changed", "global 'EPOCHS' changed"]),
+        status("old", last_run=WHEN, duration=3.42, defined=False,
+               reasons=["not defined in this session (stored result from 2024-05-17 09:30)"]),
+    ])
+    assert table == (
+        "STAGE        STATE  LAST RUN          TOOK   OUTPUTS                  WHY\n"
+        "gen_data     fresh  2024-05-17 09:30  12 ms  model_weights (7.9 KiB)  -\n"
+        "train_model  stale  -                 -      -                        its code "
+        "changed; global 'EPOCHS' changed\n"
+        "old *        fresh  2024-05-17 09:30  3.4 s  -                        not defined in "
+        "this session (stored result from 2024-05-17 09:30)\n"
+        "* known from the store only (not defined in this session)")
+
+
+def test_outside_a_session_a_stage_known_from_the_store_is_stored_and_has_no_why():
+    table = status_table([status("old", last_run=WHEN, duration=3.42, defined=False,
+                                 reasons=["not defined in this session"])], in_session=False)
+    assert table == ("STAGE  STATE   LAST RUN          TOOK   OUTPUTS  WHY\n"
+                     "old    stored  2024-05-17 09:30  3.4 s  -        -")
+
+
+def test_the_explain_text_gives_state_reasons_blind_spots_last_run_and_outputs():
+    text = explain_text(status("s", "stale", reasons=["its code changed"], outputs=[WEIGHTS],
+                               last_run=WHEN, duration=0.012),
+                        ["`!ls` (a shell command)"])
+    assert text == ("stage 's' is stale\n"
+                    "  - its code changed\n"
+                    "  - blind spot: `!ls` (a shell command)\n"
+                    "last run: 2024-05-17 09:30:12 UTC, took 12 ms\n"
+                    "outputs: model_weights (ndarray float64 (10,), 7.9 KiB)")
+
+
+def test_a_fresh_stage_is_explained_as_matching_its_stored_result():
+    assert explain_text(status("s")) == (
+        "stage 's' is fresh: its code, parameters, globals and inputs match the stored result")
+    assert explain_text(status("s", defined=False)) == (
+        "stage 's' is fresh (not defined in this session)")
+
+
+def test_pipeline_explain_is_the_explain_text_of_the_stage_status(pipeline):
+    @stage(outputs="n")
+    def numbers():
+        return [1, 2, 3]
+
+    pipeline.run("numbers")
+    [s] = pipeline.status()
+    assert pipeline.explain("numbers") == explain_text(s)
+
+
+def test_the_command_line_prints_the_status_table(store_dir, capsys):
+    from pipelite.cli import main
+
+    @stage(outputs="n")
+    def numbers():
+        return [1, 2, 3]
+
+    pipeline = Pipeline(store=str(store_dir))
+    pipeline.run("numbers")
+    assert main(["status", "--store", str(store_dir)]) == 0
+    assert capsys.readouterr().out == status_table(pipeline.status(), in_session=False) + "\n"
+
+
+def test_status_in_a_notebook_shows_the_same_table_as_text():
+    from pipelite_ipy.magics import StatusTable
+
+    statuses = [status("gen_data", outputs=[WEIGHTS], last_run=WHEN, duration=0.012),
+                status("old", defined=False)]
+    assert repr(StatusTable(statuses)) == status_table(statuses)
+    assert repr(StatusTable([])) == "no stages yet"
