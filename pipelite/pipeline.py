@@ -6,7 +6,6 @@ import datetime as _dt
 import difflib
 import functools
 import graphlib
-import os
 import queue
 import re
 import sys
@@ -34,6 +33,7 @@ from .errors import (
 )
 from ._integrity import check_level
 from .present import STATES, explain_text
+from .present import user_frames as _user_frames
 from .fingerprint import Fingerprint, fingerprint_of, warn_user
 from .stage import REGISTRY, REQUIRED, Registry, Stage, artifact_name, stage_of
 from .store import GC_GRACE, GcReport, Store
@@ -1157,24 +1157,6 @@ def _save_output(store: Store, st: Stage, name: str, value: Any,
             f"stage '{st.name}': output '{name}' ({type(value).__name__}) cannot be stored: "
             f"{exc}. Return picklable values, or pipelite.register_format() for its type"
         ) from exc
-
-
-_INTERNAL_DIRS = (os.path.dirname(os.path.abspath(__file__)),
-                  os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               "pipelite_ipy"))
-
-
-def _user_frames(tb: Any) -> Any:
-    """The traceback from the first of the user's frames that PipeLite called (whole if the
-    error came from PipeLite itself)."""
-    node, seen_internal = tb, False
-    while node is not None:
-        if os.path.dirname(os.path.abspath(node.tb_frame.f_code.co_filename)) in _INTERNAL_DIRS:
-            seen_internal = True
-        elif seen_internal:
-            return node
-        node = node.tb_next
-    return tb
 
 
 def _record_failure(store: Store, st: Stage, fp: Fingerprint, exc: BaseException,

@@ -8,6 +8,8 @@ The command line, the magics, the panel and the graph all draw from here, so the
 """
 from __future__ import annotations
 
+import os
+import types
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 if TYPE_CHECKING:
@@ -20,6 +22,7 @@ __all__ = [
     "human_duration",
     "status_table",
     "explain_text",
+    "user_frames",
 ]
 
 # What StageStatus.state can be, in the order counts are shown.
@@ -80,7 +83,9 @@ def status_table(statuses: Sequence[StageStatus], in_session: bool = True) -> st
             why,
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
+    # the last column (WHY) is not padded: zip stops at the widths
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
+             for r in rows]
     if in_session and any(not s.defined for s in statuses):
         lines.append("* known from the store only (not defined in this session)")
     return "\n".join(line.rstrip() for line in lines)
@@ -105,3 +110,30 @@ def explain_text(status: StageStatus, blind_spots: Iterable[str] = ()) -> str:
         lines.append("outputs: " + ", ".join(f"{o.name} ({o.summary}, {human_bytes(o.size)})"
                                               for o in s.outputs))
     return "\n".join(lines)
+
+
+# -- tracebacks: the user's frames, not PipeLite's -----------------------------------------
+_CORE = os.path.dirname(os.path.abspath(__file__))
+# PipeLite's own code: the core and, beside it in the same distribution, the extension
+_INTERNAL_DIRS = (_CORE + os.sep,
+                  os.path.join(os.path.dirname(_CORE), "pipelite_ipy") + os.sep)
+
+
+def _internal(node: types.TracebackType) -> bool:
+    return os.path.abspath(node.tb_frame.f_code.co_filename).startswith(_INTERNAL_DIRS)
+
+
+def user_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """The part of ``tb`` that is the user's code that PipeLite called (a stage, a cell):
+    from the first frame outside PipeLite that follows one of PipeLite's.
+
+    Without such a frame (the error came from PipeLite itself) ``tb`` is returned whole."""
+    seen_internal = False
+    node = tb
+    while node is not None:
+        if _internal(node):
+            seen_internal = True
+        elif seen_internal:
+            return node
+        node = node.tb_next
+    return tb

@@ -19,9 +19,15 @@ from IPython.utils.process import arg_split
 
 from pipelite import REGISTRY, PipeliteError, StageStatus
 from pipelite._location import check_store_location
-from pipelite.present import STATE_COLOURS, human_bytes, human_duration, status_table
+from pipelite.present import (
+    STATE_COLOURS,
+    human_bytes,
+    human_duration,
+    status_table,
+    user_frames,
+)
 
-from .cell import CellSyntaxError, user_traceback
+from .cell import CellSyntaxError
 from .session import PipeliteSession
 
 __all__ = ["PipeliteMagics", "StatusTable"]
@@ -102,7 +108,7 @@ def _present(exc: BaseException, shell: Any) -> None:
         return
 
     def render() -> list[str]:
-        tb = user_traceback(exc.__traceback__)
+        tb = user_frames(exc.__traceback__)
         stb = shell.InteractiveTB.structured_traceback(type(exc), exc, tb, tb_offset=0)
         # older IPythons do not show PEP 678 notes, where PipeLite says nothing was stored
         shown = "\n".join(stb[-2:])

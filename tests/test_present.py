@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from pipelite import OutputInfo, Pipeline, StageStatus, stage
+from pipelite import OutputInfo, Pipeline, StageStatus, UnknownStageError, stage
 from pipelite.present import (
     STATE_COLOURS,
     STATES,
@@ -14,6 +14,7 @@ from pipelite.present import (
     human_bytes,
     human_duration,
     status_table,
+    user_frames,
 )
 
 
@@ -125,3 +126,31 @@ def test_status_in_a_notebook_shows_the_same_table_as_text():
                 status("old", defined=False)]
     assert repr(StatusTable(statuses)) == status_table(statuses)
     assert repr(StatusTable([])) == "no stages yet"
+
+
+def _names(tb):
+    names = []
+    while tb is not None:
+        names.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    return names
+
+
+def test_the_users_frames_start_where_pipelite_called_the_users_code(pipeline):
+    def helper():
+        raise ValueError("deep problem")
+
+    @stage(outputs="n")
+    def broken():
+        return helper()
+
+    with pytest.raises(ValueError) as info:
+        pipeline.run("broken")
+    assert _names(user_frames(info.value.__traceback__)) == ["broken", "helper"]
+
+
+def test_an_error_of_pipelite_itself_keeps_every_frame(pipeline):
+    with pytest.raises(UnknownStageError) as info:
+        pipeline.run("nope")
+    tb = info.value.__traceback__
+    assert user_frames(tb) is tb
