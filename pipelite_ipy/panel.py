@@ -105,33 +105,6 @@ def _close_tree(w: widgets.Widget) -> None:
     w.close()
 
 
-def _definition_order(statuses: list[StageStatus], pipeline: Any) -> list[StageStatus]:
-    """Upstream first, and otherwise in the order the stages were defined (as in the notebook)."""
-    registry = getattr(pipeline, "registry", None)
-    defined = registry.names() if registry is not None else []
-    rank = {n: i for i, n in enumerate(defined)}
-    for s in statuses:
-        rank.setdefault(s.name, len(rank))
-    producer = {o.name: s.name for s in statuses for o in s.outputs}
-    deps = {s.name: {producer[i] for i in s.inputs if producer.get(i, s.name) != s.name}
-            for s in statuses}
-    by_name = {s.name: s for s in statuses}
-    ready = sorted((n for n, d in deps.items() if not d), key=rank.__getitem__)
-    out: list[StageStatus] = []
-    while ready:
-        name = ready.pop(0)
-        out.append(by_name[name])
-        for other, d in deps.items():
-            if name in d:
-                d.discard(name)
-                if not d:
-                    ready.append(other)
-        ready.sort(key=rank.__getitem__)
-    if len(out) < len(statuses):  # a cycle: status() would have raised; keep its order
-        return statuses
-    return out
-
-
 class _StageRow(widgets.VBox):
     """One stage: badge, name, outputs, last run, buttons; below, why it is not fresh."""
 
@@ -379,7 +352,6 @@ class PipelinePanel(widgets.VBox):
         if self._status_failed:
             self._status_failed = False
             self._show_panel_error(None)
-        statuses = _definition_order(statuses, pipeline)
         self._statuses = statuses
         names = [s.name for s in statuses]
         for s in statuses:

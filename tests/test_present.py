@@ -154,3 +154,35 @@ def test_an_error_of_pipelite_itself_keeps_every_frame(pipeline):
         pipeline.run("nope")
     tb = info.value.__traceback__
     assert user_frames(tb) is tb
+
+
+# -- the extension shows what the core says ---------------------------------------------------
+def test_the_panel_lists_the_stages_in_the_order_of_status(pipeline):
+    pytest.importorskip("ipywidgets")
+    from pipelite_ipy.panel import PipelinePanel
+
+    @stage(outputs="a_out")
+    def a(c_out):  # defined before the stage it needs
+        return c_out
+
+    @stage(outputs="b_out")
+    def b():
+        return 1
+
+    @stage(outputs="c_out")
+    def c():
+        return 1
+
+    class Session:
+        pass
+
+    session = Session()
+    session.pipeline = pipeline
+    panel = PipelinePanel(session)
+    try:
+        order = [s.name for s in pipeline.status()]
+        assert order == ["c", "a", "b"]  # each stage right after what it needs
+        assert [row.name for row in panel.rows.children] == order
+    finally:
+        panel.close()
+
