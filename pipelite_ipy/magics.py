@@ -17,7 +17,7 @@ from IPython.core.magic_arguments import (
 from IPython.display import display
 from IPython.utils.process import arg_split
 
-from pipelite import REGISTRY, PipeliteError, StageStatus
+from pipelite import PipeliteError, StageStatus
 from pipelite._location import check_store_location
 from pipelite.present import (
     STATE_COLOURS,
@@ -267,12 +267,7 @@ class PipeliteMagics(Magics):
         display(StatusTable(self.pipeline.status()))
 
     def _cmd_explain(self, args: Any) -> None:
-        text = self.pipeline.explain(args.name)
-        st = REGISTRY.get(args.name)
-        for spot in getattr(st, "blind_spots", ()):
-            if spot not in text:  # until Pipeline.explain lists them itself
-                text += f"\n  - blind spot: {spot}"
-        print(text)
+        print(self.pipeline.explain(args.name))
 
     def _cmd_graph(self, args: Any) -> None:
         text = self.pipeline.graph(args.format)

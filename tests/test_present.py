@@ -186,3 +186,24 @@ def test_the_panel_lists_the_stages_in_the_order_of_status(pipeline):
     finally:
         panel.close()
 
+
+def test_a_session_defines_its_cells_in_its_own_pipelines_registry(tmp_path, monkeypatch):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from pipelite import REGISTRY, Registry
+    from pipelite_ipy.session import PipeliteSession
+
+    monkeypatch.chdir(tmp_path)
+    shell = InteractiveShell.instance()
+    session = PipeliteSession(shell)
+    try:
+        registry = Registry()
+        session.pipeline = Pipeline(store=str(tmp_path / "store"), registry=registry)
+        session.define_cell("numbers", "%%stage numbers", "numbers = [1, 2]\n", None, None)
+        assert "numbers" in registry and "numbers" not in REGISTRY
+        session.run(["numbers"])
+        assert shell.user_ns["numbers"] == [1, 2]
+        session.store = str(tmp_path / "other")  # another store, the same stages
+        assert session.pipeline.registry is registry
+    finally:
+        session.close()
