@@ -565,6 +565,22 @@ class Store:
         there is PipeLite's doing, not a dependency of the stage."""
         return self._fs.local_dirs()
 
+    @staticmethod
+    def check_writable(location: str) -> None:
+        """Raise the ``OSError`` that writing a store at the local directory ``location``
+        would meet: the directory (and its parents) is created if missing, and a temporary
+        file is written in it and removed.
+
+        A static method: it checks a location before a ``Store`` is made for it, as
+        ``%pipelite store PATH`` does before switching, so that a store you cannot write to
+        fails there and not in a later run. A remote (fsspec) store is checked by its first
+        write."""
+        import tempfile
+
+        os.makedirs(location, exist_ok=True)
+        with tempfile.TemporaryFile(dir=location):
+            pass
+
     def latest(self, stage: str) -> dict | None:
         """The newest stored record of ``stage``, whatever its fingerprint.
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
 from typing import Any, Callable, Sequence
 
 from IPython.core.error import UsageError
@@ -17,7 +16,7 @@ from IPython.core.magic_arguments import (
 from IPython.display import display
 from IPython.utils.process import arg_split
 
-from pipelite import PipeliteError, StageStatus
+from pipelite import PipeliteError, StageStatus, Store
 from pipelite._location import check_store_location
 from pipelite.present import (
     STATE_COLOURS,
@@ -317,9 +316,7 @@ class PipeliteMagics(Magics):
                 path = os.path.abspath(os.path.expanduser(path))
                 existed = os.path.isdir(path)
                 try:  # a store you cannot write to should fail here, not in a later cell
-                    os.makedirs(path, exist_ok=True)
-                    with tempfile.TemporaryFile(dir=path):
-                        pass
+                    Store.check_writable(path)
                 except OSError as exc:
                     raise UsageError(f"%pipelite store: cannot use {args.path} as a store: "
                                      f"{exc.strerror or exc}") from None

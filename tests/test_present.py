@@ -207,3 +207,19 @@ def test_a_session_defines_its_cells_in_its_own_pipelines_registry(tmp_path, mon
         assert session.pipeline.registry is registry
     finally:
         session.close()
+
+
+def test_checking_a_store_location_creates_it_and_leaves_nothing_in_it(tmp_path):
+    from pipelite import Store
+
+    Store.check_writable(str(tmp_path / "new" / "store"))
+    assert list((tmp_path / "new" / "store").iterdir()) == []
+
+
+def test_checking_a_store_location_that_cannot_be_written_raises_the_os_error(tmp_path):
+    from pipelite import Store
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(OSError):
+        Store.check_writable(str(blocker / "store"))
