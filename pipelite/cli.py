@@ -7,7 +7,7 @@ import re
 import sys
 from typing import Sequence
 
-from .errors import PipeliteError
+from .errors import PipeliteError, StoreLocationError
 from .present import human_bytes, status_table
 
 __all__ = ["main"]
@@ -30,7 +30,7 @@ def _check_store_exists(store: str) -> None:
     local = "://" not in store or store.startswith("file://")
     path = store[len("file://"):] if store.startswith("file://") else store
     if local and not os.path.isdir(os.path.expanduser(path)):
-        raise PipeliteError(f"no PipeLite store at {store}")
+        raise StoreLocationError(f"no PipeLite store at {store}")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,4 +1,37 @@
-"""Errors a user can cause. Every message says what went wrong and how to fix it."""
+"""Errors a user can cause. Every message says what went wrong and how to fix it.
+
+``except pipelite.PipeliteError`` catches every one. Each class sits under the one it derives
+from; "also" names its other base::
+
+    PipeliteError
+        InvalidNameError           also ValueError
+        InvalidArgumentError       also ValueError
+        UnknownStageError          also KeyError
+        UnknownArtifactError       also KeyError
+        StageDefinitionError
+            DuplicateProducerError
+            CycleError
+        StageNotDefinedError
+        MissingInputError
+        ParameterError
+        StageOutputError
+        StaleArtifactError
+        CorruptArtifactError
+            ArtifactRemovedError
+        UnsafeStorePathError
+        UntrustedRecordError
+        GraphvizNotFoundError
+        StoreLocationError
+        StoreFullError
+        StoreNotWritableError
+        FormatError
+            FormatSaveError        also StageOutputError
+            FormatLoadError
+            UnknownFormatError
+
+The IPython extension adds ``CellSyntaxError`` (a ``%%stage`` cell that is not valid Python)
+and ``ReassignedInputError`` (a ``DuplicateProducerError``).
+"""
 from __future__ import annotations
 
 
@@ -44,16 +77,9 @@ class StageOutputError(PipeliteError):
     """A stage returned something that does not match its declared outputs."""
 
 
-class StageFailedError(PipeliteError):
-    """A stage raised while running; nothing was stored. ``__cause__`` is the original error."""
-
-    def __init__(self, stage: str, summary: str):
-        super().__init__(
-            f"stage '{stage}' failed: {summary}. Nothing was stored; the previous result (if any) "
-            f"is kept. Fix the error and run it again."
-        )
-        self.stage = stage
-        self.summary = summary
+class StageNotDefinedError(PipeliteError):
+    """A stage known only from the store (a result is stored, but no code in this session
+    defines it) cannot be run: run the cell or import the module that defines it first."""
 
 
 class StaleArtifactError(PipeliteError):
@@ -111,14 +137,15 @@ class InvalidArgumentError(PipeliteError, ValueError):
 
 
 class StoreLocationError(PipeliteError):
-    """A store location (or its ``storage_options``) that cannot be used: an empty path, a
-    path that is not a directory or cannot be created, an unknown or uninstalled fsspec
-    protocol."""
+    """A store location (or its ``storage_options``) that cannot be used: not a path or URL
+    string, an empty path, a path that is not a directory or cannot be created, an unknown or
+    uninstalled fsspec protocol; on the command line, which only reads, a store that does not
+    exist."""
 
 
 class FormatError(PipeliteError):
-    """A format given to ``register_format`` is unusable, or failed; ``__cause__`` is the
-    original error where there is one."""
+    """A format given to ``register_format`` is unusable, or failed, or a stored file's format
+    is unknown here; ``__cause__`` is the original error where there is one."""
 
 
 class FormatSaveError(FormatError, StageOutputError):
@@ -128,6 +155,11 @@ class FormatSaveError(FormatError, StageOutputError):
 
 class FormatLoadError(FormatError):
     """A format registered with ``register_format`` raised while loading a stored file."""
+
+
+class UnknownFormatError(FormatError):
+    """An artifact was stored in a format that is not registered in this process: call
+    ``register_format`` for it before loading."""
 def _reason(errno_: int | None) -> str:
     import os
 

@@ -5,7 +5,7 @@ import shutil
 import subprocess
 from typing import Sequence
 
-from .errors import GraphvizNotFoundError, PipeliteError
+from .errors import GraphvizNotFoundError, InvalidArgumentError
 from .present import STATE_COLOURS
 
 __all__ = ["render"]
@@ -31,7 +31,7 @@ def render(statuses: Sequence, format: str = "mermaid") -> str:
         done = subprocess.run([dot, "-Tsvg"], input=_dot(statuses).encode(),
                               capture_output=True, check=True)
         return done.stdout.decode()
-    raise PipeliteError(f"unknown graph format {format!r}: use 'mermaid', 'dot' or 'svg'")
+    raise InvalidArgumentError(f"unknown graph format {format!r}: use 'mermaid', 'dot' or 'svg'")
 
 
 def _edges(statuses: Sequence) -> tuple[list[tuple[str, str]], list[tuple[str, str]], set[str]]:

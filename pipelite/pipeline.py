@@ -24,6 +24,7 @@ from .errors import (
     MissingInputError,
     ParameterError,
     PipeliteError,
+    StageNotDefinedError,
     StageOutputError,
     StaleArtifactError,
     StoreLocationError,
@@ -593,7 +594,7 @@ class Pipeline:
         self._check_param_stages(params)
         for name in targets:
             if name not in self.registry:
-                raise PipeliteError(
+                raise StageNotDefinedError(
                     f"stage '{name}' is known only from the store (not defined in this "
                     f"session): run the cell or import the module that defines it first"
                 )

@@ -39,7 +39,9 @@ from ._trust import SAFE_FORMATS, is_signed, key_source, signature
 from ._records import BadRecord, bind, check_failure, check_record, is_fingerprint, object_rel
 from .errors import (
     CorruptArtifactError,
+    InvalidArgumentError,
     PipeliteError,
+    StoreLocationError,
     UnsafeStorePathError,
     UntrustedRecordError,
 )
@@ -482,12 +484,12 @@ class Store:
                  storage_options: Mapping[str, Any] | None = None):
         """``storage_options`` go to the fsspec filesystem (e.g. S3 credentials, endpoint_url)."""
         if not isinstance(location, (str, os.PathLike)):
-            raise PipeliteError(f"store must be a path or an fsspec URL string, not "
-                                f"{type(location).__name__}")
+            raise StoreLocationError(f"store must be a path or an fsspec URL string, not "
+                                     f"{type(location).__name__}")
         loc = os.fspath(location)
         if not isinstance(loc, str):
-            raise PipeliteError(f"store must be a path or an fsspec URL string, not "
-                                f"{type(loc).__name__} (from {type(location).__name__})")
+            raise StoreLocationError(f"store must be a path or an fsspec URL string, not "
+                                     f"{type(loc).__name__} (from {type(location).__name__})")
         check_store_location(loc, storage_options)  # an empty path, a file, no such protocol
         storage_options = dict(storage_options or {})
         if "://" in loc and not loc.startswith("file://"):
@@ -991,11 +993,11 @@ class Store:
         when this process could take the lock itself. Leftovers of interrupted writes
         (``tmp/``, ``records/*/.tmp-*``, ``trash/``) older than ``grace`` are deleted."""
         if keep < 1:
-            raise PipeliteError(f"gc(keep={keep}): keep must be at least 1 "
-                                f"(use invalidate(name) to forget a stage entirely)")
+            raise InvalidArgumentError(f"gc(keep={keep}): keep must be at least 1 "
+                                       f"(use invalidate(name) to forget a stage entirely)")
         if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
-            raise PipeliteError(f"gc(grace={grace!r}): grace must be a number of seconds, "
-                                f"at least 0")
+            raise InvalidArgumentError(f"gc(grace={grace!r}): grace must be a number of "
+                                       f"seconds, at least 0")
         now = time.time()
         removed_records = 0
         for stage in self.stages():
