@@ -36,7 +36,17 @@ from __future__ import annotations
 
 
 class PipeliteError(Exception):
-    """Base class of every error PipeLite raises for a user mistake or a bad store."""
+    """Base class of every error PipeLite raises for a user mistake or a bad store.
+
+    The user sees their own frames and the error, not PipeLite's internals: IPython shows
+    ``_render_traceback_``'s view, a public call cuts the traceback at itself (``at_the_call``,
+    which keeps the frames it cuts for debugging PipeLite), and pytest hides the frames
+    marked ``__tracebackhide__``."""
+
+    def _render_traceback_(self) -> list[str]:
+        from .present import error_view
+
+        return error_view(self)
 
 
 class InvalidNameError(PipeliteError, ValueError):
@@ -227,3 +237,25 @@ def limit_error(exc: BaseException, store: str, *, stage: str | None = None,
         return StoreNotWritableError(store, exc.filename, action or f"write {what}{of}",
                                      exc.errno)
     return None
+
+
+class _PipeliteFrames(Exception):
+    """Where PipeLite raised the error whose ``__context__`` this is, with every frame of
+    PipeLite's that the error passed through."""
+
+
+def at_the_call(exc: PipeliteError) -> PipeliteError:
+    """``exc``, to be raised again from a public call (``raise at_the_call(exc) from
+    exc.__cause__``): a script's traceback then shows the user's frames and that call, not
+    PipeLite's internals, as the contract promises.
+
+    The frames cut off are kept, not discarded: they are the traceback of ``exc.__context__``
+    (a ``_PipeliteFrames``), which ``raise ... from`` hides from every display while keeping
+    it for introspection (PEP 415): ``traceback.print_exception(exc.__context__)`` shows where
+    PipeLite raised it, for debugging PipeLite itself. A chain already there stays behind it."""
+    frames = _PipeliteFrames(f"where PipeLite raised {type(exc).__name__}")
+    frames.__traceback__ = exc.__traceback__
+    frames.__context__ = exc.__context__
+    exc.__context__ = frames
+    return exc.with_traceback(None)
+

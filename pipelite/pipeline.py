@@ -30,6 +30,7 @@ from .errors import (
     StoreLocationError,
     UnknownArtifactError,
     UnknownStageError,
+    at_the_call,
     limit_error,
 )
 from ._integrity import check_level
@@ -162,7 +163,8 @@ class _CorruptInput(Exception):
 
 def _user_facing(method):
     """Raise a PipeliteError from the public call itself: the user sees their own frames and
-    one line of PipeLite, not its internals."""
+    one line of PipeLite, not its internals. PipeLite's frames are kept on the error (see
+    ``errors.at_the_call``), for debugging PipeLite."""
 
     @functools.wraps(method)
     def call(*args, **kwargs):
@@ -170,7 +172,7 @@ def _user_facing(method):
         try:
             return method(*args, **kwargs)
         except PipeliteError as exc:
-            raise exc.with_traceback(None) from exc.__cause__
+            raise at_the_call(exc) from exc.__cause__
 
     return call
 
@@ -248,7 +250,7 @@ class Pipeline:
                     f"registry must be a pipelite.Registry, not {type(registry).__name__}; "
                     f"leave it out to use the stages declared with @stage")
         except PipeliteError as exc:
-            raise exc.with_traceback(None) from exc.__cause__
+            raise at_the_call(exc) from exc.__cause__
         self.executor = executor
         self.registry = REGISTRY if registry is None else registry
 

@@ -9,6 +9,7 @@ The command line, the magics, the panel and the graph all draw from here, so the
 from __future__ import annotations
 
 import os
+import sys
 import types
 from typing import TYPE_CHECKING, Iterable, Sequence
 
@@ -23,6 +24,8 @@ __all__ = [
     "status_table",
     "explain_text",
     "user_frames",
+    "calling_frames",
+    "error_view",
 ]
 
 # What StageStatus.state can be, in the order counts are shown.
@@ -137,3 +140,36 @@ def user_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
             return node
         node = node.tb_next
     return tb
+
+
+def calling_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """The frames of ``tb`` before PipeLite's first: the user's code that called PipeLite.
+
+    A new traceback (``tb`` itself keeps every frame, for debugging PipeLite); None when
+    PipeLite's frame comes first, ``tb`` when it has none of PipeLite's."""
+    outside: list[types.TracebackType] = []
+    node = tb
+    while node is not None and not _internal(node):
+        outside.append(node)
+        node = node.tb_next
+    if node is None:
+        return tb
+    head = None
+    for frame in reversed(outside):
+        head = types.TracebackType(head, frame.tb_frame, frame.tb_lasti, frame.tb_lineno)
+    return head
+
+
+def error_view(exc: BaseException) -> list[str]:
+    """How IPython shows a ``PipeliteError`` (its ``_render_traceback_``): the user's frames
+    that called PipeLite, then the error in one line; PipeLite's frames are left out.
+
+    Outside a running IPython, just the one line. IPython is never imported here: only a
+    shell that is running calls this."""
+    line = f"{type(exc).__name__}: {exc}"
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    tb = calling_frames(exc.__traceback__)
+    if shell is None or tb is None:
+        return [line]
+    return shell.InteractiveTB.structured_traceback(type(exc), exc, tb)

@@ -10,6 +10,7 @@ from pipelite import OutputInfo, Pipeline, StageStatus, UnknownStageError, stage
 from pipelite.present import (
     STATE_COLOURS,
     STATES,
+    calling_frames,
     explain_text,
     human_bytes,
     human_duration,
@@ -223,3 +224,76 @@ def test_checking_a_store_location_that_cannot_be_written_raises_the_os_error(tm
     blocker.write_text("not a directory")
     with pytest.raises(OSError):
         Store.check_writable(str(blocker / "store"))
+
+
+# -- tracebacks: shown with the user's frames only, PipeLite's kept for debugging ---------------
+def test_a_pipelite_error_is_shown_from_the_public_call(pipeline):
+    import traceback
+
+    with pytest.raises(UnknownStageError) as info:
+        pipeline.run("nope")
+    assert _names(info.value.__traceback__) == [
+        "test_a_pipelite_error_is_shown_from_the_public_call", "call"]
+    shown = "".join(traceback.format_exception(info.value))
+    assert shown.count('File "') == 2 and "_stage_name" not in shown
+
+
+def test_a_pipelite_error_keeps_pipelites_frames_for_debugging(pipeline):
+    with pytest.raises(UnknownStageError) as info:
+        pipeline.run("nope")
+    where = info.value.__context__  # hidden from display, kept for introspection (PEP 415)
+    assert info.value.__suppress_context__
+    assert _names(where.__traceback__)[-3:] == ["run", "_targets", "_stage_name"]
+
+
+def test_the_calling_frames_are_the_users_up_to_the_call_into_pipelite(pipeline):
+    def helper():
+        pipeline.run("nope")
+
+    with pytest.raises(UnknownStageError) as info:
+        helper()
+    tb = info.value.__traceback__
+    assert _names(calling_frames(tb)) == [
+        "test_the_calling_frames_are_the_users_up_to_the_call_into_pipelite", "helper"]
+    assert _names(tb)[-1] == "call"  # the traceback itself is left as it is
+
+
+@pytest.fixture
+def shell(pipeline):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("colors", "nocolor")
+    ip.user_ns["pipeline"] = pipeline
+    return ip
+
+
+def shown(shell, cell):
+    from IPython.utils.capture import capture_output
+
+    with capture_output() as cap:
+        shell.run_cell(cell)
+    return cap.stdout + cap.stderr
+
+
+def test_ipython_shows_a_pipelite_error_as_the_users_frames_and_one_line(shell):
+    text = shown(shell, "def helper():\n    pipeline.run('nope')\n\nhelper()\n")
+    assert "----> 4 helper()" in text and "----> 2     pipeline.run('nope')" in text
+    assert "pipelite/" not in text
+    assert text.rstrip().endswith("UnknownStageError: no stage named 'nope'; known stages: none")
+
+
+def test_ipython_shows_a_mistake_outside_any_pipeline_call_without_pipelites_frames(shell):
+    text = shown(shell, "from pipelite import stage\n\n@stage('9lives')\ndef f():\n    pass\n")
+    assert "----> 3 @stage('9lives')" in text and "pipelite/" not in text
+    assert text.rstrip().endswith("InvalidNameError: invalid stage name '9lives': use letters, "
+                                  "digits, '_' and '-', starting with a letter or '_'")
+
+
+def test_ipython_shows_an_error_of_pipelite_itself_with_pipelites_frames(shell, monkeypatch):
+    def broken(self):
+        raise RuntimeError("a bug in PipeLite")
+
+    monkeypatch.setattr(Pipeline, "_all_names", broken)
+    text = shown(shell, "pipeline.graph()")
+    assert "pipelite/pipeline.py" in text and "RuntimeError: a bug in PipeLite" in text
