@@ -3,13 +3,91 @@ from __future__ import annotations
 
 import inspect
 import re
+import types
 
 import pytest
 
 import pipelite
 import pipelite.errors
 import pipelite.formats
+import pipelite_ipy
 from pipelite import PipeliteError
+
+PIPELITE = [
+    "Artifact",
+    "ArtifactRemovedError",
+    "CellStage",
+    "CorruptArtifactError",
+    "CycleError",
+    "DuplicateProducerError",
+    "FormatError",
+    "FormatLoadError",
+    "FormatSaveError",
+    "GcReport",
+    "GraphvizNotFoundError",
+    "InvalidArgumentError",
+    "InvalidNameError",
+    "MissingInputError",
+    "OutputInfo",
+    "ParameterError",
+    "Pipeline",
+    "PipeliteError",
+    "PipeliteWarning",
+    "PlannedStage",
+    "REGISTRY",
+    "Registry",
+    "RunResult",
+    "Stage",
+    "StageDefinitionError",
+    "StageEvent",
+    "StageNotDefinedError",
+    "StageOutputError",
+    "StageStatus",
+    "StaleArtifactError",
+    "Store",
+    "StoreFullError",
+    "StoreLocationError",
+    "StoreNotWritableError",
+    "UnknownArtifactError",
+    "UnknownFormatError",
+    "UnknownStageError",
+    "UnsafeStorePathError",
+    "UntrustedRecordError",
+    "__version__",
+    "load_ipython_extension",
+    "register_format",
+    "stage",
+    "subscribe",
+    "unload_ipython_extension",
+]
+
+PIPELITE_IPY = ["current_session", "load_ipython_extension", "unload_ipython_extension"]
+
+
+def _public_attributes(package: types.ModuleType) -> set[str]:
+    """What a user can reach as ``package.NAME``: every attribute not starting with ``_``,
+    except submodules (``pipelite.store``) and ``from __future__ import annotations``."""
+    return {name for name, value in vars(package).items()
+            if not name.startswith("_") and not isinstance(value, types.ModuleType)
+            and not isinstance(value, type(annotations))}  # the __future__ feature
+
+
+@pytest.mark.parametrize("package, expected", [(pipelite, PIPELITE),
+                                               (pipelite_ipy, PIPELITE_IPY)])
+def test_all_lists_exactly_the_public_names(package, expected):
+    assert package.__all__ == expected  # sorted; a change here is a change of the API
+    for name in package.__all__:
+        assert hasattr(package, name), name
+    assert _public_attributes(package) <= set(package.__all__)
+
+
+def test_every_public_name_of_pipelite_is_in_the_readme():
+    import pathlib
+
+    readme = (pathlib.Path(pipelite.__file__).parent.parent / "README.md").read_text()
+    missing = [name for name in pipelite.__all__
+               if not re.search(rf"\b{re.escape(name)}\b", readme)]
+    assert missing == []
 
 
 def _error_classes() -> dict[str, type]:
