@@ -3,8 +3,9 @@ status table, the explain text, and which frames of a traceback are the user's.
 
 The command line, the magics, the panel and the graph all draw from here, so they agree.
 
+>>> from pipelite import Pipeline
 >>> from pipelite.present import status_table
->>> print(status_table(Pipeline().status()))      # what ``pipelite status`` prints
+>>> print(status_table(Pipeline().status()))      # the table ``%pipelite status`` shows
 """
 from __future__ import annotations
 
@@ -145,8 +146,8 @@ def user_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
 def calling_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
     """The frames of ``tb`` before PipeLite's first: the user's code that called PipeLite.
 
-    A new traceback (``tb`` itself keeps every frame, for debugging PipeLite); None when
-    PipeLite's frame comes first, ``tb`` when it has none of PipeLite's."""
+    A new traceback (``tb`` is left as it is); None when PipeLite's frame comes first,
+    ``tb`` itself when it has none of PipeLite's."""
     outside: list[types.TracebackType] = []
     node = tb
     while node is not None and not _internal(node):
@@ -162,7 +163,8 @@ def calling_frames(tb: types.TracebackType | None) -> types.TracebackType | None
 
 def error_view(exc: BaseException) -> list[str]:
     """How IPython shows a ``PipeliteError`` (its ``_render_traceback_``): the user's frames
-    that called PipeLite, then the error in one line; PipeLite's frames are left out.
+    that called PipeLite, then the error in one line; PipeLite's frames are left out (a
+    ``__cause__`` is shown above it, as IPython always does).
 
     Outside a running IPython, just the one line. IPython is never imported here: only a
     shell that is running calls this."""
