@@ -297,3 +297,12 @@ def test_ipython_shows_an_error_of_pipelite_itself_with_pipelites_frames(shell, 
     monkeypatch.setattr(Pipeline, "_all_names", broken)
     text = shown(shell, "pipeline.graph()")
     assert "pipelite/pipeline.py" in text and "RuntimeError: a bug in PipeLite" in text
+
+
+def test_a_mistake_in_a_stage_declaration_keeps_pipelites_frames_for_debugging():
+    from pipelite import StageDefinitionError
+
+    with pytest.raises(StageDefinitionError) as info:
+        stage(42)
+    assert _names(info.value.__traceback__)[-1] == "decorate_or_raise"  # the public call
+    assert _names(info.value.__context__.__traceback__)[-1] == "decorate"  # where it was raised
