@@ -150,7 +150,7 @@ def bench_persist(root: str, nbytes: int, reps: int) -> list[Row]:
         t0 = time.perf_counter()
         result = pipeline.run("big_output")
         elapsed = time.perf_counter() - t0
-        pl_times.append(elapsed - pipeline.store.latest("big_output")["duration"])
+        pl_times.append(elapsed - pipeline.store.latest("big_output").duration)
         assert result.executed == ["big_output"]
         del result
         shutil.rmtree(store)
@@ -210,7 +210,7 @@ def bench_fresh_big(root: str, nbytes: int, reps: int) -> list[Row]:
     pl_cold = median_time(lambda: Pipeline(store=store, params=params).run("big_output"),
                           reps * 10)
 
-    path = pipeline.store.object_path(pipeline.record("big_output")["outputs"]["big"])
+    path = pipeline.store.object_path(pipeline.record("big_output").outputs["big"])
     raw = median_time(lambda: np.load(path, mmap_mode="r"), reps * 10)
 
     mem = joblib.Memory(os.path.join(root, "joblib-fresh"), mmap_mode="r", verbose=0)

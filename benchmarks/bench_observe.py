@@ -84,14 +84,14 @@ def child(root: str, mode: str, reps: int) -> None:
     t0 = time.perf_counter()
     res = pipe.run("read_all", force=True)
     cold = time.perf_counter() - t0
-    cold_duration = res.records["read_all"]["duration"]
-    observed = len(res.records["read_all"].get("observed", {}).get("files", []))
+    cold_duration = res.records["read_all"].duration
+    observed = len((res.records["read_all"].observed or {}).get("files", []))
     walls, durations = [], []
     for _ in range(reps):
         t0 = time.perf_counter()
         res = pipe.run("read_all", force=True)
         walls.append(time.perf_counter() - t0)
-        durations.append(res.records["read_all"]["duration"])
+        durations.append(res.records["read_all"].duration)
     loops = []
     for _ in range(reps):  # the hook is installed (when on) but no stage runs
         t0 = time.perf_counter()
@@ -170,7 +170,7 @@ def bench_status(root: str, reps: int) -> list[tuple]:
         pipe = Pipeline(store=store)
         pipe.run()
         rec = pipe.record("s0001")
-        assert len((rec.get("observed") or {}).get("files", [])) == (PER_STAGE if mode == "on"
+        assert len((rec.observed or {}).get("files", [])) == (PER_STAGE if mode == "on"
                                                                      else 0)
 
         def check():

@@ -1,22 +1,35 @@
-"""Records read back from a store are input: their shape is checked before anything uses them.
+"""What a store keeps about a result, as typed records; and their reading, which trusts nothing.
 
-A record that fails the check is reported once, by path, as corrupt, and ignored: its stage
-recomputes. Object paths are never taken from a record: they derive from the output's hash and
-a file extension of a strict form, and must match the path the record names.
+A stage's result is a ``ResultRecord`` (``records/<stage>/<fingerprint>.json``): what ran,
+when, on which parameters and inputs, and each output as an ``OutputRecord`` (the object's
+hash, size and format). A failed run leaves a ``FailureRecord`` (``FAILED.json``). They are
+frozen: a changed record is a new one (``dataclasses.replace``).
+
+Records read back from a store are input: ``from_json`` checks their shape before anything
+uses them, and raises ``BadRecord`` otherwise (the store reports the file once, by path, as
+corrupt, and ignores it: its stage recomputes). Object paths are never taken from a record:
+they derive from the output's hash and a file extension of a strict form, and must match the
+path the record names. ``to_json(from_json(data)) == data`` for every record accepted, keys
+PipeLite does not know included, so signatures (over the JSON) still verify.
+
+Format versions: 1 (before outputs were bound to their names), 2 (``bind`` per output and a
+``signature``; written today). Both are read.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import re
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import xxhash
 
 from .stage import MAX_NAME_LENGTH
 
-__all__ = ["BadRecord", "check_record", "check_failure", "object_rel", "bind", "HEX32",
-           "is_fingerprint"]
+__all__ = ["FORMAT_VERSION", "BadRecord", "FailureRecord", "InputRecord", "OutputRecord",
+           "ResultRecord", "bind", "HEX32", "is_fingerprint"]
 
+FORMAT_VERSION = 2
 HEX32 = re.compile(r"[0-9a-f]{32}\Z")
 _OBJECT = re.compile(r"objects/([0-9a-f]{2})/([0-9a-f]{32})((?:\.[A-Za-z0-9_-]{1,12}){0,2})\Z")
 
@@ -29,22 +42,10 @@ def is_fingerprint(text: Any) -> bool:
     return isinstance(text, str) and HEX32.match(text) is not None
 
 
-def bind(name: str, info: dict) -> str:
+def bind(name: str, hash: str, size: int, format: str) -> str:
     """Binds an output's name to its content: swapped or edited entries no longer match."""
-    text = f"{name}\0{info['hash']}\0{info['size']}\0{info['format']}"
+    text = f"{name}\0{hash}\0{size}\0{format}"
     return xxhash.xxh3_64_hexdigest(text.encode())
-
-
-def object_rel(info: dict) -> str:
-    """Where an output's object lives in the store, derived from its hash.
-
-    The record's own ``path`` is used only for its file extension, and only if the whole path
-    is exactly ``objects/<2 hex>/<hash><ext>`` for this hash."""
-    digest, path = info.get("hash"), info.get("path")
-    m = _OBJECT.match(path) if isinstance(path, str) else None
-    if not is_fingerprint(digest) or m is None or m.group(2) != digest or m.group(1) != digest[:2]:
-        raise BadRecord(f"output path {path!r} is not the object path of hash {digest!r}")
-    return f"objects/{digest[:2]}/{digest}{m.group(3)}"
 
 
 def _need(cond: bool, why: str) -> None:
@@ -70,29 +71,131 @@ def _is_time(v: Any) -> bool:
     return True
 
 
-def _str_map(v: Any, what: str) -> None:
+def _optional_text(data: Mapping[str, Any], key: str, why: str) -> str | None:
+    value = data.get(key)
+    _need(value is None or isinstance(value, str), why)
+    return value
+
+
+def _str_map(v: Any, what: str) -> dict[str, str]:
     _need(isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, str)
                                       for k, x in v.items()), f"{what} is not a map of text")
+    return dict(v)
 
 
-def _objects(entries: Any, what: str, version: int) -> None:
-    _need(isinstance(entries, dict), f"{what} is not a map")
-    for name, info in entries.items():
+def _unknown(data: Mapping[str, Any], known: frozenset[str]) -> dict[str, Any]:
+    """Keys PipeLite does not write (a newer version's): kept, so the JSON round-trips."""
+    if data.keys() <= known:  # the usual case, checked at C speed
+        return {}
+    return {k: v for k, v in data.items() if k not in known}
+
+
+def _put(out: dict[str, Any], key: str, value: Any) -> None:
+    if value is not None:
+        out[key] = value
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    """One stored object: an output (or attachment) of a result."""
+
+    hash: str
+    size: int
+    format: str
+    path: str  # objects/<2 hex>/<hash><ext>: only its extension is ever used (see ``rel``)
+    type: str | None = None  # the value's module.qualname, for messages
+    summary: str | None = None  # "ndarray float64 (1000, 3)", for status tables
+    sample: str | None = None  # digest of 64 blocks of a large file, checked on every load
+    bind: str | None = None  # binds the entry to its name (format 2)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    _KEYS = frozenset(("hash", "size", "format", "path", "type", "summary", "sample", "bind"))
+
+    @property
+    def rel(self) -> str:
+        """Where the object lives in the store, derived from its hash.
+
+        The record's own ``path`` is used only for its file extension, and only if the whole
+        path is exactly ``objects/<2 hex>/<hash><ext>`` for this hash."""
+        m = _OBJECT.match(self.path) if isinstance(self.path, str) else None
+        digest = self.hash
+        if not is_fingerprint(digest) or m is None or m.group(2) != digest or \
+                m.group(1) != digest[:2]:
+            raise BadRecord(f"output path {self.path!r} is not the object path of hash "
+                            f"{digest!r}")
+        return f"objects/{digest[:2]}/{digest}{m.group(3)}"
+
+    def bound(self, name: str) -> "OutputRecord":
+        """This entry with its ``bind`` digest for ``name``."""
+        from dataclasses import replace
+
+        return replace(self, bind=bind(name, self.hash, self.size, self.format))
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"hash": self.hash, "size": self.size, "format": self.format,
+                               "path": self.path}
+        for key in ("type", "summary", "sample", "bind"):
+            _put(out, key, getattr(self, key))
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_json(cls, name: Any, data: Any, what: str, version: int) -> "OutputRecord":
         _need(isinstance(name, str) and name.isidentifier() and len(name) <= MAX_NAME_LENGTH,
               f"{what} name {name!r} is not an artifact name")
-        _need(isinstance(info, dict), f"{what} '{name}' is not a map")
-        _need(is_fingerprint(info.get("hash")), f"{what} '{name}' has no valid hash")
-        _need(_is_int(info.get("size")) and info["size"] >= 0, f"{what} '{name}' has no size")
-        _need(isinstance(info.get("format"), str) and info["format"] != "",
+        _need(isinstance(data, dict), f"{what} '{name}' is not a map")
+        _need(is_fingerprint(data.get("hash")), f"{what} '{name}' has no valid hash")
+        _need(_is_int(data.get("size")) and data["size"] >= 0, f"{what} '{name}' has no size")
+        _need(isinstance(data.get("format"), str) and data["format"] != "",
               f"{what} '{name}' has no format")
-        object_rel(info)
-        _need(isinstance(info.get("sample", ""), str), f"{what} '{name}' has a bad sample")
+        _need(isinstance(data.get("path"), str), f"{what} '{name}' has no path")
+        bad = f"{what} '{name}' has a bad"
+        out = cls(hash=data["hash"], size=data["size"], format=data["format"],
+                  path=data["path"],
+                  type=_optional_text(data, "type", f"{bad} type"),
+                  summary=_optional_text(data, "summary", f"{bad} summary"),
+                  sample=_optional_text(data, "sample", f"{bad} sample"),
+                  bind=_optional_text(data, "bind", f"{bad} bind"),
+                  extra=_unknown(data, cls._KEYS))
+        out.rel  # noqa: B018 - refuses a path that is not this hash's object path
         if version >= 2:
-            _need(info.get("bind") == bind(name, info),
+            _need(out.bind == bind(name, out.hash, out.size, out.format),
                   f"{what} '{name}' does not match its name (swapped or edited)")
+        return out
 
 
-def _observed(obs: Any) -> None:
+_INPUT_KEYS = frozenset(("hash", "stage"))
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    """An input a result was made from: the content hash it had, and its producer."""
+
+    hash: str
+    stage: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"hash": self.hash}
+        _put(out, "stage", self.stage)
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any) -> "InputRecord":
+        _need(isinstance(data, dict) and isinstance(data.get("hash"), str)
+              and isinstance(data.get("stage", ""), str), "its inputs are malformed")
+        return cls(data["hash"], data.get("stage"), _unknown(data, _INPUT_KEYS))
+
+
+def _objects(entries: Any, what: str, version: int) -> dict[str, OutputRecord]:
+    _need(isinstance(entries, dict), f"{what} is not a map")
+    return {name: OutputRecord.from_json(name, info, what, version)
+            for name, info in entries.items()}
+
+
+def _observed(obs: Any) -> dict[str, Any]:
+    """The files, modules and listings a run observed (their meaning is ``_observe``'s)."""
     _need(isinstance(obs, dict), "observed is not a map")
     for kind, key in (("files", "path"), ("modules", "file"), ("listings", "dir")):
         entries = obs.get(kind, [])
@@ -112,26 +215,11 @@ def _observed(obs: Any) -> None:
                       and isinstance(e.get("hash"), str), f"an observed {kind[:-1]} is incomplete")
                 for opt in ("ino", "ctime_ns"):
                     _need(opt not in e or _is_int(e[opt]), f"an observed {kind[:-1]} is incomplete")
+    return obs
 
 
-def check_record(rec: Any, stage: str, fingerprint: str) -> dict:
-    """``rec`` if it is a well-formed record of ``stage`` for ``fingerprint``; else BadRecord."""
-    _need(isinstance(rec, dict), f"it holds a {type(rec).__name__}, not a record")
-    _need(rec.get("stage") == stage, f"it is not a record of stage '{stage}'")
-    _need(rec.get("fingerprint") == fingerprint, "its fingerprint is not its file name")
-    version = rec.get("format_version", 1)
-    _need(_is_int(version) and version >= 1, "its format_version is not a number")
-    _objects(rec.get("outputs"), "output", version)
-    _objects(rec.get("attachments", {}), "attachment", version)
-    inputs = rec.get("inputs", {})
-    _need(isinstance(inputs, dict) and all(
-        isinstance(k, str) and isinstance(v, dict) and isinstance(v.get("hash"), str)
-        and isinstance(v.get("stage", ""), str) for k, v in inputs.items()),
-        "its inputs are malformed")
-    _need(_is_time(rec.get("started")), "its start time is not a time")
-    _need(_is_number(rec.get("duration")) and rec["duration"] >= 0, "its duration is not a number")
-    _str_map(rec.get("params", {}), "its params")
-    parts = rec.get("parts", {})
+def _parts(parts: Any) -> dict[str, Any]:
+    """The fingerprint's parts (their meaning is ``fingerprint``'s): only shapes are checked."""
     _need(isinstance(parts, dict), "its parts are not a map")
     for key in ("helpers", "globals", "params", "inputs", "env"):
         if key in parts:
@@ -141,20 +229,125 @@ def check_record(rec: Any, stage: str, fingerprint: str) -> dict:
     outs = parts.get("outputs")
     _need(outs is None or (isinstance(outs, list) and all(isinstance(o, str) for o in outs)),
           "its parts' outputs are malformed")
-    if "observed" in rec:
-        _observed(rec["observed"])
-    _need(isinstance(rec.get("same_result_as", ""), str), "same_result_as is not text")
-    _need(isinstance(rec.get("signature", ""), str), "its signature is not text")
-    return rec
+    return parts
 
 
-def check_failure(info: Any, stage: str) -> dict:
-    """``info`` if it is a well-formed FAILED.json of ``stage``; else BadRecord."""
-    _need(isinstance(info, dict), f"it holds a {type(info).__name__}, not a failure record")
-    _need(info.get("stage", stage) == stage, f"it is not a failure of stage '{stage}'")
-    _need(isinstance(info.get("fingerprint"), str), "it names no fingerprint")
-    for key in ("error", "traceback"):
-        _need(isinstance(info.get(key, ""), str), f"its {key} is not text")
-    _need(_is_time(info.get("started", "2000-01-01")), "its start time is not a time")
-    _need(_is_number(info.get("duration", 0)), "its duration is not a number")
-    return info
+@dataclass(frozen=True)
+class ResultRecord:
+    """A stored result of one stage for one fingerprint. Written last: it is the commit."""
+
+    stage: str
+    fingerprint: str
+    started: str  # ISO 8601, UTC
+    duration: float  # seconds the stage ran
+    outputs: dict[str, OutputRecord]
+    inputs: dict[str, InputRecord] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)  # as the user wrote them (reprs)
+    parts: dict[str, Any] = field(default_factory=dict)  # the fingerprint's parts
+    attachments: dict[str, OutputRecord] | None = None  # side values (a cell's output)
+    kind: str | None = None  # "function", "class", "cell"
+    save_duration: float | None = None
+    versions: dict[str, str] | None = None  # Python, PipeLite and library versions
+    observed: dict[str, Any] | None = None  # files, modules, listings read while it ran
+    same_result_as: str | None = None  # stored for the state after its run: the first digest
+    signature: str | None = None  # HMAC under the writer's key (see ``_trust``)
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    _KEYS = frozenset(("format_version", "stage", "kind", "fingerprint", "started", "duration",
+                       "save_duration", "params", "inputs", "outputs", "attachments", "parts",
+                       "versions", "observed", "same_result_as", "signature"))
+
+    @property
+    def started_at(self) -> _dt.datetime:
+        return _dt.datetime.fromisoformat(self.started)
+
+    def objects(self) -> list[OutputRecord]:
+        """Every object the record names (outputs and attachments)."""
+        return [*self.outputs.values(), *(self.attachments or {}).values()]
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"format_version": self.format_version, "stage": self.stage}
+        _put(out, "kind", self.kind)
+        out.update(fingerprint=self.fingerprint, started=self.started, duration=self.duration)
+        _put(out, "save_duration", self.save_duration)
+        out["params"] = dict(self.params)
+        out["inputs"] = {k: v.to_json() for k, v in self.inputs.items()}
+        out["outputs"] = {k: v.to_json() for k, v in self.outputs.items()}
+        if self.attachments is not None:
+            out["attachments"] = {k: v.to_json() for k, v in self.attachments.items()}
+        out["parts"] = self.parts
+        for key in ("versions", "observed", "same_result_as", "signature"):
+            _put(out, key, getattr(self, key))
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, stage: str, fingerprint: str) -> "ResultRecord":
+        """``data`` as the record of ``stage`` for ``fingerprint``; else ``BadRecord``."""
+        _need(isinstance(data, dict), f"it holds a {type(data).__name__}, not a record")
+        _need(data.get("stage") == stage, f"it is not a record of stage '{stage}'")
+        _need(data.get("fingerprint") == fingerprint, "its fingerprint is not its file name")
+        version = data.get("format_version", 1)
+        _need(_is_int(version) and version >= 1, "its format_version is not a number")
+        outputs = _objects(data.get("outputs"), "output", version)
+        attachments = (_objects(data["attachments"], "attachment", version)
+                       if "attachments" in data else None)
+        inputs = data.get("inputs", {})
+        _need(isinstance(inputs, dict) and all(isinstance(k, str) for k in inputs),
+              "its inputs are malformed")
+        _need(_is_time(data.get("started")), "its start time is not a time")
+        _need(_is_number(data.get("duration")) and data["duration"] >= 0,
+              "its duration is not a number")
+        save = data.get("save_duration")
+        _need(save is None or _is_number(save), "its save_duration is not a number")
+        versions = data.get("versions")
+        _need(versions is None or isinstance(versions, dict), "its versions are not a map")
+        return cls(
+            stage=stage, fingerprint=fingerprint, started=data["started"],
+            duration=data["duration"], outputs=outputs,
+            inputs={k: InputRecord.from_json(v) for k, v in inputs.items()},
+            params=_str_map(data.get("params", {}), "its params"),
+            parts=_parts(data.get("parts", {})),
+            attachments=attachments,
+            kind=_optional_text(data, "kind", "its kind is not text"),
+            save_duration=save,
+            versions=versions,
+            observed=_observed(data["observed"]) if "observed" in data else None,
+            same_result_as=_optional_text(data, "same_result_as", "same_result_as is not text"),
+            signature=_optional_text(data, "signature", "its signature is not text"),
+            format_version=version,
+            extra=_unknown(data, cls._KEYS),
+        )
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """The last failed run of a stage since its last success (``FAILED.json``)."""
+
+    stage: str
+    fingerprint: str
+    error: str = ""
+    traceback: str = ""
+    started: str | None = None
+    duration: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"stage": self.stage, "fingerprint": self.fingerprint,
+                               "error": self.error, "traceback": self.traceback}
+        _put(out, "started", self.started)
+        _put(out, "duration", self.duration)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, stage: str) -> "FailureRecord":
+        """``data`` as a FAILED.json of ``stage``; else ``BadRecord``."""
+        _need(isinstance(data, dict), f"it holds a {type(data).__name__}, not a failure record")
+        _need(data.get("stage", stage) == stage, f"it is not a failure of stage '{stage}'")
+        _need(isinstance(data.get("fingerprint"), str), "it names no fingerprint")
+        for key in ("error", "traceback"):
+            _need(isinstance(data.get(key, ""), str), f"its {key} is not text")
+        _need(_is_time(data.get("started", "2000-01-01")), "its start time is not a time")
+        _need(_is_number(data.get("duration", 0)), "its duration is not a number")
+        return cls(stage, data["fingerprint"], data.get("error", ""), data.get("traceback", ""),
+                   data.get("started"), data.get("duration"))

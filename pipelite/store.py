@@ -29,14 +29,22 @@ import stat as _stat
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 import filelock
 
 from ._integrity import sample_digest
 from ._trust import SAFE_FORMATS, is_signed, key_source, signature
-from ._records import BadRecord, bind, check_failure, check_record, is_fingerprint, object_rel
+from ._records import (
+    FORMAT_VERSION,
+    BadRecord,
+    FailureRecord,
+    InputRecord,
+    OutputRecord,
+    ResultRecord,
+    is_fingerprint,
+)
 from .errors import (
     CorruptArtifactError,
     InvalidArgumentError,
@@ -51,7 +59,8 @@ from .present import human_bytes
 from .formats import PICKLE, format_for, format_named, hash_file
 from .stage import _STAGE_NAME, MAX_NAME_LENGTH
 
-__all__ = ["Store", "GcReport", "ScrubReport"]
+__all__ = ["Store", "GcReport", "ScrubReport", "ResultRecord", "OutputRecord", "InputRecord",
+           "FailureRecord", "FORMAT_VERSION"]
 
 CHEAP_VERIFY_BYTES = 2 << 20  # files up to this size are hashed on every load (~0.3 ms)
 
@@ -194,7 +203,7 @@ class _LocalFS:
         with this hash: it must be intact (hashed whole when small, its sampled blocks when
         large), and it is touched, so that gc's grace period covers it until its record lands."""
         path = self._abs(rel)
-        info = {"hash": digest, "size": os.lstat(path).st_size, "sample": sample}
+        info = OutputRecord(digest, os.lstat(path).st_size, "", rel, sample=sample)
         try:
             Store._check_content(path, info, "sampled")
             os.utime(path)
@@ -496,7 +505,7 @@ class Store:
             self._fs: _LocalFS | _FsspecFS = _FsspecFS(loc, storage_options)
         else:
             self._fs = _LocalFS(loc[len("file://"):] if loc.startswith("file://") else loc)
-        self._records: dict[str, tuple[tuple, dict]] = {}  # rel -> (file stamp, record)
+        self._records: dict[str, tuple[tuple, ResultRecord]] = {}  # rel -> (stamp, record)
         self._reported: set[tuple] = set()  # corrupt records already reported
         self.verify_level = "sampled"  # see pipelite._integrity
 
@@ -537,7 +546,8 @@ class Store:
         warn_user(f"ignoring the corrupt record {self._fs.root}/{rel}: {why}. Its stage will "
                   f"recompute; delete the file to make this warning go away")
 
-    def record(self, stage: str, fingerprint: str, *, cached: bool = True) -> dict | None:
+    def record(self, stage: str, fingerprint: str, *, cached: bool = True
+               ) -> ResultRecord | None:
         """The stored record of ``stage`` for ``fingerprint``, or None (also when the record is
         malformed: reported once, and ignored).
 
@@ -554,7 +564,7 @@ class Store:
             hit = self._records.get(rel)
             if cached and hit is not None and hit[0] == stamp:
                 return hit[1]
-            rec = check_record(self._read_json(rel), stage, fingerprint)
+            rec = ResultRecord.from_json(self._read_json(rel), stage, fingerprint)
         except (BadRecord, UnsafeStorePathError) as exc:
             self._records.pop(rel, None)
             self._report(rel, str(exc), stamp)
@@ -583,7 +593,7 @@ class Store:
         with tempfile.TemporaryFile(dir=location):
             pass
 
-    def latest(self, stage: str) -> dict | None:
+    def latest(self, stage: str) -> ResultRecord | None:
         """The newest stored record of ``stage``, whatever its fingerprint.
 
         ``LATEST`` names it; when that pointer is missing or bad (a crash between committing
@@ -606,7 +616,7 @@ class Store:
         recs = self.records_of(stage)
         return recs[0] if recs else None
 
-    def records_of(self, stage: str) -> list[dict]:
+    def records_of(self, stage: str) -> list[ResultRecord]:
         """Every (well-formed) stored record of ``stage``, newest first."""
         if not _is_stage_dir(stage):
             return []
@@ -621,7 +631,7 @@ class Store:
                 rec = self.record(stage, name[:-5])
                 if rec is not None:
                     recs.append(rec)
-        recs.sort(key=lambda r: r["started"], reverse=True)
+        recs.sort(key=lambda r: r.started, reverse=True)
         return recs
 
     def stages(self) -> list[str]:
@@ -633,18 +643,23 @@ class Store:
             return []
         return sorted(n for n in names if _is_stage_dir(n))
 
-    def write_result(self, stage: str, fingerprint: str, record: dict) -> None:
-        """Commit a result: the record (the commit point), then the LATEST pointer.
+    def write_result(self, record: ResultRecord) -> ResultRecord:
+        """Commit a result: the record (the commit point), then the LATEST pointer. Returns
+        the record as stored.
 
         Each output's entry gets a ``bind`` digest of its name and content, so entries swapped
-        or edited by hand are caught when the record is read."""
-        for key in ("outputs", "attachments"):
-            for name, info in record.get(key, {}).items():
-                info["bind"] = bind(name, info)
-        record["format_version"] = 2
-        check_record(record, stage, fingerprint)  # never write what could not be read back
-        record["signature"] = signature(record)  # you wrote it: your key vouches for it
-        data = _record_text(record).encode()
+        or edited by hand are caught when the record is read; the record is signed with your
+        key (you wrote it: your key vouches for it)."""
+        stage, fingerprint = record.stage, record.fingerprint
+        record = replace(
+            record, format_version=FORMAT_VERSION, signature=None,
+            outputs={n: o.bound(n) for n, o in record.outputs.items()},
+            attachments=None if record.attachments is None else
+            {n: o.bound(n) for n, o in record.attachments.items()})
+        body = record.to_json()
+        ResultRecord.from_json(body, stage, fingerprint)  # never write what cannot be read back
+        record = replace(record, signature=signature(body))
+        data = _record_text(record.to_json()).encode()
         rel = self._record_rel(stage, fingerprint)
         try:
             self._fs.write_atomic(rel, data)
@@ -674,6 +689,7 @@ class Store:
         except OSError as exc:
             warn_user(f"stage '{stage}': its result is stored in {self.url}, but its last "
                       f"failure (FAILED.json) could not be cleared ({exc}); it may run again")
+        return record
 
     def drop_record(self, stage: str, fingerprint: str) -> None:
         """Forget one result (e.g. because a file it names is corrupt)."""
@@ -681,7 +697,7 @@ class Store:
         self._records.pop(rel, None)
         self._fs.delete(rel)
 
-    def failure(self, stage: str) -> dict | None:
+    def failure(self, stage: str) -> FailureRecord | None:
         """The last failed run of ``stage`` since its last success, or None (also when the
         file is malformed: reported once, and ignored)."""
         if not _is_stage_dir(stage):
@@ -691,13 +707,14 @@ class Store:
             if self._fs.is_local and not self._fs.exists(rel):  # the usual case
                 return None
             info = self._read_json(rel)
-            return None if info is None else check_failure(info, stage)
+            return None if info is None else FailureRecord.from_json(info, stage)
         except (BadRecord, UnsafeStorePathError) as exc:
             self._report(rel, str(exc))
             return None
 
-    def write_failure(self, stage: str, info: dict) -> None:
-        data = json.dumps(info, indent=1).encode()
+    def write_failure(self, failure: FailureRecord) -> None:
+        stage = failure.stage
+        data = json.dumps(failure.to_json(), indent=1).encode()
         try:
             self._fs.write_atomic(f"records/{stage}/FAILED.json", data)
         except OSError as exc:
@@ -754,8 +771,8 @@ class Store:
 
     # -- objects ------------------------------------------------------------------------------
     def save_value(self, value: Any, *, stage: str | None = None,
-                   created: list[str] | None = None) -> dict:
-        """Write ``value`` as a content-addressed object; return its output description.
+                   created: list[str] | None = None) -> OutputRecord:
+        """Write ``value`` as a content-addressed object; return its record.
 
         A full disk raises ``StoreFullError`` (naming ``stage``), a read-only store
         ``StoreNotWritableError``; no temporary file is left. ``created``, a list, gets the
@@ -797,17 +814,12 @@ class Store:
             if err is not None:
                 raise err from exc
             raise
-        info = {
-            "hash": digest,
-            "size": size,
-            "format": fmt.name,
-            "path": rel,
-            "type": f"{type(value).__module__}.{type(value).__qualname__}",
-            "summary": _summary(value),
-        }
-        if sample is not None:
-            info["sample"] = sample  # 64 blocks, checked on every load of a large file
-        return info
+        return OutputRecord(
+            hash=digest, size=size, format=fmt.name, path=rel,
+            type=f"{type(value).__module__}.{type(value).__qualname__}",
+            summary=_summary(value),
+            sample=sample,  # 64 blocks, checked on every load of a large file
+        )
 
     def discard_objects(self, rels: list[str]) -> None:
         """Delete objects a failed run added (``save_value(created=...)``): nothing partial
@@ -818,11 +830,11 @@ class Store:
             except (OSError, PipeliteError):
                 pass
 
-    def object_path(self, info: dict) -> str:
+    def object_path(self, info: OutputRecord) -> str:
         """Where an output's file lives (path or URL), derived from its hash."""
-        return self._fs.path(object_rel(info))
+        return self._fs.path(info.rel)
 
-    def verify(self, info: dict, full: bool = True, level: str | None = None) -> None:
+    def verify(self, info: OutputRecord, full: bool = True, level: str | None = None) -> None:
         """Raise ``CorruptArtifactError`` if the object's size, or its content at ``level``
         (``"always"``: the whole hash; ``"sampled"``: whole for small files, 64 blocks for
         large ones; ``"never"``: size only) is off. ``full=True`` means ``"always"``."""
@@ -835,30 +847,30 @@ class Store:
             raise CorruptArtifactError(where, str(exc)) from None
         if size is None:
             raise CorruptArtifactError(where, "the file is missing")
-        if size != info["size"]:
-            raise CorruptArtifactError(where, f"{size} bytes, expected {info['size']}")
+        if size != info.size:
+            raise CorruptArtifactError(where, f"{size} bytes, expected {info.size}")
         if not self._fs.is_local:
             return  # remote objects are checked on the local copy that is loaded
         self._check_content(where, info, level)
 
     @staticmethod
-    def _check_content(path: str, info: dict, level: str) -> None:
+    def _check_content(path: str, info: OutputRecord, level: str) -> None:
         if level == "never":
             return
-        if level == "always" or info["size"] <= CHEAP_VERIFY_BYTES:
-            if hash_file(path) != info["hash"]:
+        if level == "always" or info.size <= CHEAP_VERIFY_BYTES:
+            if hash_file(path) != info.hash:
                 raise CorruptArtifactError(path, "its content hash does not match")
-        elif isinstance(info.get("sample"), str) and sample_digest(
-                path, info["size"]) != info["sample"]:
+        elif info.sample is not None and sample_digest(path, info.size) != info.sample:
             raise CorruptArtifactError(path, "its sampled blocks do not match")
 
-    def _object_rel(self, info: dict) -> str:
+    def _object_rel(self, info: OutputRecord) -> str:
         try:
-            return object_rel(info)
+            return info.rel
         except BadRecord as exc:
             raise CorruptArtifactError(f"{self.url}/objects", str(exc)) from None
 
-    def load_value(self, info: dict, verify: bool = False, record: dict | None = None) -> Any:
+    def load_value(self, info: OutputRecord, verify: bool = False,
+                   record: ResultRecord | None = None) -> Any:
         """Read an output back, checked at the store's ``verify_level`` (``verify=True``: the
         whole hash); on a remote store the check is of the local copy that is loaded.
 
@@ -866,30 +878,30 @@ class Store:
         record naming it, signed with your key (``UntrustedRecordError`` otherwise), and is
         always hashed whole first: its bytes are exactly the ones that were signed."""
         level = "always" if verify else self.verify_level
-        if info.get("format") not in SAFE_FORMATS:
-            self.require_trust(record, f"output in format '{info.get('format')}'")
+        if info.format not in SAFE_FORMATS:
+            self.require_trust(record, f"output in format '{info.format}'")
             level = "always"
         self.verify(info, level=level, full=False)
         rel = self._object_rel(info)
         if self._fs.is_local:
-            local = self._fs.local_copy(rel, info["hash"])
+            local = self._fs.local_copy(rel, info.hash)
         else:
-            full = level == "always" or (level == "sampled" and info["size"] <= CHEAP_VERIFY_BYTES)
-            local = self._fs.local_copy(rel, info["hash"], verify=full)
+            full = level == "always" or (level == "sampled" and info.size <= CHEAP_VERIFY_BYTES)
+            local = self._fs.local_copy(rel, info.hash, verify=full)
             if not full and level == "sampled":
                 self._check_content(local, info, level)
         try:
-            return format_named(info["format"]).load(local)
+            return format_named(info.format).load(local)
         except PipeliteError:
             raise
         except Exception as exc:  # noqa: BLE001 - an unreadable file is a corrupt file
             raise CorruptArtifactError(local, f"it cannot be read: {exc}") from None
 
-    def require_trust(self, record: dict | None, what: str) -> None:
+    def require_trust(self, record: ResultRecord | None, what: str) -> None:
         """Raise ``UntrustedRecordError`` unless ``record`` is signed with your key."""
-        if record is not None and is_signed(record):
+        if record is not None and is_signed(record.to_json()):
             return
-        stage = (record or {}).get("stage", "?")
+        stage = record.stage if record is not None else "?"
         raise UntrustedRecordError(
             f"stage '{stage}': refusing to load its {what} from {self.url}: its record is not "
             f"signed with your key ({key_source()}), and loading it could run code. If you "
@@ -901,20 +913,21 @@ class Store:
         count = 0
         for stage in self.stages():
             for rec in self.records_of(stage):
-                if is_signed(rec):
+                data = rec.to_json()
+                if is_signed(data):
                     continue
-                rec = dict(rec, signature=signature(rec))
-                rel = self._record_rel(stage, rec["fingerprint"])
-                self._fs.write_atomic(rel, _record_text(rec).encode())
+                data["signature"] = signature(data)
+                rel = self._record_rel(stage, rec.fingerprint)
+                self._fs.write_atomic(rel, _record_text(data).encode())
                 self._records.pop(rel, None)
                 count += 1
         return count
 
-    def quarantine(self, info: dict) -> str | None:
+    def quarantine(self, info: OutputRecord) -> str | None:
         """Move a damaged object aside, into ``quarantine/`` in the store (never deleted, and
         never anything outside the store); return where it went, None if it was gone."""
         try:
-            rel = object_rel(info)
+            rel = info.rel
         except BadRecord:
             return None  # not an object path: nothing of ours to move
         dest = f"quarantine/{rel.rsplit('/', 1)[1]}.{uuid.uuid4().hex[:8]}"
@@ -935,15 +948,13 @@ class Store:
         objects are checked."""
         from concurrent.futures import ThreadPoolExecutor
 
-        users: dict[str, tuple[dict, list[tuple[str, str]]]] = {}
+        users: dict[str, tuple[OutputRecord, list[tuple[str, str]]]] = {}
         records = 0
         for stage in self.stages():
             for rec in self.records_of(stage):
                 records += 1
-                for key in ("outputs", "attachments"):
-                    for info in rec.get(key, {}).values():
-                        rel = object_rel(info)
-                        users.setdefault(rel, (info, []))[1].append((stage, rec["fingerprint"]))
+                for info in rec.objects():
+                    users.setdefault(info.rel, (info, []))[1].append((stage, rec.fingerprint))
 
         def check(rel: str) -> tuple[str, str | None]:
             info = users[rel][0]
@@ -952,7 +963,7 @@ class Store:
                     self.verify(info, full=True)
                 else:
                     self.verify(info, full=False, level="never")
-                    self._fs.local_copy(rel, info["hash"], verify=True)
+                    self._fs.local_copy(rel, info.hash, verify=True)
             except CorruptArtifactError as exc:
                 return rel, exc.detail
             return rel, None
@@ -963,7 +974,7 @@ class Store:
         with ThreadPoolExecutor(max_workers=jobs or min(8, (os.cpu_count() or 2))) as pool:
             for rel, problem in pool.map(check, sorted(users)):
                 done += 1
-                nbytes += users[rel][0]["size"]
+                nbytes += users[rel][0].size
                 if progress is not None:
                     progress(done, len(users), nbytes)
                 if problem is None:
@@ -1002,7 +1013,7 @@ class Store:
         removed_records = 0
         for stage in self.stages():
             for rec in self.records_of(stage)[keep:]:
-                self.drop_record(stage, rec["fingerprint"])
+                self.drop_record(stage, rec.fingerprint)
                 removed_records += 1
         # Objects are listed before the records are read: a record committed after that names
         # objects written after the listing or within the grace period, never collected here.
@@ -1027,8 +1038,7 @@ class Store:
         referenced: set[str] = set()
         for stage in self.stages():
             for rec in self.records_of(stage):
-                for key in ("outputs", "attachments"):
-                    referenced.update(object_rel(o) for o in rec.get(key, {}).values())
+                referenced.update(o.rel for o in rec.objects())
         for rel, size in candidates:
             if rel not in referenced:
                 self._fs.delete(rel)
@@ -1121,9 +1131,9 @@ class Store:
                 lock.release()
         return freed
 
-    def object_exists(self, info: dict) -> bool:
+    def object_exists(self, info: OutputRecord) -> bool:
         """Whether the output's object file is in the store (whatever its content)."""
         try:
-            return self._fs.exists(object_rel(info))
+            return self._fs.exists(info.rel)
         except (BadRecord, UnsafeStorePathError):
             return True  # there, but not something to load: the caller's error stands

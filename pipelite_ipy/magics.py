@@ -286,7 +286,7 @@ class PipeliteMagics(Magics):
                 values[name] = self.pipeline.load(name)
                 continue
             record = self.pipeline.record(name)  # a stage name: all of its outputs
-            outputs = list((record or {}).get("outputs", {}))
+            outputs = list(record.outputs) if record is not None else []
             if not outputs:
                 raise UsageError(f"stage '{name}' has no stored outputs")
             for out in outputs:

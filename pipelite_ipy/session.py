@@ -21,6 +21,7 @@ from pipelite import (
 from pipelite._cellcode import definitions
 from pipelite.errors import DuplicateProducerError, UntrustedRecordError
 from pipelite.present import human_duration
+from pipelite.store import ResultRecord
 
 from .cell import CompiledCell, OutputCapture, replay
 
@@ -37,7 +38,7 @@ class ReassignedInputError(DuplicateProducerError):
 class StageOutcome:
     """What running one cell stage did: ``computed`` or ``loaded`` (with its record)."""
 
-    def __init__(self, name: str, computed: bool, values: dict, record: dict | None,
+    def __init__(self, name: str, computed: bool, values: dict, record: ResultRecord | None,
                  executed: list[str]):
         self.name = name
         self.computed = computed
@@ -182,8 +183,8 @@ class PipeliteSession(Configurable):
         computed = name in result.executed
         record = result.records.get(name)
         if not computed:
-            when = _local_time(record.get("started")) if record else "?"
-            saved = record.get("duration", 0.0) if record else 0.0
+            when = _local_time(record.started) if record else "?"
+            saved = record.duration if record else 0.0
             print(f"[pipelite] {name}: loaded from store (run {when}, saved "
                   f"{_seconds(saved)} of compute)")
             sys.stdout.flush()

@@ -157,7 +157,7 @@ SMALL_MIB, BIG_MIB = 1, 20  # hashed on every load / only size-checked unless ve
 
 
 def _stored_object(pipeline, stage) -> Path:
-    (info,) = pipeline.record(stage)["outputs"].values()
+    (info,) = pipeline.record(stage).outputs.values()
     return Path(pipeline.store.object_path(info))
 
 

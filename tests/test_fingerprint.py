@@ -342,7 +342,7 @@ def test_library_functions_are_tracked_by_module_and_version_not_source(pipeline
             return dumps([float(np.sum(np.arange(3)))])
         """, ns)
     pipeline.run("f")
-    helpers = pipeline.record("f")["parts"]["helpers"]
+    helpers = pipeline.record("f").parts["helpers"]
     assert helpers["np"] == f"lib:numpy@{np.__version__}"
     assert helpers["dumps"].startswith("lib:json.dumps@python-")
 
@@ -552,7 +552,7 @@ def test_the_record_keeps_every_part_of_the_fingerprint(pipeline):
             return helper(p)
         """), ns)
     pipeline.run("f")
-    parts = pipeline.record("f")["parts"]
+    parts = pipeline.record("f").parts
     assert set(parts) == {"reach", "code", "helpers", "globals", "params", "inputs", "outputs"}
     assert "helper" in parts["helpers"] and "K (read by helper)" in parts["globals"]
     assert "p" in parts["params"]

@@ -163,7 +163,7 @@ def test_a_library_is_still_a_library(pipeline):
             return json.dumps([1])
         """, ns)
     pipeline.run("f")
-    parts = pipeline.record("f")["parts"]
+    parts = pipeline.record("f").parts
     assert any(v.startswith("lib:json@") for v in parts["helpers"].values()), parts
 
 

@@ -16,7 +16,7 @@ def roundtrip(pipeline: Pipeline, value):
         return value
 
     pipeline.run("make")
-    fmt = pipeline.record("make")["outputs"]["v"]["format"]
+    fmt = pipeline.record("make").outputs["v"].format
     return pipeline.load("v"), fmt
 
 
@@ -31,7 +31,7 @@ def test_numpy_arrays_are_npy_and_load_memory_mapped_read_only(pipeline):
 def test_the_npy_file_is_exactly_what_np_save_writes(pipeline, tmp_path):
     arr = np.random.default_rng(0).random((50, 3))
     roundtrip(pipeline, arr)
-    ours = open(pipeline.store.object_path(pipeline.record("make")["outputs"]["v"]), "rb").read()
+    ours = open(pipeline.store.object_path(pipeline.record("make").outputs["v"]), "rb").read()
     np.save(tmp_path / "ref.npy", arr)
     assert ours == (tmp_path / "ref.npy").read_bytes()
 
@@ -99,7 +99,7 @@ def test_register_format_stores_a_user_type_its_own_way(pipeline):
     try:
         back, fmt = roundtrip(pipeline, Model(7))
         assert fmt.endswith("Model") and back.w == 7
-        path = pipeline.store.object_path(pipeline.record("make")["outputs"]["v"])
+        path = pipeline.store.object_path(pipeline.record("make").outputs["v"])
         assert path.endswith(".mdl") and open(path).read() == "7"
     finally:
         _USER.clear()

@@ -41,7 +41,7 @@ def state(pipeline: Pipeline, name: str):
 
 
 def observed(pipeline: Pipeline, name: str) -> dict:
-    return pipeline.record(name).get("observed") or {}
+    return pipeline.record(name).observed or {}
 
 
 def observed_paths(pipeline: Pipeline, name: str) -> list[str]:
@@ -178,7 +178,7 @@ def test_a_file_read_from_a_worker_thread_the_stage_starts_is_tracked(pipe, proj
 def test_rerunning_after_a_change_makes_the_stage_fresh_again_with_the_new_content(pipe, project):
     reader = define_reader()
     pipe.run("reader")
-    first_fp = pipe.record("reader")["fingerprint"]
+    first_fp = pipe.record("reader").fingerprint
     (project / "data" / "raw.csv").write_text("new content\n")
     result = pipe.run("reader")
     assert result.executed == ["reader"]
@@ -186,7 +186,7 @@ def test_rerunning_after_a_change_makes_the_stage_fresh_again_with_the_new_conte
     assert state(pipe, "reader").state == "fresh"
     assert pipe.load("text") == "new content\n"
     # the new record replaced the old one for the same fingerprint
-    assert pipe.record("reader")["fingerprint"] == first_fp
+    assert pipe.record("reader").fingerprint == first_fp
     assert len(pipe.store.records_of("reader")) == 1
     assert reader is not None
 
@@ -378,7 +378,7 @@ def test_PIPELITE_OBSERVE_0_turns_observation_off(pipe, project, monkeypatch):
     monkeypatch.setenv(_observe.ENV, "0")
     define_reader()
     pipe.run("reader")
-    assert "observed" not in pipe.record("reader")
+    assert pipe.record("reader").observed is None
     (project / "data" / "raw.csv").write_text("new\n")
     assert state(pipe, "reader").state == "fresh"
 

@@ -111,7 +111,7 @@ def test_fresh_upstream_stages_are_not_loaded(pipeline, chain):
     pipeline.run("c")
     # remove a's stored value: running the fresh c must not need it
     rec = pipeline.record("a")
-    os.remove(pipeline.store.object_path(rec["outputs"]["x"]))
+    os.remove(pipeline.store.object_path(rec.outputs["x"]))
     assert pipeline.run("c")["z"] == 20
 
 
@@ -323,7 +323,7 @@ def test_records_are_human_readable_json_with_everything_the_contract_lists(pipe
 
     pipeline.run("train")
     rec = json.loads(open(pipeline.store._fs.path(
-        f"records/train/{pipeline.record('train')['fingerprint']}.json")).read())
+        f"records/train/{pipeline.record('train').fingerprint}.json")).read())
     assert rec["stage"] == "train" and rec["params"] == {"epochs": "3"}
     assert rec["inputs"]["data_in"]["stage"] == "gen"
     out = rec["outputs"]["w"]
@@ -362,7 +362,7 @@ def test_a_memory_store_works_like_a_local_one(chain):
 
 def test_a_flipped_byte_in_a_small_file_is_detected_and_recomputed(pipeline, chain):
     pipeline.run("a")
-    info = pipeline.record("a")["outputs"]["x"]
+    info = pipeline.record("a").outputs["x"]
     path = pipeline.store.object_path(info)
     data = bytearray(open(path, "rb").read())
     data[0] ^= 0xFF
@@ -439,7 +439,7 @@ def test_run_result_carries_the_target_records_and_producers_lists_every_artifac
                                                                                   chain):
     result = pipeline.run("b")
     assert set(result.records) == {"b"}
-    assert result.records["b"]["outputs"]["y"]["hash"] == pipeline.record("b")["outputs"]["y"]["hash"]
+    assert result.records["b"].outputs["y"].hash == pipeline.record("b").outputs["y"].hash
     assert pipeline.producers() == {"x": "a", "y": "b", "z": "c"}
 
 

@@ -21,7 +21,7 @@ def test_library_version_change_is_named(pipeline, monkeypatch):
             return float(np.sum(np.arange(3)))
         """, ns)
     pipeline.run("f")
-    old = pipeline.record("f")["parts"]["helpers"]["np"][4:]  # e.g. numpy@2.4.6
+    old = pipeline.record("f").parts["helpers"]["np"][4:]  # e.g. numpy@2.4.6
     monkeypatch.setattr(np, "__version__", "0.0.1")
     _libraries.forget()
     try:
@@ -133,5 +133,5 @@ def test_status_reports_duration_and_output_size(pipeline):
     pipeline.run()
     (s,) = pipeline.status()
     assert s.duration is not None and s.duration >= 0
-    assert s.outputs[0].size == pipeline.record("f")["outputs"]["arr"]["size"] > 80
+    assert s.outputs[0].size == pipeline.record("f").outputs["arr"].size > 80
     assert s.outputs[0].format == "npy"

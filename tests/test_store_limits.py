@@ -207,8 +207,8 @@ def test_a_result_whose_latest_pointer_could_not_be_written_is_still_found(disk,
     with pytest.warns(PipeliteWarning, match="LATEST pointer could not be written"):
         result = Pipeline(store=str(store), params={"made": {"n": 2}}).run("made")
     assert list(result["y"]) == [2] * 10  # reported as stored, not as a failure
-    new = result.records["made"]["fingerprint"]
-    assert Store(str(store)).latest("made")["fingerprint"] == new  # not the older result
+    new = result.records["made"].fingerprint
+    assert Store(str(store)).latest("made").fingerprint == new  # not the older result
     statuses = Pipeline(store=str(store), params={"made": {"n": 2}}).status()
     assert [s.state for s in statuses] == ["fresh"]
 

@@ -152,7 +152,7 @@ def test_gc_in_a_loop_never_breaks_a_writer_committing_results(store):
         recs = st.records_of(name)
         assert len(recs) == ROUNDS
         for rec in recs:
-            for info in rec["outputs"].values():
+            for info in rec.outputs.values():
                 st.load_value(info, verify=True)
                 loaded += 1
     assert loaded == 2 * ROUNDS
@@ -167,7 +167,7 @@ def test_an_object_without_a_record_yet_survives_gc_within_the_grace_period(stor
     os.utime(path, (OLD, OLD))
     assert st.gc(grace=4 * 3600).objects == 0 and path.exists()
     report = st.gc(grace=0)
-    assert report.objects == 1 and report.bytes == info["size"] and not path.exists()
+    assert report.objects == 1 and report.bytes == info.size and not path.exists()
 
 
 def test_an_object_named_by_a_record_is_never_collected_however_old(store):
@@ -214,7 +214,7 @@ def test_invalidate_keeps_another_process_in_flight_record_and_raises_nothing(st
     result = out.get(timeout=DEADLINE)
     _join(child)
     assert result == ("ok", 2)  # its commit went through, into a fresh folder
-    assert Store(store).records_of("numbers")[0]["params"] == {"n": "2"}
+    assert Store(store).records_of("numbers")[0].params == {"n": "2"}
     assert pipe.run("numbers", params={"numbers": {"n": 2}}).executed == []
     assert pipe.run("numbers", params={"numbers": {"n": 1}}).executed == ["numbers"]
 
@@ -268,7 +268,7 @@ def _between_record_and_load(monkeypatch, action):
     real = Store.load_value
 
     def load_value(self, info, verify=False, record=None):
-        calls.append(info["hash"])
+        calls.append(info.hash)
         if len(calls) == 1:
             action()
         return real(self, info, verify, record=record)
@@ -302,7 +302,7 @@ def test_an_object_gone_while_its_record_stays_is_recomputed_not_quarantined(
         store, helper, monkeypatch):
     pipe = Pipeline(store)
     pipe.run("numbers")
-    rel = pipe.record("numbers")["outputs"]["numbers"]["path"]
+    rel = pipe.record("numbers").outputs["numbers"].path
     calls = _between_record_and_load(monkeypatch, lambda: helper("remove", rel))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -333,7 +333,7 @@ def test_load_reports_a_file_removed_under_it_and_reads_its_record_again_once(
     # the record stays but the file is gone: reported as removed (a CorruptArtifactError
     # subclass), never called corrupt, never quarantined
     pipe.run("numbers", params={"numbers": {"n": 1}})
-    rel = reader.record("numbers")["outputs"]["numbers"]["path"]
+    rel = reader.record("numbers").outputs["numbers"].path
     helper("remove", rel)
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")

@@ -41,7 +41,7 @@ def test_records_are_signed_and_what_you_wrote_loads(store_dir):
     define()
     p = Pipeline(store=str(store_dir))
     p.run()
-    assert _trust.is_signed(p.record("unsafe"))
+    assert _trust.is_signed(p.record("unsafe").to_json())
     assert p.load("obj") == {"a": {1, 2}}
 
 

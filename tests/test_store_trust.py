@@ -269,8 +269,8 @@ def test_storing_the_same_content_again_replaces_a_damaged_copy_of_it(store_dir)
     from pipelite.formats import hash_file
 
     info = p.store.save_value(np.arange(5.0) * 10)  # the same content stored again
-    assert info["path"] == str(obj.relative_to(store_dir))
-    assert hash_file(str(obj)) == info["hash"]  # the damaged copy was replaced, not kept
+    assert info.path == str(obj.relative_to(store_dir))
+    assert hash_file(str(obj)) == info.hash  # the damaged copy was replaced, not kept
 
 
 def test_a_write_whose_folder_was_moved_away_midway_writes_again(store_dir, monkeypatch):

@@ -35,8 +35,8 @@ def _big_array_stage():
 
 
 def _cached_copy(pipeline: Pipeline, name: str) -> str:
-    info = pipeline.record("make_big")["outputs"][name]
-    cached = os.path.join(pipeline.store._fs._cache, info["path"])
+    info = pipeline.record("make_big").outputs[name]
+    cached = os.path.join(pipeline.store._fs._cache, info.path)
     assert os.path.exists(cached)
     return cached
 
@@ -56,8 +56,8 @@ def test_a_small_corrupt_local_copy_of_a_remote_object_is_refetched_without_aski
         return np.arange(100, dtype=np.int64)
 
     remote.run("make_small")
-    info = remote.record("make_small")["outputs"]["small"]
-    cached = os.path.join(remote.store._fs._cache, info["path"])
+    info = remote.record("make_small").outputs["small"]
+    cached = os.path.join(remote.store._fs._cache, info.path)
     _flip(cached)
     np.testing.assert_array_equal(remote.load("small"), np.arange(100))
 
@@ -66,12 +66,12 @@ def test_verify_raises_naming_the_file_when_the_remote_object_is_corrupt_too(rem
     _big_array_stage()
     remote.run("make_big")
     cached = _cached_copy(remote, "big")
-    info = remote.record("make_big")["outputs"]["big"]
+    info = remote.record("make_big").outputs["big"]
     _flip(cached)
     fs = fsspec.filesystem("memory")
     remote_path = remote.store.object_path(info)
     data = bytearray(fs.cat_file(remote_path))
     data[-1] ^= 0xFF  # same size: only the hash can tell
     fs.pipe_file(remote_path, bytes(data))
-    with pytest.raises(CorruptArtifactError, match=info["hash"]):
+    with pytest.raises(CorruptArtifactError, match=info.hash):
         remote.load("big", verify=True)

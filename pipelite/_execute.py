@@ -1,0 +1,464 @@
+"""Execution: run the stages a check found not fresh, store their outputs, commit records.
+
+``Runner.run`` walks the stages upstream first. A stage fresh at the start is reused while no
+stage has run in this process; otherwise it is checked again just before it would run (an
+earlier stage may have changed what it reads). ``compute`` runs one stage: load its inputs,
+call it, save each output as an object, write the record last. On an executor each stage is
+computed under a per-(stage, fingerprint) lock by ``compute_locked``, which any worker can run.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import graphlib
+import queue
+import sys
+import time
+import traceback
+from dataclasses import replace
+from typing import Any, Callable, Iterator, Mapping
+
+from . import _observe, events
+from ._freshness import RUNNING, Check, Params, check, diff, short_repr, stage_params, stored
+from ._resolve import Graph
+from .errors import (
+    ArtifactRemovedError,
+    CorruptArtifactError,
+    FormatSaveError,
+    MissingInputError,
+    PipeliteError,
+    StageOutputError,
+    limit_error,
+)
+from .fingerprint import Fingerprint, fingerprint_of, warn_user
+from .present import user_frames
+from .stage import REQUIRED, Stage
+from .store import FailureRecord, InputRecord, OutputRecord, ResultRecord, Store
+
+__all__ = ["RunResult", "Runner", "compute", "compute_locked"]
+
+Upstream = dict[str, tuple[str, ResultRecord]]  # input artifact -> (producer, its record)
+
+
+class RunResult(dict):
+    """The target stages' outputs by artifact name; ``executed`` lists the stages that ran,
+    ``records`` holds each target stage's stored record."""
+
+    def __init__(self, values: Mapping[str, Any], executed: list[str], skipped: list[str],
+                 records: Mapping[str, ResultRecord] | None = None):
+        super().__init__(values)
+        self.executed = executed
+        self.skipped = skipped
+        self.records = dict(records or {})
+
+
+class CorruptInput(Exception):
+    """A stored input turned out corrupt: drop its record and plan again."""
+
+    def __init__(self, stage: str, record: ResultRecord, info: OutputRecord,
+                 error: CorruptArtifactError):
+        super().__init__(stage, record, info, error)  # all in args: survives pickling
+        self.stage, self.record, self.info, self.error = stage, record, info, error
+
+    @property
+    def removed(self) -> bool:
+        """The file was deleted by another process, not damaged: nothing to quarantine."""
+        return isinstance(self.error, ArtifactRemovedError)
+
+
+class Runner:
+    """Runs the stages of ``graph`` with ``base`` parameters, here or on ``executor``."""
+
+    def __init__(self, graph: Graph, base: Params, executor: Any = None):
+        self.graph = graph
+        self.store = graph.store
+        self.registry = graph.registry
+        self.base = base
+        self.executor = executor
+
+    def run(self, targets: list[str], force: bool, params: Params | None) -> RunResult:
+        """Run ``targets`` and what they need. A stored input found corrupt (or deleted by
+        another process) while loading is dropped and the run planned again."""
+        __tracebackhide__ = True
+        last: CorruptInput | None = None
+        reread: set[tuple[str, str]] = set()
+        for _attempt in range(4):
+            try:
+                return self._run(targets, force, params)
+            except CorruptInput as bad:
+                last = bad
+                key = (bad.stage, bad.record.fingerprint)
+                if bad.removed and key not in reread:
+                    # deleted by another process (gc, invalidate) after its record was read:
+                    # read the record again once (it may be gone, or name other files)
+                    reread.add(key)
+                    warn_user(f"{bad.error.path} was removed by another process while it was "
+                              f"being loaded; reading stage '{bad.stage}' again")
+                    continue
+                self.store.drop_record(*key)
+                if bad.removed:  # its record still names a file that is gone: recompute
+                    warn_user(f"{bad.error}; recomputing stage '{bad.stage}'")
+                    continue
+                moved = self.store.quarantine(bad.info)
+                warn_user(f"{bad.error}" + (f"; moved to {moved}" if moved else "")
+                          + f"; recomputing stage '{bad.stage}'")
+        assert last is not None
+        raise last.error
+
+    def _run(self, targets: list[str], force: bool, params: Params | None) -> RunResult:
+        __tracebackhide__ = True
+        self.graph = Graph(self.registry, self.store)  # a retry sees the store anew
+        # One memo of digests for the whole run, valid while no user code runs: emptied when a
+        # stage executes here, refilled by the check after it (which must see in-place changes)
+        memo: dict = {}
+        first = check(self.graph, targets, self.base, params, memo=memo)
+        order = first.order
+        ran_here = False  # once a stage ran, a stage fresh before may no longer be
+        total = sum(1 for n in order
+                    if first[n].state != "fresh" or (force and n in targets))
+        url = self.store.url
+        events.emit(events.StageEvent("run_started", None, url, 0, total))
+        done: dict[str, ResultRecord] = {}
+        executed: list[str] = []
+        skipped: list[str] = []
+        sorter = graphlib.TopologicalSorter({n: self.graph.deps(n) for n in order})
+        sorter.prepare()
+        finished: queue.Queue = queue.Queue()
+        running: dict[str, tuple[Stage, int]] = {}
+        error: BaseException | None = None
+        try:
+            while sorter.is_active():
+                for name in sorter.get_ready() if error is None else ():
+                    forced = force and name in targets
+                    if first[name].state == "fresh" and not forced and not ran_here:
+                        # fresh, every upstream fresh and unchanged, and no code ran since
+                        job: Any = first[name].record
+                    else:  # check again: an earlier stage may have changed what it reads
+                        job = self._prepare(name, done, params, forced, memo)
+                    if isinstance(job, ResultRecord):  # a stored result matches: nothing to run
+                        done[name] = job
+                        skipped.append(name)
+                        events.emit(events.StageEvent("skipped", name, url))
+                        sorter.done(name)
+                        continue
+                    st, fp, resolved, upstream = job
+                    index = len(executed) + len(running) + 1
+                    if self.executor is None:
+                        rec, ran = self._execute_here(st, fp, resolved, upstream, forced, index,
+                                                      max(total, index), memo)
+                        ran_here = ran_here or ran
+                        done[name] = rec
+                        (executed if ran else skipped).append(name)
+                        sorter.done(name)
+                    else:
+                        self._submit(st, fp, resolved, upstream, forced, index,
+                                     max(total, index), finished)
+                        running[name] = (st, index)
+                if not running:
+                    if error is not None:
+                        break
+                    continue
+                name, future = finished.get()  # woken by the future's done-callback
+                st, index = running.pop(name)
+                memo.clear()  # a thread of this process may have run user code
+                ran_here = True
+                try:
+                    rec, ran = future.result()
+                    if ran:
+                        self.registry.learn_outputs(st, rec.outputs)
+                except BaseException as exc:  # noqa: BLE001 - re-raised once in-flight work ends
+                    RUNNING.discard((url, name))
+                    events.emit(events.StageEvent("failed", name, url, index, total,
+                                                  error=_summary(exc)))
+                    error = error or exc
+                    continue
+                RUNNING.discard((url, name))
+                done[name] = rec
+                (executed if ran else skipped).append(name)
+                events.emit(events.StageEvent("finished" if ran else "skipped", name, url,
+                                              index, total, duration=rec.duration))
+                sorter.done(name)
+            if error is not None:
+                raise error
+            values = {}
+            for name in targets:
+                for out, info in done[name].outputs.items():
+                    values[out] = load_input(self.store, name, done[name], info)
+        finally:
+            events.emit(events.StageEvent("run_finished", None, url, len(executed), total))
+        return RunResult(values, executed, skipped, {t: done[t] for t in targets})
+
+    def _prepare(self, name: str, done: Mapping[str, ResultRecord], params: Params | None,
+                 forced: bool, memo: dict | None = None) -> Any:
+        """A stored record that matches, or (stage, fingerprint, params, upstream) to run."""
+        st = self.registry.get(name)
+        if st is None:
+            rec = self.store.latest(name)
+            if rec is None:
+                raise MissingInputError(f"stage '{name}' has no stored result and is not "
+                                        f"defined in this session: define it first")
+            return rec
+        producers = self.graph.producers
+        upstream: Upstream = {}
+        for i in st.inputs:
+            p = producers.get(i)
+            if p is None or p == name:
+                raise MissingInputError(self._missing_input_message(st, i))
+            if i not in done[p].outputs:
+                raise MissingInputError(
+                    f"stage '{name}' needs artifact '{i}', but stage '{p}' did not "
+                    f"produce it (it produced: {', '.join(done[p].outputs) or 'nothing'})"
+                )
+            upstream[i] = (p, done[p])
+        resolved = st.resolve_params(stage_params(self.base, params, name))
+        fp = fingerprint_of(st, resolved, _input_hashes(upstream), memo)
+        rec = stored(self.store, name, fp, forced)
+        return rec if rec is not None else (st, fp, resolved, upstream)
+
+    def _missing_input_message(self, st: Stage, artifact: str) -> str:
+        text = (f"stage '{st.name}' needs artifact '{artifact}', which no stage produces: "
+                f"define a stage that returns {{'{artifact}': ...}} (or run its cell)")
+        default = st.input_defaults.get(artifact, REQUIRED)
+        if default is not REQUIRED:
+            text += (f". If '{artifact}' is meant as a parameter, make it keyword-only: "
+                     f"def {st.name}(..., *, {artifact}={default!r})")
+        unknown = [s.name for s in self.registry.with_unknown_outputs()]
+        if unknown:
+            text += (f". Stages whose outputs are not known until they first run: "
+                     f"{', '.join(unknown)} (declare them with @stage(outputs=...))")
+        return text
+
+    def _execute_here(self, st: Stage, fp: Fingerprint, params: dict, upstream: Upstream,
+                      forced: bool, index: int, total: int,
+                      memo: dict | None = None) -> tuple[ResultRecord, bool]:
+        __tracebackhide__ = True
+        url = self.store.url
+        with stage_lock(self.store, st.name, fp.digest):
+            # another process may have computed it while we waited for the lock
+            rec = stored(self.store, st.name, fp, forced)
+            if rec is not None:
+                return rec, False
+            RUNNING.add((url, st.name))
+            events.emit(events.StageEvent("started", st.name, url, index, total))
+            try:
+                rec = compute(self.store, st, fp, params, upstream, self.registry.learn_outputs,
+                              memo)
+            except CorruptInput:
+                raise
+            except BaseException as exc:
+                events.emit(events.StageEvent("failed", st.name, url, index, total,
+                                              error=_summary(exc)))
+                raise
+            finally:
+                RUNNING.discard((url, st.name))
+        events.emit(events.StageEvent("finished", st.name, url, index, total,
+                                      duration=rec.duration))
+        return rec, True
+
+    def _submit(self, st: Stage, fp: Fingerprint, params: dict, upstream: Upstream,
+                forced: bool, index: int, total: int, finished: queue.Queue) -> None:
+        """Run one stage on the executor; its future reports to ``finished`` when done."""
+        url = self.store.url
+        RUNNING.add((url, st.name))
+        events.emit(events.StageEvent("started", st.name, url, index, total))
+        # dask would otherwise dedupe "identical" calls by key: every submission is a new run
+        extra = {"pure": False} if _is_dask(self.executor) else {}
+        future = self.executor.submit(compute_locked, self.store, st, fp, params, upstream,
+                                      forced, **extra)
+        future.add_done_callback(lambda f, name=st.name: finished.put((name, f)))
+
+
+def _input_hashes(upstream: Upstream) -> dict[str, str]:
+    return {i: rec.outputs[i].hash for i, (_, rec) in upstream.items()}
+
+
+@contextlib.contextmanager
+def stage_lock(store: Store, stage: str, digest: str) -> Iterator[Any]:
+    """Hold the (stage, fingerprint) lock. Taken only to compute, so a store that cannot be
+    written fails here, before the stage runs: ``StoreNotWritableError``, not a raw OSError."""
+    try:
+        lock = store.lock(stage, digest)
+        lock.acquire()
+    except OSError as exc:
+        err = limit_error(exc, store.url, stage=stage, what="its lock file",
+                          action=f"run stage '{stage}'")
+        if err is None:
+            raise
+        raise err from exc
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def _is_dask(executor: Any) -> bool:
+    return type(executor).__module__.startswith("distributed")
+
+
+def _summary(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def load_input(store: Store, stage: str, record: ResultRecord, info: OutputRecord) -> Any:
+    """A stored value; a corrupt or vanished file raises ``CorruptInput`` (run() retries)."""
+    try:
+        return store.load_value(info, record=record)
+    except CorruptArtifactError as exc:
+        raise CorruptInput(stage, record, info, as_removed(store, info, exc) or exc) from None
+
+
+def as_removed(store: Store, info: OutputRecord, exc: CorruptArtifactError
+               ) -> ArtifactRemovedError | None:
+    """``exc`` as an ``ArtifactRemovedError`` if the file is absent rather than damaged (gc or
+    invalidate in another process deleted it after its record was read); else None."""
+    if isinstance(exc, ArtifactRemovedError):
+        return exc
+    # "the file is missing" is Store.verify's (and a remote download's) word for an absent file
+    if exc.detail == "the file is missing" or not store.object_exists(info):
+        return ArtifactRemovedError(exc.path)
+    return None
+
+
+def compute_locked(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: Upstream,
+                   forced: bool) -> tuple[ResultRecord, bool]:
+    """On an executor's worker: compute once per (stage, fingerprint) across processes."""
+    with stage_lock(store, st.name, fp.digest):
+        rec = stored(store, st.name, fp, forced)
+        if rec is not None:
+            return rec, False
+        return compute(store, st, fp, params, upstream, None), True
+
+
+def compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: Upstream,
+            learn: Callable[[Stage, Any], None] | None, memo: dict | None = None
+            ) -> ResultRecord:
+    """Load the inputs, run the stage, store its outputs, commit the record (last).
+
+    ``memo``, the run's digests, is emptied before the stage's code runs and refilled by the
+    check after it."""
+    __tracebackhide__ = True
+    inputs = {i: load_input(store, p, rec, rec.outputs[i]) for i, (p, rec) in upstream.items()}
+    started = _dt.datetime.now(_dt.timezone.utc)
+    # files read, modules imported, directories listed while it runs (see _observe)
+    recorder = _observe.start(store.local_dirs()) if _observe.enabled() else None
+    # a rerun (forced, or a file changed) does not load again a module its last run imported
+    previous = store.record(st.name, fp.digest) if recorder is not None else None
+    t0 = time.perf_counter()
+    if memo is not None:
+        memo.clear()
+    created: list[str] = []  # objects this run added: taken back if it stores no record
+    try:
+        try:
+            outputs = st.normalize_result(st.call(inputs, params))
+            duration = time.perf_counter() - t0
+        finally:
+            if recorder is not None:
+                recorder.stop()
+        if learn is not None:
+            learn(st, outputs)
+        infos = {name: _save_output(store, st, name, value, created)
+                 for name, value in outputs.items()}
+        attachments = {k: store.save_value(v, stage=st.name, created=created)
+                       for k, v in st.take_attachments().items()}
+        observed = None
+        if recorder is not None:
+            carried = ((previous.observed if previous is not None else None) or {}).get(
+                "modules", ())
+            observed = recorder.collect(carry_modules=[m["name"] for m in carried])
+    except BaseException as exc:
+        store.discard_objects(created)
+        _record_failure(store, st, fp, exc, started, time.perf_counter() - t0)
+        raise
+    record = ResultRecord(
+        stage=st.name,
+        kind=st.kind,
+        fingerprint=fp.digest,
+        started=started.isoformat(timespec="milliseconds"),
+        duration=round(duration, 6),
+        save_duration=round(time.perf_counter() - t0 - duration, 6),
+        params={k: short_repr(v) for k, v in params.items()},
+        inputs={i: InputRecord(rec.outputs[i].hash, p) for i, (p, rec) in upstream.items()},
+        outputs=infos,
+        attachments=attachments,
+        parts=fp.parts,
+        versions=_versions(),
+        observed=observed or None,
+    )
+    try:
+        record = store.write_result(record)
+    except BaseException:  # no record, so no result: its objects would only take space
+        if store.record(st.name, fp.digest, cached=False) is None:  # (a warning raised as an
+            store.discard_objects(created)  # error comes after the commit: keep them then)
+        raise
+    return _store_after_run(store, st, fp, params, upstream, record, memo)
+
+
+def _store_after_run(store: Store, st: Stage, fp: Fingerprint, params: dict,
+                     upstream: Upstream, record: ResultRecord, memo: dict | None
+                     ) -> ResultRecord:
+    """A stage may change what it reads while it runs (a memo cache in a helper's default, an
+    import inside it, a global it appends to): store the result for the state after the run
+    too, or the stage would look stale right after running."""
+    after = fingerprint_of(st, params, _input_hashes(upstream), memo)
+    if after.digest == fp.digest:
+        return record
+    changed = diff(fp.parts, record.params, after, params, {})
+    record = replace(record, fingerprint=after.digest, parts=after.parts,
+                     same_result_as=fp.digest)
+    try:
+        record = store.write_result(record)
+    except PipeliteError as exc:  # full or read-only: the result is stored all the same
+        warn_user(f"stage '{st.name}': its result is stored, but not for the state after "
+                  f"its run ({exc}); it will run again next time")
+    if fp.parts["globals"] != after.parts["globals"]:
+        warn_user(
+            f"stage '{st.name}' changed what it reads while running ({'; '.join(changed)}): "
+            f"its result is stored for the state before and after the run. If that state "
+            f"matters to the result, pass it as a parameter or an artifact instead")
+    return record
+
+
+def _versions() -> dict[str, str]:
+    from . import __version__
+
+    out = {"python": sys.version.split()[0], "pipelite": __version__}
+    for mod in ("numpy", "pandas", "pyarrow", "polars"):
+        if mod in sys.modules:
+            out[mod] = getattr(sys.modules[mod], "__version__", "unknown")
+    return out
+
+
+def _save_output(store: Store, st: Stage, name: str, value: Any,
+                 created: list[str] | None = None) -> OutputRecord:
+    try:
+        return store.save_value(value, stage=st.name, created=created)
+    except FormatSaveError as exc:  # the user's format: say which output it was saving
+        raise FormatSaveError(f"stage '{st.name}', output '{name}': {exc}") from exc.__cause__
+    except (KeyboardInterrupt, PipeliteError, OSError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - an unstorable value is the stage's mistake
+        raise StageOutputError(
+            f"stage '{st.name}': output '{name}' ({type(value).__name__}) cannot be stored: "
+            f"{exc}. Return picklable values, or pipelite.register_format() for its type"
+        ) from exc
+
+
+def _record_failure(store: Store, st: Stage, fp: Fingerprint, exc: BaseException,
+                    started: _dt.datetime, elapsed: float) -> None:
+    """Write FAILED.json. The stage's own error matters more: if the file cannot be written
+    (a full or read-only disk), that is a warning and ``exc`` still propagates unchanged."""
+    try:
+        store.write_failure(FailureRecord(
+            stage=st.name,
+            fingerprint=fp.digest,
+            error=_summary(exc),
+            traceback="".join(traceback.format_exception(type(exc), exc,
+                                                         user_frames(exc.__traceback__))),
+            started=started.isoformat(timespec="milliseconds"),
+            duration=round(elapsed, 6),
+        ))
+    except Exception as write_error:  # noqa: BLE001 - never replaces the stage's own error
+        warn_user(f"stage '{st.name}' failed ({_summary(exc)}), and its failure could not be "
+                  f"recorded in {store.url}: {write_error}")
+    if hasattr(exc, "add_note") and not isinstance(exc, PipeliteError):
+        exc.add_note(f"(PipeLite: stage '{st.name}' failed; nothing was stored)")

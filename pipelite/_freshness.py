@@ -1,0 +1,319 @@
+"""Freshness: is each stage's stored result still valid, and if not, why (in words).
+
+``check`` walks stages upstream first and gives each a ``Verdict``: fresh (a stored result
+matches its fingerprint and every file it observed is unchanged), stale, missing, failed or
+running. Checking never runs a stage and never rehashes stored data: inputs are compared by
+their recorded hashes. ``diff`` turns two fingerprints into reasons.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from . import _observe
+from ._resolve import Graph
+from .errors import ParameterError
+from .fingerprint import Fingerprint, fingerprint_of
+from .present import STATES
+from .stage import Stage
+from .store import FailureRecord, ResultRecord, Store
+
+__all__ = ["STATES", "Check", "OutputInfo", "StageStatus", "Verdict", "check", "checked_record",
+           "diff", "short_repr", "stored"]
+
+RUNNING: set[tuple[str, str]] = set()  # (store url, stage) running in this process
+
+Params = Mapping[str, Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class OutputInfo:
+    """One stored output of a stage."""
+
+    name: str
+    size: int
+    format: str
+    summary: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class StageStatus:
+    """Where a stage stands: ``state`` is one of fresh, stale, missing, failed, running."""
+
+    name: str
+    state: str
+    reasons: tuple[str, ...]
+    outputs: tuple[OutputInfo, ...]
+    inputs: tuple[str, ...]
+    last_run: _dt.datetime | None
+    duration: float | None
+    fingerprint: str | None
+    defined: bool = True
+    error: str | None = None
+    produces: tuple[str, ...] = ()  # artifact names, known before the first run where possible
+    traceback: str | None = None  # of the last failed run, when failed
+
+    @property
+    def fresh(self) -> bool:
+        return self.state == "fresh"
+
+
+@dataclass
+class Verdict:
+    """One stage's state, why, and what was found for it in the store."""
+
+    name: str
+    state: str
+    reasons: list[str]
+    stage: Stage | None
+    record: ResultRecord | None = None  # the stored result for the current fingerprint
+    latest: ResultRecord | None = None
+    fingerprint: Fingerprint | None = None
+    failure: FailureRecord | None = None
+
+
+@dataclass
+class Check:
+    """The verdicts for ``order`` (the targets and what they need, upstream first)."""
+
+    graph: Graph
+    order: list[str]
+    verdicts: dict[str, Verdict]
+    cycles: dict[str, str] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Verdict:
+        return self.verdicts[name]
+
+    def statuses(self) -> list[StageStatus]:
+        return [status_of(self.verdicts[n]) for n in self.order]
+
+
+def stage_params(base: Params, extra: Params | None, name: str) -> dict[str, Any]:
+    """The parameters given for stage ``name``: the pipeline's, overridden by the call's."""
+    merged = dict(base.get(name, {}))
+    merged.update((extra or {}).get(name, {}))
+    return merged
+
+
+def check(graph: Graph, targets: list[str], base: Params, params: Params | None = None, *,
+          cut_cycles: bool = False, memo: dict | None = None) -> Check:
+    """The verdict of every stage ``targets`` need. A cycle raises ``CycleError`` unless
+    ``cut_cycles``: then its stages are checked on their own, stale with the cycle as reason.
+    ``memo`` keeps digests across checks while no user code runs (see ``fingerprint_of``)."""
+    cycles: dict[str, str] | None = {} if cut_cycles else None
+    order = graph.order(targets, cycles)
+    verdicts: dict[str, Verdict] = {}
+    memo = {} if memo is None else memo
+    for name in order:
+        if cycles and name in cycles:
+            verdicts[name] = _in_cycle(graph, name, cycles[name])
+        elif graph.registry.get(name) is None:
+            verdicts[name] = _store_only(graph.store, name)
+        else:
+            verdicts[name] = _defined(graph, name, verdicts, stage_params(base, params, name),
+                                      memo)
+        if (graph.store.url, name) in RUNNING:
+            verdicts[name].state = "running"
+    return Check(graph, order, verdicts, cycles or {})
+
+
+def _in_cycle(graph: Graph, name: str, cycle: str) -> Verdict:
+    latest = graph.store.latest(name)
+    return Verdict(name, "stale" if latest else "missing",
+                   [f"part of a cycle ({cycle}): split one of these stages"],
+                   graph.registry.get(name), latest=latest)
+
+
+def _store_only(store: Store, name: str) -> Verdict:
+    """A stage known only from the store: fresh while the files it read are unchanged."""
+    latest = store.latest(name)
+    if latest is None:
+        return Verdict(name, "missing", ["not defined in this session"], None)
+    when = latest.started[:16].replace("T", " ")
+    changed = _observe.changes(latest.observed)
+    return Verdict(name, "stale" if changed else "fresh",
+                   [f"not defined in this session (stored result from {when})", *changed],
+                   None, latest=latest, record=None if changed else latest)
+
+
+def _defined(graph: Graph, name: str, verdicts: Mapping[str, Verdict], params: dict[str, Any],
+             memo: dict) -> Verdict:
+    st = graph.registry.get(name)
+    assert st is not None
+    store = graph.store
+    verdict = Verdict(name, "missing", [], st)
+    input_hashes: dict[str, str] = {}
+    blocked: list[str] = []
+    for i in st.inputs:
+        p = graph.producers.get(i)
+        if p is None or p == name:
+            blocked.append(f"needs artifact '{i}', which no stage produces")
+            continue
+        up = verdicts[p]
+        if up.state != "fresh" or up.record is None:
+            blocked.append(f"upstream stage '{p}' is {up.state}")
+        elif i not in up.record.outputs:
+            blocked.append(f"upstream stage '{p}' did not produce '{i}'")
+        else:
+            input_hashes[i] = up.record.outputs[i].hash
+    if blocked:
+        verdict.latest = store.latest(name)
+        verdict.state = "stale" if verdict.latest else "missing"
+        verdict.reasons = list(dict.fromkeys(blocked))
+        return verdict
+    try:
+        resolved = st.resolve_params(params)
+    except ParameterError as exc:
+        verdict.latest = store.latest(name)
+        verdict.state, verdict.reasons = "stale" if verdict.latest else "missing", [str(exc)]
+        return verdict
+    fp = fingerprint_of(st, resolved, input_hashes, memo)
+    verdict.fingerprint = fp
+    verdict.record, observed = checked_record(store, name, fp.digest)
+    failure = store.failure(name)
+    if failure is not None and failure.fingerprint == fp.digest:
+        verdict.state, verdict.failure = "failed", failure
+        verdict.latest = store.latest(name)
+        verdict.reasons = [f"last run failed: {failure.error}"]
+    elif observed:  # the same fingerprint, but a file it read has changed
+        verdict.state, verdict.latest, verdict.reasons = "stale", observed[0], observed[1]
+    elif verdict.record is not None:
+        verdict.state = "fresh"
+    elif (latest := store.latest(name)) is not None:
+        verdict.state, verdict.latest = "stale", latest
+        verdict.reasons = diff(latest.parts, latest.params, fp, resolved, graph.producers)
+    else:
+        verdict.reasons = ["no stored result"]
+    return verdict
+
+
+def stored(store: Store, name: str, fp: Fingerprint, forced: bool) -> ResultRecord | None:
+    """The stored result for this fingerprint, unless forced, its last run there failed, or
+    a file, module or directory it observed has changed since."""
+    if forced:
+        return None
+    failure = store.failure(name)
+    if failure is not None and failure.fingerprint == fp.digest:
+        return None  # its last run at this fingerprint failed: try again
+    return checked_record(store, name, fp.digest)[0]
+
+
+def checked_record(store: Store, name: str, digest: str
+                   ) -> tuple[ResultRecord | None, tuple[ResultRecord, list[str]] | None]:
+    """The stored record for (stage, fingerprint) if its observed dependencies (files read,
+    modules imported, directories listed while it ran) are unchanged; else (None, (record,
+    reasons)). The one place every freshness check (status, explain, plan, run, load, and
+    executor workers) validates observed dependencies."""
+    rec = store.record(name, digest)
+    if rec is None or not rec.observed:
+        return rec, None
+    reasons = _observe.changes(rec.observed)
+    if reasons:
+        # another process may have rerun it since this process cached the record
+        again = store.record(name, digest, cached=False)
+        if again is not None and again is not rec and again != rec:
+            rec = again
+            reasons = _observe.changes(rec.observed)
+    return (None, (rec, reasons)) if reasons else (rec, None)
+
+
+def diff(before: Mapping[str, Any], shown: Mapping[str, str], fp: Fingerprint,
+         params: Mapping[str, Any], producers: Mapping[str, str]) -> list[str]:
+    """Why a result stored for fingerprint parts ``before`` (with parameters ``shown`` as
+    recorded) does not match the fingerprint ``fp``, in words."""
+    now = fp.parts
+    reasons: list[str] = []
+    if before.get("code") != now["code"]:
+        reasons.append("its code changed")
+    reasons += _named_changes(before, now)
+    b, n = before.get("params", {}), now["params"]
+    for k in sorted(set(b) | set(n)):
+        if b.get(k) != n.get(k):
+            reasons.append(f"parameter '{k}' changed: {shown.get(k, '(unset)')} -> "
+                           f"{short_repr(params[k]) if k in params else '(unset)'}")
+    b, n = before.get("inputs", {}), now["inputs"]
+    for k in sorted(set(b) | set(n)):
+        if b.get(k) != n.get(k):
+            src = producers.get(k)
+            reasons.append(f"input '{k}' changed" + (f" (new content from stage '{src}')"
+                                                     if src else ""))
+    reasons += _env_changes(before.get("env", {}), now.get("env", {}))
+    if before.get("outputs") != now["outputs"]:
+        reasons.append(f"its outputs changed: {before.get('outputs')} -> {now['outputs']}")
+    return reasons or ["its fingerprint changed (a newer PipeLite or Python)"]
+
+
+def _named_changes(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """Helpers and globals the stage now uses, no longer uses, or that changed."""
+    reasons: list[str] = []
+    for key, label in (("helpers", "helper"), ("globals", "global")):
+        b, n = before.get(key, {}), now[key]
+        for k in sorted(set(b) | set(n)):
+            what = k if (" " in k) else f"{label} '{k}'"
+            if k not in b:
+                reasons.append(f"now uses {what}")
+            elif k not in n:
+                reasons.append(f"no longer uses {what}")
+            elif b[k] != n[k]:
+                if n[k] == "<undefined>":
+                    reasons.append(f"{what} is no longer defined")
+                elif b[k].startswith("lib:") and n[k].startswith("lib:"):
+                    reasons.append(f"library '{k}' changed ({b[k][4:]} -> {n[k][4:]})")
+                else:
+                    reasons.append(f"{what} changed")
+    return reasons
+
+
+def _env_changes(b: Mapping[str, str], n: Mapping[str, str]) -> list[str]:
+    reasons: list[str] = []
+    for k in sorted(set(b) | set(n)):
+        if k not in b:
+            reasons.append(f"now depends on environment variable '{k}'")
+        elif k not in n:
+            reasons.append(f"no longer depends on environment variable '{k}'")
+        elif b[k] != n[k]:
+            reasons.append(f"environment variable '{k}' changed" + (
+                " (now unset)" if n[k] == "<unset>" else
+                " (was unset)" if b[k] == "<unset>" else ""))
+    return reasons
+
+
+def status_of(verdict: Verdict) -> StageStatus:
+    rec = verdict.record if verdict.record is not None else verdict.latest
+    stored_outputs = rec.outputs if rec is not None else {}
+    outputs = tuple(OutputInfo(k, v.size, v.format, v.summary or "", v.hash)
+                    for k, v in stored_outputs.items())
+    st = verdict.stage
+    inputs = st.inputs if st else tuple(rec.inputs if rec is not None else ())
+    produces = tuple((st.outputs if st else None) or stored_outputs)
+    return StageStatus(
+        name=verdict.name,
+        state=verdict.state,
+        reasons=tuple(verdict.reasons),
+        outputs=outputs,
+        inputs=tuple(inputs),
+        last_run=rec.started_at if rec is not None else None,
+        duration=rec.duration if rec is not None else None,
+        fingerprint=verdict.fingerprint.digest if verdict.fingerprint else None,
+        defined=st is not None,
+        error=verdict.failure.error if verdict.failure else None,
+        produces=produces,
+        traceback=verdict.failure.traceback if verdict.failure else None,
+    )
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """A parameter as the user wrote it, without memory addresses (they change every run and
+    say nothing about what changed)."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not break a status
+        text = f"<{type(value).__qualname__}>"
+    text = _ADDRESS.sub("", text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
