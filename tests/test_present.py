@@ -35,6 +35,12 @@ def test_every_state_has_a_colour_and_every_colour_is_a_state():
     assert list(STATE_COLOURS) == list(STATES)
 
 
+def test_the_states_are_defined_once():
+    import pipelite.pipeline
+
+    assert pipelite.pipeline.STATES is STATES
+
+
 def test_the_graph_draws_every_state_in_its_colour():
     from pipelite.graph import render
 
