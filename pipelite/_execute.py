@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import graphlib
-import os
 import queue
 import sys
 import time
@@ -20,7 +19,7 @@ from dataclasses import replace
 from typing import Any, Callable, Iterator, Mapping
 
 from . import _observe, events
-from ._freshness import RUNNING, Check, Params, check, diff, short_repr, stage_params, stored
+from ._freshness import RUNNING, Params, check, diff, short_repr, stage_params, stored
 from ._resolve import Graph
 from .errors import (
     ArtifactRemovedError,
@@ -32,6 +31,7 @@ from .errors import (
     limit_error,
 )
 from .fingerprint import Fingerprint, fingerprint_of, warn_user
+from .present import user_frames
 from .stage import REQUIRED, Stage
 from .store import FailureRecord, InputRecord, OutputRecord, ResultRecord, Store
 
@@ -443,24 +443,6 @@ def _save_output(store: Store, st: Stage, name: str, value: Any,
         ) from exc
 
 
-_INTERNAL_DIRS = (os.path.dirname(os.path.abspath(__file__)),
-                  os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               "pipelite_ipy"))
-
-
-def _user_frames(tb: Any) -> Any:
-    """The traceback from the first of the user's frames that PipeLite called (whole if the
-    error came from PipeLite itself)."""
-    node, seen_internal = tb, False
-    while node is not None:
-        if os.path.dirname(os.path.abspath(node.tb_frame.f_code.co_filename)) in _INTERNAL_DIRS:
-            seen_internal = True
-        elif seen_internal:
-            return node
-        node = node.tb_next
-    return tb
-
-
 def _record_failure(store: Store, st: Stage, fp: Fingerprint, exc: BaseException,
                     started: _dt.datetime, elapsed: float) -> None:
     """Write FAILED.json. The stage's own error matters more: if the file cannot be written
@@ -471,7 +453,7 @@ def _record_failure(store: Store, st: Stage, fp: Fingerprint, exc: BaseException
             fingerprint=fp.digest,
             error=_summary(exc),
             traceback="".join(traceback.format_exception(type(exc), exc,
-                                                         _user_frames(exc.__traceback__))),
+                                                         user_frames(exc.__traceback__))),
             started=started.isoformat(timespec="milliseconds"),
             duration=round(elapsed, 6),
         ))

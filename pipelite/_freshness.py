@@ -16,13 +16,13 @@ from . import _observe
 from ._resolve import Graph
 from .errors import ParameterError
 from .fingerprint import Fingerprint, fingerprint_of
+from .present import STATES
 from .stage import Stage
 from .store import FailureRecord, ResultRecord, Store
 
 __all__ = ["STATES", "Check", "OutputInfo", "StageStatus", "Verdict", "check", "checked_record",
            "diff", "short_repr", "stored"]
 
-STATES = ("fresh", "stale", "missing", "failed", "running")
 RUNNING: set[tuple[str, str]] = set()  # (store url, stage) running in this process
 
 Params = Mapping[str, Mapping[str, Any]]

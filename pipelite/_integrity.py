@@ -32,12 +32,12 @@ BLOCKS = 64
 
 
 def check_level(level: Any) -> str:
-    """``level`` if it is a verify level, else a ``PipeliteError`` that lists them."""
+    """``level`` if it is a verify level, else an ``InvalidArgumentError`` that lists them."""
     if level not in LEVELS:
-        from .errors import PipeliteError
+        from .errors import InvalidArgumentError
 
-        raise PipeliteError(f"verify={level!r} is not a verify level: use one of "
-                            f"{', '.join(repr(v) for v in LEVELS)}")
+        raise InvalidArgumentError(f"verify={level!r} is not a verify level: use one of "
+                                   f"{', '.join(repr(v) for v in LEVELS)}")
     return level
 
 

@@ -8,8 +8,8 @@ import sys
 from typing import Sequence
 
 from ._location import parse_location
-from .errors import PipeliteError
-from .humanize import human_bytes, human_duration
+from .errors import PipeliteError, StoreLocationError
+from .present import human_bytes, status_table
 
 __all__ = ["main"]
 
@@ -30,35 +30,7 @@ def _check_store_exists(store: str) -> None:
     instead of showing an empty table. An existing, empty directory is a store with no stages."""
     is_remote, path = parse_location(store)
     if not is_remote and not os.path.isdir(os.path.expanduser(path)):
-        raise PipeliteError(f"no PipeLite store at {store}")
-
-
-def format_status(statuses: Sequence, in_session: bool = True) -> str:
-    """A plain-text table of ``Pipeline.status()``.
-
-    ``in_session=False`` (the command line, where no stage is defined): a stage known from the
-    store only is ``stored`` rather than ``fresh``, and the WHY column is left to LAST RUN.
-    """
-    rows = [("STAGE", "STATE", "LAST RUN", "TOOK", "OUTPUTS", "WHY")]
-    for s in statuses:
-        outs = ", ".join(f"{o.name} ({human_bytes(o.size)})" for o in s.outputs)
-        state, why = s.state, "; ".join(s.reasons) or "-"
-        if not in_session and not s.defined:
-            state = "stored" if state == "fresh" else state
-            why = "-"
-        rows.append((
-            s.name + ("" if s.defined or not in_session else " *"),
-            state,
-            f"{s.last_run:%Y-%m-%d %H:%M}" if s.last_run else "-",
-            human_duration(s.duration) if s.duration is not None else "-",
-            outs or "-",
-            why,
-        ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
-    if in_session and any(not s.defined for s in statuses):
-        lines.append("* known from the store only (not defined in this session)")
-    return "\n".join(line.rstrip() for line in lines)
+        raise StoreLocationError(f"no PipeLite store at {store}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -266,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pipe = _pipeline(store)
         if args.command == "status":
             statuses = pipe.status()
-            print(format_status(statuses, in_session=False) if statuses
+            print(status_table(statuses, in_session=False) if statuses
                   else f"no stages yet in {pipe.store.url}")
         elif args.command == "graph":
             print(pipe.graph(args.format), end="")

@@ -1,9 +1,52 @@
-"""Errors a user can cause. Every message says what went wrong and how to fix it."""
+"""Errors a user can cause. Every message says what went wrong and how to fix it.
+
+``except pipelite.PipeliteError`` catches every one. Each class sits under the one it derives
+from; "also" names its other base::
+
+    PipeliteError
+        InvalidNameError           also ValueError
+        InvalidArgumentError       also ValueError
+        UnknownStageError          also KeyError
+        UnknownArtifactError       also KeyError
+        StageDefinitionError
+            DuplicateProducerError
+            CycleError
+        StageNotDefinedError
+        MissingInputError
+        ParameterError
+        StageOutputError
+        StaleArtifactError
+        CorruptArtifactError
+            ArtifactRemovedError
+        UnsafeStorePathError
+        UntrustedRecordError
+        GraphvizNotFoundError
+        StoreLocationError
+        StoreFullError
+        StoreNotWritableError
+        FormatError
+            FormatSaveError        also StageOutputError
+            FormatLoadError
+            UnknownFormatError
+
+The IPython extension adds ``CellSyntaxError`` (a ``%%stage`` cell that is not valid Python)
+and ``ReassignedInputError`` (a ``DuplicateProducerError``).
+"""
 from __future__ import annotations
 
 
 class PipeliteError(Exception):
-    """Base class of every error PipeLite raises for a user mistake or a bad store."""
+    """Base class of every error PipeLite raises for a user mistake or a bad store.
+
+    The user sees their own frames and the error, not PipeLite's internals: IPython shows
+    ``_render_traceback_``'s view, a public call cuts the traceback at itself (``at_the_call``,
+    which keeps the frames it cuts for debugging PipeLite), and pytest hides the frames
+    marked ``__tracebackhide__``."""
+
+    def _render_traceback_(self) -> list[str]:
+        from .present import error_view
+
+        return error_view(self)
 
 
 class InvalidNameError(PipeliteError, ValueError):
@@ -44,16 +87,9 @@ class StageOutputError(PipeliteError):
     """A stage returned something that does not match its declared outputs."""
 
 
-class StageFailedError(PipeliteError):
-    """A stage raised while running; nothing was stored. ``__cause__`` is the original error."""
-
-    def __init__(self, stage: str, summary: str):
-        super().__init__(
-            f"stage '{stage}' failed: {summary}. Nothing was stored; the previous result (if any) "
-            f"is kept. Fix the error and run it again."
-        )
-        self.stage = stage
-        self.summary = summary
+class StageNotDefinedError(PipeliteError):
+    """A stage known only from the store (a result is stored, but no code in this session
+    defines it) cannot be run: run the cell or import the module that defines it first."""
 
 
 class StaleArtifactError(PipeliteError):
@@ -111,14 +147,15 @@ class InvalidArgumentError(PipeliteError, ValueError):
 
 
 class StoreLocationError(PipeliteError):
-    """A store location (or its ``storage_options``) that cannot be used: an empty path, a
-    path that is not a directory or cannot be created, an unknown or uninstalled fsspec
-    protocol."""
+    """A store location (or its ``storage_options``) that cannot be used: not a path or URL
+    string, an empty path, a path that is not a directory or cannot be created, an unknown or
+    uninstalled fsspec protocol; on the command line, which only reads, a store that does not
+    exist."""
 
 
 class FormatError(PipeliteError):
-    """A format given to ``register_format`` is unusable, or failed; ``__cause__`` is the
-    original error where there is one."""
+    """A format given to ``register_format`` is unusable, or failed, or a stored file's format
+    is unknown here; ``__cause__`` is the original error where there is one."""
 
 
 class FormatSaveError(FormatError, StageOutputError):
@@ -128,6 +165,11 @@ class FormatSaveError(FormatError, StageOutputError):
 
 class FormatLoadError(FormatError):
     """A format registered with ``register_format`` raised while loading a stored file."""
+
+
+class UnknownFormatError(FormatError):
+    """An artifact was stored in a format that is not registered in this process: call
+    ``register_format`` for it before loading."""
 def _reason(errno_: int | None) -> str:
     import os
 
@@ -141,7 +183,7 @@ class StoreFullError(PipeliteError):
 
     def __init__(self, store: str, stage: str | None = None, needed: int | None = None,
                  what: str = "a file", errno: int | None = None):
-        from .humanize import human_bytes
+        from .present import human_bytes
 
         self.store, self.stage, self.needed, self.what, self.errno = (
             store, stage, needed, what, errno)
@@ -195,3 +237,25 @@ def limit_error(exc: BaseException, store: str, *, stage: str | None = None,
         return StoreNotWritableError(store, exc.filename, action or f"write {what}{of}",
                                      exc.errno)
     return None
+
+
+class _PipeliteFrames(Exception):
+    """Where PipeLite raised the error whose ``__context__`` this is, with every frame of
+    PipeLite's that the error passed through."""
+
+
+def at_the_call(exc: PipeliteError) -> PipeliteError:
+    """``exc``, to be raised again from a public call (``raise at_the_call(exc) from
+    exc.__cause__``): a script's traceback then shows the user's frames and that call, not
+    PipeLite's internals, as the contract promises.
+
+    The frames cut off are kept, not discarded: they are the traceback of ``exc.__context__``
+    (a ``_PipeliteFrames``), which ``raise ... from`` hides from every display while keeping
+    it for introspection (PEP 415): ``traceback.print_exception(exc.__context__)`` shows where
+    PipeLite raised it, for debugging PipeLite itself. A chain already there stays behind it."""
+    frames = _PipeliteFrames(f"where PipeLite raised {type(exc).__name__}")
+    frames.__traceback__ = exc.__traceback__
+    frames.__context__ = exc.__context__
+    exc.__context__ = frames
+    return exc.with_traceback(None)
+

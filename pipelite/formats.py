@@ -332,13 +332,13 @@ def format_for(value: Any) -> Format:
 
 
 def format_named(name: str) -> Format:
-    """The format called ``name``; a ``PipeliteError`` if it is not registered here."""
+    """The format called ``name``; an ``UnknownFormatError`` if it is not registered here."""
     for fmt in (*_USER, *_BUILTIN, PICKLE):
         if fmt.name == name:
             return fmt
-    from .errors import PipeliteError
+    from .errors import UnknownFormatError
 
-    raise PipeliteError(
+    raise UnknownFormatError(
         f"artifact was stored in format '{name}', which is not registered in this process: "
         f"call pipelite.register_format(...) for it before loading"
     )

@@ -5,18 +5,10 @@ import shutil
 import subprocess
 from typing import Sequence
 
-from .errors import GraphvizNotFoundError, PipeliteError
+from .errors import GraphvizNotFoundError, InvalidArgumentError
+from .present import STATE_COLOURS
 
-__all__ = ["render", "STATE_COLOURS"]
-
-# fill, stroke per state; shared with the panel so the two agree
-STATE_COLOURS = {
-    "fresh": ("#d1f2d9", "#2e7d32"),
-    "stale": ("#fff1c2", "#b26a00"),
-    "missing": ("#e8e8e8", "#616161"),
-    "failed": ("#ffd6d6", "#c62828"),
-    "running": ("#d6e6ff", "#1565c0"),
-}
+__all__ = ["render"]
 
 
 def _node_id(kind: str, name: str) -> str:
@@ -39,7 +31,7 @@ def render(statuses: Sequence, format: str = "mermaid") -> str:
         done = subprocess.run([dot, "-Tsvg"], input=_dot(statuses).encode(),
                               capture_output=True, check=True)
         return done.stdout.decode()
-    raise PipeliteError(f"unknown graph format {format!r}: use 'mermaid', 'dot' or 'svg'")
+    raise InvalidArgumentError(f"unknown graph format {format!r}: use 'mermaid', 'dot' or 'svg'")
 
 
 def _edges(statuses: Sequence) -> tuple[list[tuple[str, str]], list[tuple[str, str]], set[str]]:

@@ -22,14 +22,16 @@ from .errors import (
     InvalidArgumentError,
     ParameterError,
     PipeliteError,
+    StageNotDefinedError,
     StaleArtifactError,
     StoreLocationError,
     UnknownArtifactError,
     UnknownStageError,
+    at_the_call,
     limit_error,
 )
 from .fingerprint import warn_user
-from .humanize import human_bytes, human_duration
+from .present import explain_text
 from .stage import REGISTRY, Registry, artifact_name, stage_of
 from .store import GC_GRACE, GcReport, ResultRecord, Store
 
@@ -46,7 +48,8 @@ class PlannedStage:
 
 def _user_facing(method):
     """Raise a PipeliteError from the public call itself: the user sees their own frames and
-    one line of PipeLite, not its internals."""
+    one line of PipeLite, not its internals. PipeLite's frames are kept on the error (see
+    ``errors.at_the_call``), for debugging PipeLite."""
 
     @functools.wraps(method)
     def call(*args, **kwargs):
@@ -54,7 +57,7 @@ def _user_facing(method):
         try:
             return method(*args, **kwargs)
         except PipeliteError as exc:
-            raise exc.with_traceback(None) from exc.__cause__
+            raise at_the_call(exc) from exc.__cause__
 
     return call
 
@@ -104,7 +107,7 @@ class Pipeline:
                     f"registry must be a pipelite.Registry, not {type(registry).__name__}; "
                     f"leave it out to use the stages declared with @stage")
         except PipeliteError as exc:
-            raise exc.with_traceback(None) from exc.__cause__
+            raise at_the_call(exc) from exc.__cause__
         self.executor = executor
         self.registry = REGISTRY if registry is None else registry
 
@@ -155,20 +158,7 @@ class Pipeline:
         graph = self._graph()
         stage_name = graph.stage_name(name)
         verdict = self._check([stage_name], graph=graph)[stage_name]
-        s = status_of(verdict)
-        lines = [f"stage '{s.name}' is {s.state}" + ("" if s.defined else
-                                                   " (not defined in this session)")]
-        if s.state == "fresh" and s.defined:
-            lines[0] += ": its code, parameters, globals and inputs match the stored result"
-        lines += [f"  - {r}" for r in s.reasons]
-        lines += [f"  - blind spot: {b}" for b in getattr(verdict.stage, "blind_spots", ())]
-        if s.last_run:
-            lines.append(f"last run: {s.last_run:%Y-%m-%d %H:%M:%S} UTC, took "
-                         f"{human_duration(s.duration or 0.0)}")
-        if s.outputs:
-            lines.append("outputs: " + ", ".join(f"{o.name} ({o.summary}, {human_bytes(o.size)})"
-                                                  for o in s.outputs))
-        return "\n".join(lines)
+        return explain_text(status_of(verdict), getattr(verdict.stage, "blind_spots", ()))
 
     @_user_facing
     def plan(self, target: Any = None, *, force: bool = False,
@@ -210,7 +200,7 @@ class Pipeline:
         self._check_param_stages(params)
         for name in targets:
             if name not in self.registry:
-                raise PipeliteError(
+                raise StageNotDefinedError(
                     f"stage '{name}' is known only from the store (not defined in this "
                     f"session): run the cell or import the module that defines it first"
                 )

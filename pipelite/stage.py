@@ -16,6 +16,7 @@ from .errors import (
     ParameterError,
     StageDefinitionError,
     StageOutputError,
+    at_the_call,
 )
 
 __all__ = [
@@ -702,7 +703,7 @@ def stage(name_or_obj: Any = None, *, outputs: Any = None, name: str | None = No
         try:
             return decorate(obj, stage_name)
         except PipeliteError as exc:  # show the user's decorator line, not our internals
-            raise exc.with_traceback(None) from None
+            raise at_the_call(exc) from None
 
     if name_or_obj is not None and not isinstance(name_or_obj, str):
         return decorate_or_raise(name_or_obj, name)

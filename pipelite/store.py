@@ -52,13 +52,15 @@ from ._records import (
 )
 from .errors import (
     CorruptArtifactError,
+    InvalidArgumentError,
     PipeliteError,
+    StoreLocationError,
     UnsafeStorePathError,
     UntrustedRecordError,
 )
 from .errors import limit_error
 from ._location import check_store_location
-from .humanize import human_bytes
+from .present import human_bytes
 from .formats import PICKLE, format_for, format_named, hash_file
 from .stage import _STAGE_NAME, MAX_NAME_LENGTH
 
@@ -158,12 +160,12 @@ class Store:
                  storage_options: Mapping[str, Any] | None = None):
         """``storage_options`` go to the fsspec filesystem (e.g. S3 credentials, endpoint_url)."""
         if not isinstance(location, (str, os.PathLike)):
-            raise PipeliteError(f"store must be a path or an fsspec URL string, not "
-                                f"{type(location).__name__}")
+            raise StoreLocationError(f"store must be a path or an fsspec URL string, not "
+                                     f"{type(location).__name__}")
         loc = os.fspath(location)
         if not isinstance(loc, str):
-            raise PipeliteError(f"store must be a path or an fsspec URL string, not "
-                                f"{type(loc).__name__} (from {type(location).__name__})")
+            raise StoreLocationError(f"store must be a path or an fsspec URL string, not "
+                                     f"{type(loc).__name__} (from {type(location).__name__})")
         check_store_location(loc, storage_options)  # an empty path, a file, no such protocol
         self._fs: StoreFS = open_fs(loc, dict(storage_options or {}))
         self._records: dict[str, tuple[tuple, ResultRecord]] = {}  # rel -> (stamp, record)
@@ -237,6 +239,22 @@ class Store:
         """Local folders the store owns (its root, or its download cache): what a stage reads
         there is PipeLite's doing, not a dependency of the stage."""
         return self._fs.local_dirs()
+
+    @staticmethod
+    def check_writable(location: str) -> None:
+        """Raise the ``OSError`` that writing a store at the local directory ``location``
+        would meet: the directory (and its parents) is created if missing, and a temporary
+        file is written in it and removed.
+
+        A static method: it checks a location before a ``Store`` is made for it, as
+        ``%pipelite store PATH`` does before switching, so that a store you cannot write to
+        fails there and not in a later run. A remote (fsspec) store is checked by its first
+        write."""
+        import tempfile
+
+        os.makedirs(location, exist_ok=True)
+        with tempfile.TemporaryFile(dir=location):
+            pass
 
     def latest(self, stage: str) -> ResultRecord | None:
         """The newest stored record of ``stage``, whatever its fingerprint.
@@ -639,11 +657,11 @@ class Store:
         when this process could take the lock itself. Leftovers of interrupted writes
         (``tmp/``, ``records/*/.tmp-*``, ``trash/``) older than ``grace`` are deleted."""
         if keep < 1:
-            raise PipeliteError(f"gc(keep={keep}): keep must be at least 1 "
-                                f"(use invalidate(name) to forget a stage entirely)")
+            raise InvalidArgumentError(f"gc(keep={keep}): keep must be at least 1 "
+                                       f"(use invalidate(name) to forget a stage entirely)")
         if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
-            raise PipeliteError(f"gc(grace={grace!r}): grace must be a number of seconds, "
-                                f"at least 0")
+            raise InvalidArgumentError(f"gc(grace={grace!r}): grace must be a number of "
+                                       f"seconds, at least 0")
         now = time.time()
         removed_records = 0
         for stage in self.stages():

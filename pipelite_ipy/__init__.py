@@ -10,12 +10,14 @@ here: the panel (ipywidgets) loads on first use.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import typing
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
+    from typing import Any
+
     from .session import PipeliteSession
 
-__all__ = ["load_ipython_extension", "unload_ipython_extension", "current_session"]
+__all__ = ["current_session", "load_ipython_extension", "unload_ipython_extension"]
 
 _session: "PipeliteSession | None" = None
 

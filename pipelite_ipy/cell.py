@@ -3,21 +3,13 @@ showing it live, and replay that output later from the store."""
 from __future__ import annotations
 
 import ast
-import os
 import sys
-import types
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 from pipelite import PipeliteError
 
-__all__ = ["CellSyntaxError", "CompiledCell", "OutputCapture", "replay", "user_traceback"]
-
-# Frames from these packages sit between the notebook and the user's own code.
-_INTERNAL_DIRS = tuple(
-    os.path.dirname(os.path.abspath(m)) + os.sep
-    for m in (__file__, sys.modules["pipelite"].__file__)
-)
+__all__ = ["CellSyntaxError", "CompiledCell", "OutputCapture", "replay"]
 
 
 class CellSyntaxError(PipeliteError):
@@ -202,23 +194,3 @@ def replay(shell: Any, events: list[dict]) -> None:
                                       metadata=ev["display"].get("metadata") or {})
         elif "clear" in ev:
             shell.display_pub.clear_output(wait=ev["clear"])
-
-
-def _internal(frame: types.FrameType) -> bool:
-    return frame.f_code.co_filename.startswith(_INTERNAL_DIRS)
-
-
-def user_traceback(tb: types.TracebackType | None) -> types.TracebackType | None:
-    """The part of ``tb`` that is the user's code: from the first frame that PipeLite called.
-
-    Without such a frame (the error came from PipeLite itself) ``tb`` is returned whole.
-    """
-    seen_internal = False
-    node = tb
-    while node is not None:
-        if _internal(node.tb_frame):
-            seen_internal = True
-        elif seen_internal:
-            return node
-        node = node.tb_next
-    return tb

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
 from typing import Any, Callable, Sequence
 
 from IPython.core.error import UsageError
@@ -17,11 +16,17 @@ from IPython.core.magic_arguments import (
 from IPython.display import display
 from IPython.utils.process import arg_split
 
-from pipelite import REGISTRY, PipeliteError, StageStatus
+from pipelite import PipeliteError, StageStatus, Store
 from pipelite._location import check_store_location, parse_location
-from pipelite.humanize import human_bytes, human_duration
+from pipelite.present import (
+    STATE_COLOURS,
+    human_bytes,
+    human_duration,
+    status_table,
+    user_frames,
+)
 
-from .cell import CellSyntaxError, user_traceback
+from .cell import CellSyntaxError
 from .session import PipeliteSession
 
 __all__ = ["PipeliteMagics", "StatusTable"]
@@ -102,7 +107,7 @@ def _present(exc: BaseException, shell: Any) -> None:
         return
 
     def render() -> list[str]:
-        tb = user_traceback(exc.__traceback__)
+        tb = user_frames(exc.__traceback__)
         stb = shell.InteractiveTB.structured_traceback(type(exc), exc, tb, tb_offset=0)
         # older IPythons do not show PEP 678 notes, where PipeLite says nothing was stored
         shown = "\n".join(stb[-2:])
@@ -121,13 +126,9 @@ class StatusTable:
         self.statuses = list(statuses)
 
     def __repr__(self) -> str:
-        from pipelite.cli import format_status
-
-        return format_status(self.statuses) if self.statuses else "no stages yet"
+        return status_table(self.statuses) if self.statuses else "no stages yet"
 
     def _repr_html_(self) -> str:
-        from pipelite.graph import STATE_COLOURS
-
         if not self.statuses:
             return "<p>no stages yet</p>"
         rows = []
@@ -265,12 +266,7 @@ class PipeliteMagics(Magics):
         display(StatusTable(self.pipeline.status()))
 
     def _cmd_explain(self, args: Any) -> None:
-        text = self.pipeline.explain(args.name)
-        st = REGISTRY.get(args.name)
-        for spot in getattr(st, "blind_spots", ()):
-            if spot not in text:  # until Pipeline.explain lists them itself
-                text += f"\n  - blind spot: {spot}"
-        print(text)
+        print(self.pipeline.explain(args.name))
 
     def _cmd_graph(self, args: Any) -> None:
         text = self.pipeline.graph(args.format)
@@ -321,9 +317,7 @@ class PipeliteMagics(Magics):
                 path = os.path.abspath(os.path.expanduser(local_path))
                 existed = os.path.isdir(path)
                 try:  # a store you cannot write to should fail here, not in a later cell
-                    os.makedirs(path, exist_ok=True)
-                    with tempfile.TemporaryFile(dir=path):
-                        pass
+                    Store.check_writable(path)
                 except OSError as exc:
                     raise UsageError(f"%pipelite store: cannot use {args.path} as a store: "
                                      f"{exc.strerror or exc}") from None

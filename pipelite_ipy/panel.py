@@ -18,12 +18,10 @@ from typing import Any, Callable, Sequence
 import ipywidgets as widgets
 
 from pipelite import StageEvent, StageStatus, subscribe
-from pipelite.graph import STATE_COLOURS
-from pipelite.humanize import human_bytes, human_duration
+from pipelite.present import STATE_COLOURS, STATES, human_bytes, human_duration
 
 __all__ = ["PipelinePanel"]
 
-_STATES = ("fresh", "stale", "missing", "failed", "running")
 _NOT_DEFINED = "not defined in this session"
 
 # Layout lives here rather than in inline styles so a user can override it with their own CSS.
@@ -107,33 +105,6 @@ def _close_tree(w: widgets.Widget) -> None:
     for child in getattr(w, "children", ()):
         _close_tree(child)
     w.close()
-
-
-def _definition_order(statuses: list[StageStatus], pipeline: Any) -> list[StageStatus]:
-    """Upstream first, and otherwise in the order the stages were defined (as in the notebook)."""
-    registry = getattr(pipeline, "registry", None)
-    defined = registry.names() if registry is not None else []
-    rank = {n: i for i, n in enumerate(defined)}
-    for s in statuses:
-        rank.setdefault(s.name, len(rank))
-    producer = {o.name: s.name for s in statuses for o in s.outputs}
-    deps = {s.name: {producer[i] for i in s.inputs if producer.get(i, s.name) != s.name}
-            for s in statuses}
-    by_name = {s.name: s for s in statuses}
-    ready = sorted((n for n, d in deps.items() if not d), key=rank.__getitem__)
-    out: list[StageStatus] = []
-    while ready:
-        name = ready.pop(0)
-        out.append(by_name[name])
-        for other, d in deps.items():
-            if name in d:
-                d.discard(name)
-                if not d:
-                    ready.append(other)
-        ready.sort(key=rank.__getitem__)
-    if len(out) < len(statuses):  # a cycle: status() would have raised; keep its order
-        return statuses
-    return out
 
 
 class _StageRow(widgets.VBox):
@@ -383,7 +354,6 @@ class PipelinePanel(widgets.VBox):
         if self._status_failed:
             self._status_failed = False
             self._show_panel_error(None)
-        statuses = _definition_order(statuses, pipeline)
         self._statuses = statuses
         names = [s.name for s in statuses]
         for s in statuses:
@@ -401,7 +371,7 @@ class PipelinePanel(widgets.VBox):
             self._draw_graph()
 
     def _show_counts(self) -> None:
-        by_state = {st: 0 for st in _STATES}
+        by_state = {st: 0 for st in STATES}
         for row in self._rows.values():
             by_state[row.state or "missing"] = by_state.get(row.state or "missing", 0) + 1
         self.counts.value = (" ".join(_chip(st, f"{n} {st}") for st, n in by_state.items() if n)

@@ -11,7 +11,6 @@ from traitlets import Unicode, observe
 from traitlets.config import Configurable
 
 from pipelite import (
-    REGISTRY,
     CellStage,
     Pipeline,
     PipeliteWarning,
@@ -21,8 +20,8 @@ from pipelite import (
 )
 from pipelite._cellcode import definitions
 from pipelite.errors import DuplicateProducerError, UntrustedRecordError
+from pipelite.present import human_duration
 from pipelite.store import ResultRecord
-from pipelite.humanize import human_duration
 
 from .cell import CompiledCell, OutputCapture, replay
 
@@ -74,7 +73,8 @@ class PipeliteSession(Configurable):
     @observe("store")
     def _store_changed(self, change: dict) -> None:
         old = getattr(self, "pipeline", None)  # config is applied before __init__ ends
-        self.pipeline = Pipeline(store=change["new"], params=old.params if old else None)
+        self.pipeline = Pipeline(store=change["new"], params=old.params if old else None,
+                                 registry=old.registry if old else None)
 
     def close(self) -> None:
         """Stop listening to stage events (the extension is being unloaded)."""
@@ -97,7 +97,8 @@ class PipeliteSession(Configurable):
             result = self.pipeline.run(target, force=force)
         finally:
             self._active -= 1
-        loaded = [st for st in (REGISTRY.get(n) for n in (target or REGISTRY.names()))
+        registry = self.pipeline.registry
+        loaded = [st for st in (registry.get(n) for n in (target or registry.names()))
                   if isinstance(st, CellStage) and st.name not in result.executed
                   and st.user_ns is self.shell.user_ns
                   and all(o in result for o in st.declared_outputs)]
@@ -133,8 +134,8 @@ class PipeliteSession(Configurable):
         st = CellStage(name, source, ns, inputs=inputs, outputs=outputs,
                        execute=self._executor(name, compiled), filename=compiled.filename,
                        env=env or (), hidden=hidden)
-        st.inherit(REGISTRY.get(name))
-        REGISTRY.add(st)
+        st.inherit(self.pipeline.registry.get(name))
+        self.pipeline.registry.add(st)
         if st.blind_spots:
             _warn_blind_spots(st, compiled.filename)
         return st
@@ -172,7 +173,7 @@ class PipeliteSession(Configurable):
     def run_cell_stage(self, name: str, force: bool = False) -> StageOutcome:
         """Run a registered cell stage from its own cell: compute it, or load and replay it."""
         self._current = name
-        st = REGISTRY.get(name)
+        st = self.pipeline.registry.get(name)
         if isinstance(st, CellStage):
             self.import_before_check(st)
         try:

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from pipelite import REGISTRY, CellStage, Pipeline
-from pipelite.graph import STATE_COLOURS
+from pipelite.present import STATE_COLOURS
 
 widgets = pytest.importorskip("ipywidgets")
 
