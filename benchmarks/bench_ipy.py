@@ -123,7 +123,8 @@ def main() -> int:
     if broken is not None:
         print(f"\nipycache: {broken}; its column is n/a.")
     tiny_overhead = rows[0][3] - plain_tiny
-    print(f"\ntarget: tiny-stage hit overhead < 5 ms: {'met' if tiny_overhead < 0.005 else 'MISSED'}"
+    met = "met" if tiny_overhead < 0.005 else "MISSED"
+    print(f"\ntarget: tiny-stage hit overhead < 5 ms: {met}"
           f" ({_ms(tiny_overhead)}); big/tiny hit ratio {rows[1][3] / rows[0][3]:.2f} "
           f"(O(1) in the artifact's size means close to 1)")
     return 0

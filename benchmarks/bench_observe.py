@@ -173,7 +173,7 @@ def bench_status(root: str, reps: int) -> list[tuple]:
         assert len((rec.observed or {}).get("files", [])) == (PER_STAGE if mode == "on"
                                                                      else 0)
 
-        def check():
+        def check(pipe: Pipeline = pipe) -> None:
             states = pipe.status()
             assert len(states) == STAGES and all(s.state == "fresh" for s in states), \
                 [s.reasons for s in states if s.state != "fresh"][:3]

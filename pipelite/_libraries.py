@@ -17,8 +17,8 @@ import sysconfig
 import types
 from typing import Any
 
-__all__ = ["LIBRARY_ROOTS", "library_locations", "is_library_path", "is_library_module", "module_location",
-           "library_token", "forget"]
+__all__ = ["LIBRARY_ROOTS", "library_locations", "is_library_path", "is_library_module",
+           "module_location", "library_token", "forget"]
 
 _OWN_PACKAGES = frozenset({"pipelite", "pipelite_ipy"})
 

@@ -56,7 +56,6 @@ from typing import Any, Iterable
 import xxhash
 
 from ._libraries import library_locations
-
 from .formats import hash_file
 
 __all__ = ["enabled", "start", "Recorder", "changes", "hook_installed"]
@@ -180,10 +179,11 @@ class Recorder:
         kept (an over-approximation)."""
         self.stop()
         cwd_prefix = self.cwd.rstrip(os.sep) + os.sep
+        excluded = (*self.exclude, *_always_excluded())
 
         def keep(path: str) -> bool:
             slashed = path + os.sep  # the excluded folders themselves too
-            if slashed.startswith(self.exclude) or slashed.startswith(_always_excluded()):
+            if slashed.startswith(excluded):
                 return False
             return not slashed.startswith(_temp_prefixes()) or path.startswith(cwd_prefix)
 

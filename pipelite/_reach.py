@@ -322,7 +322,7 @@ class Reach:
                 self._note("helper", f"accessor '{attr}'", "", token)
                 h.update(f"accessor {attr}={token};".encode())
         if fn.__closure__:
-            for var, cell in zip(fn.__code__.co_freevars, fn.__closure__):
+            for var, cell in zip(fn.__code__.co_freevars, fn.__closure__, strict=True):
                 try:
                     value = cell.cell_contents
                 except ValueError:  # not assigned yet

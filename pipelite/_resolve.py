@@ -104,7 +104,8 @@ class Graph:
         hint = difflib.get_close_matches(ref, known, n=1)
         raise UnknownStageError(
             f"no stage named '{ref}'"
-            + (f"; did you mean '{hint[0]}'?" if hint else f"; known stages: {', '.join(known) or 'none'}")
+            + (f"; did you mean '{hint[0]}'?" if hint
+               else f"; known stages: {', '.join(known) or 'none'}")
         )
 
     def targets(self, target: object) -> list[str]:

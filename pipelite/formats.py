@@ -6,6 +6,7 @@ cloudpickle. ``register_format`` adds a format for your own type; it takes prece
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import io
 import json
@@ -164,7 +165,7 @@ def _load_json(path: str) -> Any:
 
 
 # -- frames -----------------------------------------------------------------------------------
-@__import__("functools").lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=1)
 def _have_pyarrow() -> bool:
     return importlib.util.find_spec("pyarrow") is not None
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from . import events
-from ._execute import RunResult, Runner, as_removed
+from ._execute import Runner, RunResult, as_removed
 from ._freshness import STATES, Check, OutputInfo, StageStatus, check, short_repr, status_of
 from ._integrity import check_level
 from ._resolve import Graph

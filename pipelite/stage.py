@@ -11,9 +11,9 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping
 
 from .errors import (
     DuplicateProducerError,
-    PipeliteError,
     InvalidNameError,
     ParameterError,
+    PipeliteError,
     StageDefinitionError,
     StageOutputError,
     at_the_call,
@@ -218,7 +218,7 @@ class Stage:
         elif self.declared_outputs and isinstance(result, tuple) and len(result) == len(
             self.declared_outputs
         ):
-            out = dict(zip(self.declared_outputs, result))
+            out = dict(zip(self.declared_outputs, result, strict=True))
         else:
             raise StageOutputError(
                 f"stage '{self.name}' returned a {type(result).__name__}, not a dict: return "
@@ -361,7 +361,7 @@ class ClassStage(Stage):
             inputs.append(_annotation_artifact(p.annotation, run) or p.name)
         params: dict[str, Any] = {}
         any_param = False
-        init = vars(cls).get("__init__") or getattr(cls, "__init__")
+        init = vars(cls).get("__init__") or inspect.getattr_static(cls, "__init__")
         if init is not object.__init__:
             for p in list(inspect.signature(init).parameters.values())[1:]:
                 if p.kind is p.VAR_KEYWORD:
@@ -677,7 +677,8 @@ def stage(name_or_obj: Any = None, *, outputs: Any = None, name: str | None = No
     ...     def run(self):
     ...         return {"train_data": [1, 2, 3]}
 
-    Forms: ``@stage``, ``@stage("name")``, ``@stage(outputs="art")``, ``@stage(name=..., outputs=...)``.
+    Forms: ``@stage``, ``@stage("name")``, ``@stage(outputs="art")``,
+    ``@stage(name=..., outputs=...)``.
     ``env=["VAR", ...]`` adds environment variables to the stage's fingerprint.
     The decorated object is returned unchanged (it stays usable as plain Python).
     """

@@ -35,12 +35,12 @@ from typing import Any, Callable, Mapping
 
 import filelock
 
-from ._fs import StoreFS, open_fs
 from ._fs import TMP_NAME as _TMP_NAME
+from ._fs import StoreFS, open_fs
 from ._fs import fsync_file as _fsync_file
 from ._fs import remove_quietly as _remove_quietly
 from ._integrity import CHEAP_VERIFY_BYTES, check_content, sample_digest
-from ._trust import SAFE_FORMATS, is_signed, key_source, signature
+from ._location import check_store_location
 from ._records import (
     FORMAT_VERSION,
     BadRecord,
@@ -50,6 +50,7 @@ from ._records import (
     ResultRecord,
     is_fingerprint,
 )
+from ._trust import SAFE_FORMATS, is_signed, key_source, signature
 from .errors import (
     CorruptArtifactError,
     InvalidArgumentError,
@@ -57,11 +58,10 @@ from .errors import (
     StoreLocationError,
     UnsafeStorePathError,
     UntrustedRecordError,
+    limit_error,
 )
-from .errors import limit_error
-from ._location import check_store_location
-from .present import human_bytes
 from .formats import PICKLE, format_for, format_named, hash_file
+from .present import human_bytes
 from .stage import _STAGE_NAME, MAX_NAME_LENGTH
 
 __all__ = ["Store", "GcReport", "ScrubReport", "ResultRecord", "OutputRecord", "InputRecord",

@@ -39,7 +39,7 @@ class CompiledCell:
             exc.filename = self.filename
             if exc.lineno is not None:
                 exc.lineno += 1
-            if getattr(exc, "end_lineno", None) is not None:
+            if exc.end_lineno is not None:
                 exc.end_lineno += 1
             raise CellSyntaxError(exc) from None
         ast.increment_lineno(tree, 1)
@@ -48,6 +48,7 @@ class CompiledCell:
             from IPython.core.displayhook import DisplayHook
 
             last_stmt = tree.body.pop()
+            assert isinstance(last_stmt, ast.Expr)
             if not DisplayHook.semicolon_at_end_of_expression(source):
                 last = ast.Expression(last_stmt.value)
             else:  # a trailing ';' silences the value, as in a plain cell

@@ -63,7 +63,16 @@ def _pipelite_parser() -> MagicArgumentParser:
 
 
 _PARSER = _pipelite_parser()
-_COMMANDS = tuple(next(a for a in _PARSER._actions if a.dest == "command").choices)
+
+
+def _subparsers() -> dict[str, MagicArgumentParser]:
+    """``%pipelite``'s commands and their parsers."""
+    action = next(a for a in _PARSER._actions if a.dest == "command")
+    assert isinstance(action.choices, dict)
+    return action.choices
+
+
+_COMMANDS = tuple(_subparsers())
 
 
 def _usage(parser: MagicArgumentParser) -> str:
@@ -71,9 +80,8 @@ def _usage(parser: MagicArgumentParser) -> str:
 
 
 def _help_text() -> str:
-    sub = next(a for a in _PARSER._actions if a.dest == "command")
     lines = ["Commands:"]
-    for p in sub.choices.values():
+    for p in _subparsers().values():
         lines.append("")
         lines.append("  " + _usage(p))
         lines.append("      " + (p.description or ""))
@@ -92,15 +100,16 @@ def _unquoted(text: str) -> str:
 
 def _present(exc: BaseException, shell: Any) -> None:
     """Make IPython show ``exc`` as the user needs it: a PipeLite error as one line, an error
-    in the user's code with the user's frames only."""
+    in the user's code with the user's frames only (IPython shows ``_render_traceback_()``)."""
+    shown: Any = exc  # any exception object: IPython looks the method up on the instance
     if isinstance(exc, CellSyntaxError):
         err = exc.error
-        exc._render_traceback_ = lambda: shell.SyntaxTB.structured_traceback(  # type: ignore
+        shown._render_traceback_ = lambda: shell.SyntaxTB.structured_traceback(
             type(err), err, [])
         return
     if isinstance(exc, PipeliteError):
         line = f"{type(exc).__name__}: {exc}"
-        exc._render_traceback_ = lambda: [line]  # type: ignore[attr-defined]
+        shown._render_traceback_ = lambda: [line]
         return
     if isinstance(exc, (UsageError, SyntaxError)) or not isinstance(exc, (Exception,
                                                                           KeyboardInterrupt)):
@@ -114,7 +123,7 @@ def _present(exc: BaseException, shell: Any) -> None:
         return stb + [n for n in getattr(exc, "__notes__", ()) if n not in shown]
 
     try:
-        exc._render_traceback_ = render  # type: ignore[attr-defined]
+        shown._render_traceback_ = render
     except (AttributeError, TypeError):  # an exception type that takes no attributes
         pass
 
@@ -202,7 +211,8 @@ class PipeliteMagics(Magics):
         args = parse_argstring(self.stage, line)
         if args.force and args.define:
             raise UsageError("%%stage: use --force or --define, not both")
-        source = self.shell.transform_cell(cell)
+        shell: Any = self.shell
+        source = shell.transform_cell(cell)
         header = f"%%stage {line}".rstrip()
 
         def run() -> None:

@@ -410,7 +410,7 @@ class PipelinePanel(widgets.VBox):
                 self._failed_in_run = []
                 self._progress(f"checking {ev.total} stage{'s' if ev.total != 1 else ''}…",
                                0, max(ev.total, 1))
-        elif ev.kind == "started":
+        elif ev.kind == "started" and ev.stage is not None:
             if row is None:  # a stage this panel has not seen yet
                 self.refresh()
                 row = self._rows.get(ev.stage)

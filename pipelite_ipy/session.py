@@ -101,7 +101,7 @@ class PipeliteSession(Configurable):
         loaded = [st for st in (registry.get(n) for n in (target or registry.names()))
                   if isinstance(st, CellStage) and st.name not in result.executed
                   and st.user_ns is self.shell.user_ns
-                  and all(o in result for o in st.declared_outputs)]
+                  and all(o in result for o in st.declared_outputs or ())]
         before = {st.name: st.snapshot() for st in loaded}
         self.bind(result)
         for st in loaded:
@@ -157,8 +157,7 @@ class PipeliteSession(Configurable):
             try:
                 exec(self._compile_statement(st, stmt), self.shell.user_ns)
             except Exception as exc:  # noqa: BLE001 - the outputs are loaded: say, go on
-                what = ast.unparse(stmt).splitlines()[0] if isinstance(
-                    stmt, (ast.Import, ast.ImportFrom)) else f"{_kind(stmt)} {stmt.name}"
+                what = _described(stmt)
                 warnings.warn_explicit(
                     f"stage '{st.name}' was loaded from the store, but re-running "
                     f"`{what}` failed ({type(exc).__name__}: {exc}): it is not defined",
@@ -227,8 +226,14 @@ class PipeliteSession(Configurable):
 _seconds = human_duration
 
 
-def _kind(stmt: ast.stmt) -> str:
-    return "class" if isinstance(stmt, ast.ClassDef) else "def"
+def _described(stmt: ast.stmt) -> str:
+    """A top-level definition in a word or a line: ``class Model``, ``def helper``, or the
+    import statement itself."""
+    if isinstance(stmt, ast.ClassDef):
+        return f"class {stmt.name}"
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return f"def {stmt.name}"
+    return ast.unparse(stmt).splitlines()[0]
 
 
 def _warn_blind_spots(st: CellStage, filename: str) -> None:
@@ -252,7 +257,7 @@ def _check_no_reassigned_input(name: str, source: str, probe: CellStage, inputs:
     Registering it would make the cell a second producer of the artifact (the registry would
     suggest removing the upstream stage, which is not the fix): say what is.
     """
-    for out in probe.declared_outputs:
+    for out in probe.declared_outputs or ():
         if out not in inputs and not (out in probe.analysis.free and out in produced):
             continue
         owner = produced.get(out)

@@ -30,3 +30,21 @@ def store_dir(tmp_path):
 @pytest.fixture
 def pipeline(store_dir):
     return Pipeline(store=str(store_dir))
+
+
+@pytest.fixture
+def ip(tmp_path, monkeypatch):
+    """A real shell with the extension loaded, working in a temporary directory."""
+    monkeypatch.chdir(tmp_path)
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.reset(new_session=False)
+    shell.run_line_magic("colors", "nocolor")  # tracebacks as plain text, to read them
+    shell.run_line_magic("load_ext", "pipelite")
+    shell.user_ns["LOG"] = str(tmp_path / "ran.log")
+    yield shell
+    for mod in ("pipelite", "pipelite_ipy"):
+        if mod in shell.extension_manager.loaded:
+            shell.run_line_magic("unload_ext", mod)
+    shell.config.pop("PipeliteSession", None)

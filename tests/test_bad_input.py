@@ -24,7 +24,6 @@ from pipelite import (
     InvalidNameError,
     ParameterError,
     Pipeline,
-    PipeliteError,
     StageDefinitionError,
     StageOutputError,
     StoreLocationError,

@@ -96,9 +96,10 @@ class JupyterServer:
             try:
                 self.api("status")
                 return
-            except (urllib.error.URLError, ConnectionError, OSError):
+            except (urllib.error.URLError, ConnectionError, OSError) as exc:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"jupyter lab did not answer in {timeout} s:\n{self.log()}")
+                    raise RuntimeError(
+                        f"jupyter lab did not answer in {timeout} s:\n{self.log()}") from exc
                 time.sleep(0.25)
 
     def wait_for_kernel(self, notebook: str, timeout: float = WAIT_MS / 1000) -> None:

@@ -1,6 +1,7 @@
 """Independent stages run in parallel on an executor: a thread pool, or a Dask cluster."""
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -78,7 +79,7 @@ def test_stages_run_on_a_dask_local_cluster_and_workers_write_the_shared_store(s
                                   dashboard_address=None, host="127.0.0.1") as cluster, \
             distributed.Client(cluster) as client:
         result = Pipeline(store_dir, executor=client).run("total")
-        worker_pids = set(client.run(lambda: __import__("os").getpid()).values())
+        worker_pids = set(client.run(os.getpid).values())
     assert result["total"] == 30 + 100
     assert sorted(result.executed) == ["cube", "square", "total"]
     # the records were written by the workers, into the shared store

@@ -15,10 +15,10 @@ import time
 import uuid
 from pathlib import Path
 
+import fault_stages
 import numpy as np
 import pytest
 
-import fault_stages
 from pipelite import CorruptArtifactError, Pipeline, PipeliteWarning, StaleArtifactError, Store
 from pipelite.formats import hash_file
 

@@ -6,6 +6,7 @@ changes that do not matter leave them fresh.
 """
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 import warnings
@@ -19,6 +20,7 @@ import pipelite.formats
 import pipelite.store
 from pipelite import Pipeline, PipeliteWarning
 from tests.helpers import notebook, notebook_main, run_cell
+
 
 def state(pipeline: Pipeline, name: str):
     (s,) = [s for s in pipeline.status() if s.name == name]
@@ -485,7 +487,8 @@ def test_an_array_read_by_many_stages_is_hashed_once_per_check(pipeline, monkeyp
     pipeline.run()
     calls, real = [], Encoder._feed_numpy
     monkeypatch.setattr(Encoder, "_feed_numpy",
-                        lambda self, h, v: (calls.append(1) if v is ns["ARR"] else None) or real(self, h, v))
+                        lambda self, h, v: (calls.append(1) if v is ns["ARR"] else None)
+                        or real(self, h, v))
     assert {s.state for s in pipeline.status()} == {"fresh"}
     assert len(calls) == 1
 
@@ -784,7 +787,7 @@ def test_fingerprints_do_not_depend_on_the_hash_seed(tmp_path):
         """))
     digests = {
         subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True,
-                       env={**__import__("os").environ, "PYTHONHASHSEED": seed}).stdout
+                       env={**os.environ, "PYTHONHASHSEED": seed}).stdout
         for seed in ("1", "2", "3", "4")
     }
     assert len(digests) == 1
@@ -937,7 +940,7 @@ def test_pickled_objects_holding_sets_hash_the_same_under_any_hash_seed(tmp_path
         """))
     digests = {
         subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True,
-                       env={**__import__("os").environ, "PYTHONHASHSEED": seed}).stdout
+                       env={**os.environ, "PYTHONHASHSEED": seed}).stdout
         for seed in ("1", "2", "3", "4")
     }
     assert len(digests) == 1
@@ -999,7 +1002,8 @@ def test_a_declared_environment_variable_counts_by_value(pipeline, monkeypatch):
     assert state(pipeline, "f").state == "fresh"
     monkeypatch.setenv("PIPELITE_TEST_MODE", "b")
     s = state(pipeline, "f")
-    assert s.state == "stale" and s.reasons == ("environment variable 'PIPELITE_TEST_MODE' changed",)
+    assert s.state == "stale"
+    assert s.reasons == ("environment variable 'PIPELITE_TEST_MODE' changed",)
     assert pipeline.run("f")["y"] == "b"
     monkeypatch.delenv("PIPELITE_TEST_MODE")
     s = state(pipeline, "f")

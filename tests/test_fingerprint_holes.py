@@ -6,6 +6,9 @@ lambdas, modules), Hamilton's fingerprinting tests (objects, parameters).
 """
 from __future__ import annotations
 
+import collections
+import datetime
+import decimal
 import importlib
 import sys
 import textwrap
@@ -643,15 +646,15 @@ def test_pickling_an_instance_does_not_change_its_class_digest(pipeline, monkeyp
 
 
 # -- found by a review: data a value holds outside its __dict__, and dtypes ---------------------
-class _History(__import__("collections").deque):
+class _History(collections.deque):
     pass
 
 
-class _Day(__import__("datetime").date):
+class _Day(datetime.date):
     pass
 
 
-class _Money(__import__("decimal").Decimal):
+class _Money(decimal.Decimal):
     pass
 
 

@@ -72,7 +72,8 @@ def test_a_stored_result_for_the_current_fingerprint_is_fresh(world):
     found = world.check("double")
     assert found.order == ["source", "double"]
     assert [found[n].state for n in found.order] == ["fresh", "fresh"]
-    assert found["double"].record is not None and found["double"].record.outputs["y"].hash == "2" * 32
+    record = found["double"].record
+    assert record is not None and record.outputs["y"].hash == "2" * 32
 
 
 def test_no_stored_result_is_missing_and_its_consumers_wait_for_it(world):

@@ -7,10 +7,10 @@ from __future__ import annotations
 import warnings
 
 import pytest
+from test_ipy_magics import ok, ran, run
 
 import pipelite
 from pipelite import REGISTRY
-from test_ipy_magics import LOADED, ip, ok, ran, run  # noqa: F401 - ip is a fixture
 
 
 def stage_cell(name: str, body: str, flags: str = "") -> str:

@@ -66,7 +66,7 @@ def test_an_ipython_profile_can_load_the_extension_for_every_session(tmp_path):
     profile.mkdir(parents=True)
     (profile / "ipython_config.py").write_text(
         'c.InteractiveShellApp.extensions = ["pipelite"]\n')
-    env = {**__import__("os").environ, "IPYTHONDIR": str(tmp_path / "ipython")}
+    env = {**os.environ, "IPYTHONDIR": str(tmp_path / "ipython")}
     done = subprocess.run(
         [sys.executable, "-m", "IPython", "--no-banner", "-c", "%pipelite status"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)

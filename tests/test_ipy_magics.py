@@ -22,22 +22,6 @@ LOADED = re.compile(r"\[pipelite\] (\S+): loaded from store \(run \d{4}-\d\d-\d\
                     r"saved [\d.]+ (µs|ms|s|min) of compute\)")
 
 
-@pytest.fixture
-def ip(tmp_path, monkeypatch):
-    """A real shell with the extension loaded, working in a temporary directory."""
-    monkeypatch.chdir(tmp_path)
-    shell = InteractiveShell.instance()
-    shell.reset(new_session=False)
-    shell.run_line_magic("colors", "nocolor")  # tracebacks as plain text, to read them
-    shell.run_line_magic("load_ext", "pipelite")
-    shell.user_ns["LOG"] = str(tmp_path / "ran.log")
-    yield shell
-    for mod in ("pipelite", "pipelite_ipy"):
-        if mod in shell.extension_manager.loaded:
-            shell.run_line_magic("unload_ext", mod)
-    shell.config.pop("PipeliteSession", None)
-
-
 def run(shell: InteractiveShell, cell: str):
     """Run a cell as a notebook would; return (result, captured output)."""
     with capture_output() as cap:
@@ -675,7 +659,8 @@ def test_dash_i_replaces_inputs_and_tracks_other_outputs_as_globals(ip, tmp_path
 
 def test_dash_o_is_a_way_out_of_reassigning_an_input(ip):
     ok(ip, "%%stage gen\nimport numpy as np\ntrain_data = np.arange(3.0)\n")
-    ok(ip, "%%stage rebind -o total\ntrain_data = train_data + 1\ntotal = float(train_data.sum())\n")
+    ok(ip, "%%stage rebind -o total\n"
+           "train_data = train_data + 1\ntotal = float(train_data.sum())\n")
     assert REGISTRY.get("rebind").outputs == ("total",)
     assert ip.user_ns["total"] == 6.0
 

@@ -89,7 +89,7 @@ def edited(old: str, new: str) -> list[str]:
 def test_after_a_restart_every_fresh_stage_is_loaded_not_recomputed(restarted):
     texts = execute(restarted, CELLS)
     assert log(restarted) == ALL  # nothing ran a second time
-    for cell_text, name in zip(texts[2:], ALL):
+    for cell_text, name in zip(texts[2:], ALL, strict=True):
         assert f"[pipelite] {name}: loaded from store" in cell_text
     assert "shifted [1.8, 2.0, 2.2, 2.4]" in texts[4]  # the print, replayed
 

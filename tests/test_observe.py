@@ -14,8 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from pipelite import PipeliteError, CellStage, Pipeline, REGISTRY, stage
-from pipelite import _observe
+from pipelite import REGISTRY, CellStage, Pipeline, PipeliteError, _observe, stage
 from tests.helpers import notebook
 
 

@@ -413,7 +413,8 @@ def test_a_positional_input_with_a_default_hints_at_keyword_only(pipeline):
     def posdef(extra=5):
         return extra
 
-    with pytest.raises(MissingInputError, match=r"make it keyword-only: def posdef\(\.\.\., \*, extra=5\)"):
+    with pytest.raises(MissingInputError,
+                       match=r"make it keyword-only: def posdef\(\.\.\., \*, extra=5\)"):
         pipeline.run("posdef")
 
 

@@ -10,7 +10,6 @@ from IPython.utils.capture import capture_output
 
 import pipelite_ipy
 from pipelite_ipy.session import ReassignedInputError
-from test_ipy_magics import ip  # noqa: F401 - a fixture: a real shell, the extension loaded
 
 
 @pytest.fixture

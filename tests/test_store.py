@@ -301,7 +301,8 @@ def test_scrub_finds_an_intact_store_intact(location):
 def test_parquet_objects_are_fsynced_before_rename(pipeline, monkeypatch):
     pd = pytest.importorskip("pandas")
     synced, real = [], os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real(fd))
+    monkeypatch.setattr(os, "fsync",
+                        lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real(fd))
 
     @stage(outputs="df")
     def mk():

@@ -11,8 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipelite import Pipeline, UntrustedRecordError, stage
-from pipelite import _trust
+from pipelite import Pipeline, UntrustedRecordError, _trust, stage
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pytest
 
-from pipelite import Pipeline, PipeliteWarning, REGISTRY, stage
+from pipelite import REGISTRY, Pipeline, PipeliteWarning, stage
 
 
 @pytest.fixture
