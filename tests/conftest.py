@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("PIPELITE_KEY_FILE", os.path.join(
     tempfile.mkdtemp(prefix="pipelite-test-key-"), "signing.key"))
 
-from pipelite import REGISTRY, Pipeline
+from pipelite import REGISTRY, Pipeline, stage
 
 
 @pytest.fixture(autouse=True)
@@ -30,6 +30,19 @@ def store_dir(tmp_path):
 @pytest.fixture
 def pipeline(store_dir):
     return Pipeline(store=str(store_dir))
+
+
+@pytest.fixture
+def two_stages():
+    """a -> b: artifact x, then y = x + 1."""
+
+    @stage(outputs="x")
+    def a():
+        return 1
+
+    @stage(outputs="y")
+    def b(x):
+        return x + 1
 
 
 @pytest.fixture

@@ -11,17 +11,6 @@ from pipelite import Pipeline, stage
 from pipelite.cli import main
 
 
-@pytest.fixture
-def two_stages():
-    @stage(outputs="x")
-    def a():
-        return 1
-
-    @stage(outputs="y")
-    def b(x):
-        return x + 1
-
-
 def test_cli_status_graph_and_gc_read_the_store(store_dir, two_stages, capsys):
     Pipeline(store_dir).run()
     assert main(["--store", str(store_dir), "status"]) == 0
@@ -55,7 +44,7 @@ def test_the_core_never_imports_ipython():
 @pytest.fixture
 def stored(store_dir):
     """A store holding one result of stage 'a' (defined only while it ran)."""
-    from pipelite import REGISTRY, stage
+    from pipelite import REGISTRY
 
     @stage(outputs="x")
     def a():

@@ -11,16 +11,8 @@ from pipelite import Pipeline, stage, subscribe
 
 
 @pytest.fixture
-def chain():
+def chain(two_stages):
     """a -> b -> c."""
-
-    @stage(outputs="x")
-    def a():
-        return 1
-
-    @stage(outputs="y")
-    def b(x):
-        return x + 1
 
     @stage(outputs="z")
     def c(y):

@@ -3,18 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelite import GraphvizNotFoundError, PipeliteError, stage
-
-
-@pytest.fixture
-def two_stages():
-    @stage(outputs="x")
-    def a():
-        return 1
-
-    @stage(outputs="y")
-    def b(x):
-        return x + 1
+from pipelite import GraphvizNotFoundError, PipeliteError
 
 
 def test_mermaid_colours_nodes_by_state(pipeline, two_stages):
