@@ -464,6 +464,13 @@ class CellStage(Stage):
         if isinstance(previous, CellStage) and previous.user_ns is self.user_ns:
             self._left = {n: v for n, v in previous._left.items() if n in self._self_read}
 
+    def definitions(self) -> list[ast.stmt]:
+        """The cell's top-level ``import``, ``def`` and ``class`` statements (with their
+        decorators), in source order: what binds its modules, functions and classes."""
+        from ._cellcode import definitions
+
+        return definitions(self.source)
+
     def snapshot(self) -> dict[str, Any]:
         """The values of the names the cell reads and binds, before it (or loading it) binds."""
         return {n: self.user_ns.get(n, _MISSING) for n in self._self_read}

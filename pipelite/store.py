@@ -40,7 +40,7 @@ from ._fs import StoreFS, open_fs
 from ._fs import fsync_file as _fsync_file
 from ._fs import remove_quietly as _remove_quietly
 from ._integrity import CHEAP_VERIFY_BYTES, check_content, sample_digest
-from ._location import check_store_location
+from ._location import Location, check_store_location, parse_location
 from ._records import (
     FORMAT_VERSION,
     BadRecord,
@@ -65,7 +65,8 @@ from .present import human_bytes
 from .stage import _STAGE_NAME, MAX_NAME_LENGTH
 
 __all__ = ["Store", "GcReport", "ScrubReport", "ResultRecord", "OutputRecord", "InputRecord",
-           "FailureRecord", "FORMAT_VERSION"]
+           "FailureRecord", "FORMAT_VERSION", "Location", "parse_location",
+           "check_store_location"]
 
 def _record_text(record: dict) -> str:
     """A record as indented JSON, with each observed file, module or listing on one line.

@@ -17,7 +17,6 @@ from IPython.display import display
 from IPython.utils.process import arg_split
 
 from pipelite import PipeliteError, StageStatus, Store
-from pipelite._location import check_store_location, parse_location
 from pipelite.present import (
     STATE_COLOURS,
     human_bytes,
@@ -25,6 +24,7 @@ from pipelite.present import (
     status_table,
     user_frames,
 )
+from pipelite.store import check_store_location, parse_location
 
 from .cell import CellSyntaxError
 from .session import PipeliteSession

@@ -73,7 +73,7 @@ def _when(t: _dt.datetime | None) -> str:
 
 def _short_store(url: str) -> str:
     """A local store under the working directory as ``./relative``; anything else as is."""
-    from pipelite._location import parse_location
+    from pipelite.store import parse_location
 
     is_remote, path = parse_location(url)
     if is_remote:

@@ -18,7 +18,6 @@ from pipelite import (
     StageEvent,
     subscribe,
 )
-from pipelite._cellcode import definitions
 from pipelite.errors import DuplicateProducerError, UntrustedRecordError
 from pipelite.present import human_duration
 from pipelite.store import ResultRecord
@@ -144,7 +143,7 @@ class PipeliteSession(Configurable):
         """Run the cell's top-level imports before its freshness is checked, so a module of
         your own that it imports is fingerprinted by what it holds when loaded, the same
         before and after a restart. A failing import is left for the cell's run to report."""
-        for stmt in definitions(st.source):
+        for stmt in st.definitions():
             if isinstance(stmt, (ast.Import, ast.ImportFrom)):
                 try:
                     exec(self._compile_statement(st, stmt), self.shell.user_ns)
@@ -153,7 +152,7 @@ class PipeliteSession(Configurable):
 
     def _rerun_definitions(self, st: CellStage) -> None:
         """Re-run a loaded cell's top-level imports, defs and classes, in source order."""
-        for stmt in definitions(st.source):
+        for stmt in st.definitions():
             try:
                 exec(self._compile_statement(st, stmt), self.shell.user_ns)
             except Exception as exc:  # noqa: BLE001 - the outputs are loaded: say, go on

@@ -173,3 +173,19 @@ def test_each_condition_raises_its_own_error_class(store_dir, error, cause):
     with pytest.raises(getattr(pipelite, error)) as info:
         cause(store_dir)
     assert type(info.value) is getattr(pipelite, error)
+
+
+def test_the_extension_uses_no_private_module_of_the_core():
+    """The contract: pipelite_ipy is built only on pipelite's public API."""
+    import ast
+    from pathlib import Path
+
+    private = []
+    for path in sorted(Path(pipelite_ipy.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            private += [f"{path.name}: {n}" for n in names
+                        if n.startswith("pipelite.") and any(p.startswith("_")
+                                                              for p in n.split(".")[1:])]
+    assert private == []
