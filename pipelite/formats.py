@@ -42,6 +42,10 @@ class Format:
     # the exceptions with which a built-in format refuses a value it cannot hold (then the
     # value is pickled instead); empty for pickle and for user formats: their errors surface
     refusals: "tuple[type[BaseException], ...] | Callable[[], tuple[type[BaseException], ...]]" = ()
+    # ``load`` gives back a value equal to the saved one, of the same types: after a miss,
+    # ``run()`` returns the value it computed instead of reading the file it just wrote.
+    # False for numpy (a read-only memory map is what arrays come back as) and user formats
+    returns_computed: bool = False
 
     def falls_back_to_pickle(self, exc: BaseException, tmp: str) -> bool:
         """Whether a failed ``save`` to ``tmp`` is this built-in format refusing the value
@@ -220,14 +224,17 @@ def _polars_refusals() -> tuple:
 
 
 _REFUSALS = (TypeError, ValueError, NotImplementedError)  # pyarrow's Arrow*Error among them
-PICKLE = Format("pickle", ".pkl", lambda v: True, _save_pickle, _load_pickle)
+PICKLE = Format("pickle", ".pkl", lambda v: True, _save_pickle, _load_pickle,
+                returns_computed=True)
 _BUILTIN = [
     Format("npy", ".npy", _is_plain_ndarray, _save_npy, _load_npy, _REFUSALS),
     Format("parquet-pandas", ".parquet", _is_pandas_frame, _save_pandas, _load_pandas,
            _REFUSALS),
     Format("parquet-polars", ".parquet", _is_polars_frame, _save_polars, _load_polars,
            _polars_refusals),
-    Format("json", ".json", _is_json_exact, _save_json, _load_json, _REFUSALS),
+    # only values JSON gives back exactly (no tuples, no int keys, no nan) are JSON
+    Format("json", ".json", _is_json_exact, _save_json, _load_json, _REFUSALS,
+           returns_computed=True),
 ]
 _USER: list[Format] = []
 _EXT = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9_+.-]{0,14}\Z")

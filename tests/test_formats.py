@@ -118,3 +118,88 @@ def test_an_unstorable_output_is_a_clear_error_and_stores_nothing(pipeline):
         pipeline.run("make")
     assert pipeline.store.records_of("make") == []
     assert [s.state for s in pipeline.status()] == ["failed"]
+
+
+# -- a miss returns what it computed, where the file would give back the same ----------------
+class Point:
+    def __init__(self, x):
+        self.x = x
+
+    def __eq__(self, other):
+        return type(other) is Point and other.x == self.x
+
+
+MISS_VALUES = [
+    {"a": [1, 2.5, None, True, "s"]},  # json
+    (1, 2),  # pickle
+    Point(3),  # pickle
+]
+
+
+def _same(a, b):
+    if isinstance(a, pd.DataFrame):
+        pd.testing.assert_frame_equal(a, b)
+    elif isinstance(a, pl.DataFrame):
+        assert a.equals(b) and a.schema == b.schema
+    else:
+        assert type(a) is type(b) and a == b
+
+
+@pytest.mark.parametrize("value", MISS_VALUES, ids=lambda v: type(v).__name__)
+def test_a_miss_returns_what_a_later_hit_loads_without_reading_its_files(
+        pipeline, monkeypatch, value):
+    from pipelite.store import Store
+
+    loads = []
+    real = Store.load_value
+    monkeypatch.setattr(Store, "load_value",
+                        lambda self, *a, **k: loads.append(a) or real(self, *a, **k))
+
+    @stage(outputs="v")
+    def make():
+        return value
+
+    miss = pipeline.run("make")
+    assert miss.executed == ["make"]
+    assert loads == []  # saved, not read back
+    assert miss["v"] is value
+    hit = Pipeline(store=pipeline.store.url).run("make")
+    assert hit.executed == [] and len(loads) == 1
+    _same(miss["v"], hit["v"])
+
+
+def test_arrays_still_come_back_read_only_memory_mapped_on_a_miss(pipeline):
+    arr = np.arange(6.0)
+
+    @stage(outputs="v")
+    def make():
+        return arr
+
+    back = pipeline.run("make")["v"]
+    assert back is not arr and not back.flags.writeable
+    np.testing.assert_array_equal(back, arr)
+
+
+def test_a_user_format_is_read_back_after_a_miss(pipeline):
+    def save(m, path):
+        with open(path, "w") as f:
+            f.write(str(m.w))
+
+    register_format(Model, save, lambda path: Model(int(open(path).read()) + 1), ext="mdl")
+    try:
+        @stage(outputs="v")
+        def make():
+            return Model(1)
+
+        assert pipeline.run("make")["v"].w == 2  # what a hit would give, not the computed one
+    finally:
+        _USER.clear()
+
+
+def test_a_miss_with_a_mutated_result_leaves_the_stored_one_intact(pipeline):
+    @stage(outputs="v")
+    def make():
+        return {"k": [1, 2]}
+
+    pipeline.run("make")["v"]["k"].append(3)
+    assert pipeline.load("v") == {"k": [1, 2]}
