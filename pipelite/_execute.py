@@ -31,6 +31,7 @@ from .errors import (
     limit_error,
 )
 from .fingerprint import Fingerprint, fingerprint_of, warn_user
+from .formats import format_named
 from .present import user_frames
 from .stage import REQUIRED, Stage
 from .store import FailureRecord, InputRecord, OutputRecord, ResultRecord, Store
@@ -119,6 +120,7 @@ class Runner:
         url = self.store.url
         events.emit(events.StageEvent("run_started", None, url, 0, total))
         done: dict[str, ResultRecord] = {}
+        computed: dict[str, dict[str, Any]] = {}  # a target's outputs, as it returned them
         executed: list[str] = []
         skipped: list[str] = []
         sorter = graphlib.TopologicalSorter({n: self.graph.deps(n) for n in order})
@@ -144,8 +146,9 @@ class Runner:
                     st, fp, resolved, upstream = job
                     index = len(executed) + len(running) + 1
                     if self.executor is None:
+                        keep = computed.setdefault(name, {}) if name in targets else None
                         rec, ran = self._execute_here(st, fp, resolved, upstream, forced, index,
-                                                      max(total, index), memo)
+                                                      max(total, index), memo, keep)
                         ran_here = ran_here or ran
                         done[name] = rec
                         (executed if ran else skipped).append(name)
@@ -182,8 +185,12 @@ class Runner:
                 raise error
             values = {}
             for name in targets:
+                mine = computed.get(name, {})  # filled only if the stage ran here
                 for out, info in done[name].outputs.items():
-                    values[out] = load_input(self.store, name, done[name], info)
+                    if out in mine and format_named(info.format).returns_computed:
+                        values[out] = mine[out]  # saved, and the file would give it back
+                    else:  # arrays (read-only maps), other processes' results, hits
+                        values[out] = load_input(self.store, name, done[name], info)
         finally:
             events.emit(events.StageEvent("run_finished", None, url, len(executed), total))
         return RunResult(values, executed, skipped, {t: done[t] for t in targets})
@@ -229,8 +236,8 @@ class Runner:
         return text
 
     def _execute_here(self, st: Stage, fp: Fingerprint, params: dict, upstream: Upstream,
-                      forced: bool, index: int, total: int,
-                      memo: dict | None = None) -> tuple[ResultRecord, bool]:
+                      forced: bool, index: int, total: int, memo: dict | None = None,
+                      keep: dict[str, Any] | None = None) -> tuple[ResultRecord, bool]:
         __tracebackhide__ = True
         url = self.store.url
         with stage_lock(self.store, st.name, fp.digest):
@@ -242,7 +249,7 @@ class Runner:
             events.emit(events.StageEvent("started", st.name, url, index, total))
             try:
                 rec = compute(self.store, st, fp, params, upstream, self.registry.learn_outputs,
-                              memo)
+                              memo, keep)
             except CorruptInput:
                 raise
             except BaseException as exc:
@@ -330,12 +337,13 @@ def compute_locked(store: Store, st: Stage, fp: Fingerprint, params: dict, upstr
 
 
 def compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: Upstream,
-            learn: Callable[[Stage, Any], None] | None, memo: dict | None = None
-            ) -> ResultRecord:
+            learn: Callable[[Stage, Any], None] | None, memo: dict | None = None,
+            keep: dict[str, Any] | None = None) -> ResultRecord:
     """Load the inputs, run the stage, store its outputs, commit the record (last).
 
     ``memo``, the run's digests, is emptied before the stage's code runs and refilled by the
-    check after it."""
+    check after it. ``keep``, a dict, gets the outputs as computed, once the record is
+    committed (the caller may return them instead of reading the files back)."""
     __tracebackhide__ = True
     inputs = {i: load_input(store, p, rec, rec.outputs[i]) for i, (p, rec) in upstream.items()}
     started = _dt.datetime.now(_dt.timezone.utc)
@@ -390,7 +398,10 @@ def compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: Up
         if store.record(st.name, fp.digest, cached=False) is None:  # (a warning raised as an
             store.discard_objects(created)  # error comes after the commit: keep them then)
         raise
-    return _store_after_run(store, st, fp, params, upstream, record, memo)
+    record = _store_after_run(store, st, fp, params, upstream, record, memo)
+    if keep is not None:
+        keep.update(outputs)
+    return record
 
 
 def _store_after_run(store: Store, st: Stage, fp: Fingerprint, params: dict,

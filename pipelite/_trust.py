@@ -8,7 +8,8 @@ JavaScript. So, as Jupyter signs notebooks, PipeLite signs every record it write
   workers), else the file ``PIPELITE_KEY_FILE``, else ``<jupyter data dir>/pipelite/signing.key``,
   created on first use with 32 random bytes, readable by you only.
 
-A record not signed with your key still loads its safe formats (npy, Parquet, JSON: data only);
+A record not signed with your key still loads its safe formats (npy, Arrow IPC, Parquet, JSON:
+data only);
 pickles, user formats and replayed cell output are refused with ``UntrustedRecordError`` until
 you accept the store with ``pipelite trust STORE`` (which signs its records with your key).
 """
@@ -23,7 +24,8 @@ from typing import Any
 
 __all__ = ["SAFE_FORMATS", "signature", "is_signed", "key_source"]
 
-SAFE_FORMATS = frozenset({"npy", "parquet-pandas", "parquet-polars", "json"})
+SAFE_FORMATS = frozenset({"npy", "arrow-pandas", "arrow-polars", "parquet-pandas", "parquet-polars",
+                          "json"})
 ENV_KEY = "PIPELITE_KEY"
 ENV_KEY_FILE = "PIPELITE_KEY_FILE"
 

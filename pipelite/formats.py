@@ -1,7 +1,9 @@
 """How artifact values are written to files and read back, chosen by type.
 
 Built in: numpy arrays as ``.npy`` (read back memory-mapped and read-only), pandas and polars
-frames as Parquet (when pyarrow is installed), JSON-exact values as JSON, anything else with
+frames as Arrow IPC (uncompressed, read memory-mapped; pandas frames need pyarrow; a frame
+Arrow would not give back exactly is pickled; Parquet files of older stores still load),
+JSON-exact values as JSON, anything else with
 cloudpickle. ``register_format`` adds a format for your own type; it takes precedence.
 """
 from __future__ import annotations
@@ -42,6 +44,10 @@ class Format:
     # the exceptions with which a built-in format refuses a value it cannot hold (then the
     # value is pickled instead); empty for pickle and for user formats: their errors surface
     refusals: "tuple[type[BaseException], ...] | Callable[[], tuple[type[BaseException], ...]]" = ()
+    # ``load`` gives back a value equal to the saved one, of the same types: after a miss,
+    # ``run()`` returns the value it computed instead of reading the file it just wrote.
+    # False for numpy (a read-only memory map is what arrays come back as) and user formats
+    returns_computed: bool = False
 
     def falls_back_to_pickle(self, exc: BaseException, tmp: str) -> bool:
         """Whether a failed ``save`` to ``tmp`` is this built-in format refusing the value
@@ -175,11 +181,151 @@ def _is_pandas_frame(v: Any) -> bool:
     return pd is not None and isinstance(v, pd.DataFrame) and _have_pyarrow()
 
 
-def _save_pandas(df: Any, path: str) -> None:
+class _HashingFile:
+    """A writable file that hashes what goes through it (pyarrow's sink for Arrow IPC)."""
+
+    closed = False
+
+    def __init__(self, f: Any):
+        self._f, self.hash = f, xxhash.xxh3_128()
+
+    def write(self, data: Any) -> int:
+        self.hash.update(data)
+        return self._f.write(data)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass  # the caller closes the real file
+
+
+def _write_ipc(table: Any, path: str) -> str:
+    """Write ``table`` as an uncompressed Arrow IPC (Feather v2) file; its xxh3-128 digest."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    with open(path, "wb") as f:
+        sink = _HashingFile(f)
+        with ipc.new_file(pa.PythonFile(sink, mode="w"), table.schema) as writer:
+            writer.write_table(table)
+    return sink.hash.hexdigest()
+
+
+def _pandas_table(df: Any) -> Any:
+    """``pa.Table.from_pandas(df)``, but numpy float columns go over as they are, zero-copy:
+    from_pandas scans each for NaN to make a null mask (0.05 s per 10M rows), and NaN read
+    back is NaN either way. The pandas metadata (index, dtypes, names) is from_pandas'."""
+    import json
+
+    import numpy as np
+    import pyarrow as pa
+
+    dtypes = list(df.dtypes)
+    floats = {i for i, dt in enumerate(dtypes) if isinstance(dt, np.dtype) and dt.kind == "f"}
+    if not floats or not df.columns.is_unique:  # (duplicate names: from_pandas refuses them)
+        return pa.Table.from_pandas(df, preserve_index=None)
+    others = [c for i, c in enumerate(df.columns) if i not in floats]
+    rest = pa.Table.from_pandas(df, preserve_index=None, columns=others)
+    empty = pa.Table.from_pandas(df.iloc[:0], preserve_index=None)  # every column's metadata
+    meta_rest = json.loads(rest.schema.metadata[b"pandas"])
+    meta_all = json.loads(empty.schema.metadata[b"pandas"])
+    ncols = len(dtypes)
+    fields, arrays, entries = [], [], []
+    j = 0
+    for i in range(ncols):
+        if i in floats:
+            field = empty.schema.field(i)
+            arrays.append(pa.array(df.iloc[:, i].to_numpy(), type=field.type,
+                                   from_pandas=False))
+            fields.append(field)
+            entries.append(meta_all["columns"][i])
+        else:
+            arrays.append(rest.column(j))
+            fields.append(rest.schema.field(j))
+            entries.append(meta_rest["columns"][j])
+            j += 1
+    # the index levels stored as columns: data from ``rest``, names from ``empty`` (where an
+    # index level's name is also a column's name, ``rest``, without that column, would use it)
+    for k in range(j, rest.num_columns):
+        name = empty.schema.field(ncols + k - j).name
+        arrays.append(rest.column(k))
+        fields.append(pa.field(name, rest.schema.field(k).type))
+        entry = meta_all["columns"][ncols + k - j]
+        entries.append(dict(meta_rest["columns"][k], name=entry["name"],
+                            field_name=entry["field_name"]))
+    meta_rest["columns"] = entries
+    meta_rest["column_indexes"] = meta_all["column_indexes"]
+    meta_rest["index_columns"] = [
+        mine if isinstance(mine, dict) else named  # a RangeIndex: its start, stop and step
+        for mine, named in zip(meta_rest["index_columns"], meta_all["index_columns"],
+                               strict=True)]
+    metadata = dict(rest.schema.metadata)
+    metadata[b"pandas"] = json.dumps(meta_rest).encode()
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata))
+
+
+def _pandas_from_table(table: Any) -> Any:
+    # split_blocks: a column per block, so numeric columns stay views of the file (no
+    # consolidating copy); the frame equals the consolidated one
+    return table.to_pandas(split_blocks=True)
+
+
+_CHECK_ROWS = 16
+
+
+def _check_pandas_round_trip(df: Any) -> None:
+    """Raise ``TypeError`` (so the frame is pickled) if Arrow would not give this frame back
+    exactly: judged on its first rows, converted the same way (dtypes and index types are
+    the same for every row; an object column that Arrow would change shows in them)."""
+    import pandas as pd
+
+    head = df.iloc[:_CHECK_ROWS]
+    try:
+        back = _pandas_from_table(_pandas_table(head))
+        pd.testing.assert_frame_equal(back, head, check_exact=True, check_freq=True,
+                                      check_flags=True)
+    except AssertionError as exc:
+        raise TypeError(f"Arrow would not give this frame back exactly: {exc}") from None
+    if back.attrs != head.attrs:
+        raise TypeError("Arrow would not give this frame's attrs back exactly")
+
+
+def _save_arrow_pandas(df: Any, path: str) -> str:
+    _check_pandas_round_trip(df)
+    return _write_ipc(_pandas_table(df), path)
+
+
+def _read_ipc(path: str) -> Any:
+    """The table in an Arrow IPC file, its buffers mapped from the file (no copy)."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    with pa.memory_map(path, "r") as source:
+        return ipc.open_file(source).read_all()
+
+
+def _load_arrow_pandas(path: str) -> Any:
+    return _pandas_from_table(_read_ipc(path))
+
+
+def _save_pandas(df: Any, path: str) -> None:  # Parquet, as PipeLite wrote frames before
     df.to_parquet(path, engine="pyarrow")
 
 
-def _load_pandas(path: str) -> Any:
+def _load_pandas(path: str) -> Any:  # Parquet: what stores written before Arrow IPC hold
     import pandas as pd
 
     return pd.read_parquet(path, engine="pyarrow")
@@ -190,14 +336,32 @@ def _is_polars_frame(v: Any) -> bool:
     return pl is not None and isinstance(v, pl.DataFrame)
 
 
-def _save_polars(df: Any, path: str) -> None:
+def _save_arrow_polars(df: Any, path: str) -> None:
+    import polars as pl
+
+    if any(dt == pl.Object for dt in df.dtypes):  # refused before writing: then it is pickled
+        raise TypeError("Arrow IPC cannot hold polars Object columns")
+    df.write_ipc(path, compression="uncompressed")
+
+
+def _load_arrow_polars(path: str) -> Any:
+    import polars as pl
+
+    return pl.read_ipc(path)  # memory-mapped by polars
+
+
+def _save_polars(df: Any, path: str) -> None:  # Parquet, as PipeLite wrote frames before
     df.write_parquet(path)
 
 
-def _load_polars(path: str) -> Any:
+def _load_polars(path: str) -> Any:  # Parquet, as stores written before Arrow IPC hold
     import polars as pl
 
     return pl.read_parquet(path)
+
+
+def _never(v: Any) -> bool:
+    return False
 
 
 # -- anything else ----------------------------------------------------------------------------
@@ -220,14 +384,22 @@ def _polars_refusals() -> tuple:
 
 
 _REFUSALS = (TypeError, ValueError, NotImplementedError)  # pyarrow's Arrow*Error among them
-PICKLE = Format("pickle", ".pkl", lambda v: True, _save_pickle, _load_pickle)
+PICKLE = Format("pickle", ".pkl", lambda v: True, _save_pickle, _load_pickle,
+                returns_computed=True)
 _BUILTIN = [
     Format("npy", ".npy", _is_plain_ndarray, _save_npy, _load_npy, _REFUSALS),
-    Format("parquet-pandas", ".parquet", _is_pandas_frame, _save_pandas, _load_pandas,
-           _REFUSALS),
-    Format("parquet-polars", ".parquet", _is_polars_frame, _save_polars, _load_polars,
-           _polars_refusals),
-    Format("json", ".json", _is_json_exact, _save_json, _load_json, _REFUSALS),
+    # frames: Arrow IPC (Feather v2), uncompressed, read memory-mapped (see the README for
+    # the measurements); a frame Arrow would not give back exactly is pickled
+    Format("arrow-pandas", ".arrow", _is_pandas_frame, _save_arrow_pandas, _load_arrow_pandas,
+           _REFUSALS, returns_computed=True),
+    Format("arrow-polars", ".arrow", _is_polars_frame, _save_arrow_polars, _load_arrow_polars,
+           _polars_refusals, returns_computed=True),
+    # Parquet: read only (frames stored before); never chosen for a new value
+    Format("parquet-pandas", ".parquet", _never, _save_pandas, _load_pandas),
+    Format("parquet-polars", ".parquet", _never, _save_polars, _load_polars),
+    # only values JSON gives back exactly (no tuples, no int keys, no nan) are JSON
+    Format("json", ".json", _is_json_exact, _save_json, _load_json, _REFUSALS,
+           returns_computed=True),
 ]
 _USER: list[Format] = []
 _EXT = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9_+.-]{0,14}\Z")

@@ -298,7 +298,7 @@ def test_scrub_finds_an_intact_store_intact(location):
 
 
 # -- durability --------------------------------------------------------------------------------
-def test_parquet_objects_are_fsynced_before_rename(pipeline, monkeypatch):
+def test_frame_objects_are_fsynced_before_rename(pipeline, monkeypatch):
     pd = pytest.importorskip("pandas")
     synced, real = [], os.fsync
     monkeypatch.setattr(os, "fsync",
@@ -309,7 +309,7 @@ def test_parquet_objects_are_fsynced_before_rename(pipeline, monkeypatch):
         return pd.DataFrame({"a": [1, 2]})
 
     pipeline.run()
-    assert any(p.endswith(".parquet") for p in synced), synced
+    assert any(p.endswith(".arrow") for p in synced), synced
 
 
 # -- where a store is --------------------------------------------------------------------------
