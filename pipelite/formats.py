@@ -42,6 +42,9 @@ class Format:
     # the exceptions with which a built-in format refuses a value it cannot hold (then the
     # value is pickled instead); empty for pickle and for user formats: their errors surface
     refusals: "tuple[type[BaseException], ...] | Callable[[], tuple[type[BaseException], ...]]" = ()
+    # ``loads(data)``: the value from the file's bytes, for a small file the store has read
+    # (and hashed) already; None: the store passes the path to ``load``
+    loads: "Callable[[bytes], Any] | None" = None
 
     def falls_back_to_pickle(self, exc: BaseException, tmp: str) -> bool:
         """Whether a failed ``save`` to ``tmp`` is this built-in format refusing the value
@@ -164,6 +167,10 @@ def _load_json(path: str) -> Any:
         return json.load(f)
 
 
+def _loads_json(data: bytes) -> Any:
+    return json.loads(data.decode("utf-8"))
+
+
 # -- frames -----------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
 def _have_pyarrow() -> bool:
@@ -220,14 +227,14 @@ def _polars_refusals() -> tuple:
 
 
 _REFUSALS = (TypeError, ValueError, NotImplementedError)  # pyarrow's Arrow*Error among them
-PICKLE = Format("pickle", ".pkl", lambda v: True, _save_pickle, _load_pickle)
+PICKLE = Format("pickle", ".pkl", lambda v: True, _save_pickle, _load_pickle, loads=pickle.loads)
 _BUILTIN = [
     Format("npy", ".npy", _is_plain_ndarray, _save_npy, _load_npy, _REFUSALS),
     Format("parquet-pandas", ".parquet", _is_pandas_frame, _save_pandas, _load_pandas,
            _REFUSALS),
     Format("parquet-polars", ".parquet", _is_polars_frame, _save_polars, _load_polars,
            _polars_refusals),
-    Format("json", ".json", _is_json_exact, _save_json, _load_json, _REFUSALS),
+    Format("json", ".json", _is_json_exact, _save_json, _load_json, _REFUSALS, _loads_json),
 ]
 _USER: list[Format] = []
 _EXT = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9_+.-]{0,14}\Z")
