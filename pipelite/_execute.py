@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any, Callable, Iterator, Mapping
 
 from . import _observe, events
-from ._freshness import RUNNING, Params, check, diff, short_repr, stage_params, stored
+from ._freshness import RUNNING, Check, Params, check, diff, short_repr, stage_params, stored
 from ._resolve import Graph
 from .errors import (
     ArtifactRemovedError,
@@ -114,7 +114,6 @@ class Runner:
         memo: dict = {}
         first = check(self.graph, targets, self.base, params, memo=memo)
         order = first.order
-        ran_here = False  # once a stage ran, a stage fresh before may no longer be
         total = sum(1 for n in order
                     if first[n].state != "fresh" or (force and n in targets))
         url = self.store.url
@@ -123,66 +122,13 @@ class Runner:
         computed: dict[str, dict[str, Any]] = {}  # a target's outputs, as it returned them
         executed: list[str] = []
         skipped: list[str] = []
-        sorter = graphlib.TopologicalSorter({n: self.graph.deps(n) for n in order})
-        sorter.prepare()
-        finished: queue.Queue = queue.Queue()
-        running: dict[str, tuple[Stage, int]] = {}
-        error: BaseException | None = None
         try:
-            while sorter.is_active():
-                for name in sorter.get_ready() if error is None else ():
-                    forced = force and name in targets
-                    if first[name].state == "fresh" and not forced and not ran_here:
-                        # fresh, every upstream fresh and unchanged, and no code ran since
-                        job: Any = first[name].record
-                    else:  # check again: an earlier stage may have changed what it reads
-                        job = self._prepare(name, done, params, forced, memo)
-                    if isinstance(job, ResultRecord):  # a stored result matches: nothing to run
-                        done[name] = job
-                        skipped.append(name)
-                        events.emit(events.StageEvent("skipped", name, url))
-                        sorter.done(name)
-                        continue
-                    st, fp, resolved, upstream = job
-                    index = len(executed) + len(running) + 1
-                    if self.executor is None:
-                        keep = computed.setdefault(name, {}) if name in targets else None
-                        rec, ran = self._execute_here(st, fp, resolved, upstream, forced, index,
-                                                      max(total, index), memo, keep)
-                        ran_here = ran_here or ran
-                        done[name] = rec
-                        (executed if ran else skipped).append(name)
-                        sorter.done(name)
-                    else:
-                        self._submit(st, fp, resolved, upstream, forced, index,
-                                     max(total, index), finished)
-                        running[name] = (st, index)
-                if not running:
-                    if error is not None:
-                        break
-                    continue
-                name, future = finished.get()  # woken by the future's done-callback
-                st, index = running.pop(name)
-                memo.clear()  # a thread of this process may have run user code
-                ran_here = True
-                try:
-                    rec, ran = future.result()
-                    if ran:
-                        self.registry.learn_outputs(st, rec.outputs)
-                except BaseException as exc:  # noqa: BLE001 - re-raised once in-flight work ends
-                    RUNNING.discard((url, name))
-                    events.emit(events.StageEvent("failed", name, url, index, total,
-                                                  error=_summary(exc)))
-                    error = error or exc
-                    continue
-                RUNNING.discard((url, name))
-                done[name] = rec
-                (executed if ran else skipped).append(name)
-                events.emit(events.StageEvent("finished" if ran else "skipped", name, url,
-                                              index, total, duration=rec.duration))
-                sorter.done(name)
-            if error is not None:
-                raise error
+            if self.executor is None:
+                self._run_here(first, targets, force, params, memo, total, done, executed,
+                               skipped, computed)
+            else:
+                self._run_on_executor(first, targets, force, params, memo, total, done,
+                                      executed, skipped)
             values = {}
             for name in targets:
                 mine = computed.get(name, {})  # filled only if the stage ran here
@@ -194,6 +140,95 @@ class Runner:
         finally:
             events.emit(events.StageEvent("run_finished", None, url, len(executed), total))
         return RunResult(values, executed, skipped, {t: done[t] for t in targets})
+
+    def _run_here(self, first: Check, targets: list[str], force: bool, params: Params | None,
+                  memo: dict, total: int, done: dict[str, ResultRecord], executed: list[str],
+                  skipped: list[str], computed: dict[str, dict[str, Any]]) -> None:
+        """Run in this process, one stage after another in the check's order (upstream
+        first): no scheduler, queue or thread is needed for that. ``computed`` gets the
+        outputs of each target that runs, as the stage returned them."""
+        __tracebackhide__ = True
+        url = self.store.url
+        ran_here = False  # once a stage ran, a stage fresh before may no longer be
+        for name in first.order:
+            forced = force and name in targets
+            if first[name].state == "fresh" and not forced and not ran_here:
+                # fresh, every upstream fresh and unchanged, and no code ran since
+                job: Any = first[name].record
+            else:  # check again: an earlier stage may have changed what it reads
+                job = self._prepare(name, done, params, forced, memo)
+            if isinstance(job, ResultRecord):  # a stored result matches: nothing to run
+                done[name] = job
+                skipped.append(name)
+                events.emit(events.StageEvent("skipped", name, url))
+                continue
+            st, fp, resolved, upstream = job
+            index = len(executed) + 1
+            keep = computed.setdefault(name, {}) if name in targets else None
+            rec, ran = self._execute_here(st, fp, resolved, upstream, forced, index,
+                                          max(total, index), memo, keep)
+            ran_here = ran_here or ran
+            done[name] = rec
+            (executed if ran else skipped).append(name)
+
+    def _run_on_executor(self, first: Check, targets: list[str], force: bool,
+                         params: Params | None, memo: dict, total: int,
+                         done: dict[str, ResultRecord], executed: list[str],
+                         skipped: list[str]) -> None:
+        """Submit each stage to the executor once what it needs is done; several may run
+        at once."""
+        __tracebackhide__ = True
+        url = self.store.url
+        ran_here = False  # once a stage ran, a stage fresh before may no longer be
+        sorter = graphlib.TopologicalSorter({n: self.graph.deps(n) for n in first.order})
+        sorter.prepare()
+        finished: queue.Queue = queue.Queue()
+        running: dict[str, tuple[Stage, int]] = {}
+        error: BaseException | None = None
+        while sorter.is_active():
+            for name in sorter.get_ready() if error is None else ():
+                forced = force and name in targets
+                if first[name].state == "fresh" and not forced and not ran_here:
+                    job: Any = first[name].record
+                else:  # check again: an earlier stage may have changed what it reads
+                    job = self._prepare(name, done, params, forced, memo)
+                if isinstance(job, ResultRecord):  # a stored result matches: nothing to run
+                    done[name] = job
+                    skipped.append(name)
+                    events.emit(events.StageEvent("skipped", name, url))
+                    sorter.done(name)
+                    continue
+                st, fp, resolved, upstream = job
+                index = len(executed) + len(running) + 1
+                self._submit(st, fp, resolved, upstream, forced, index, max(total, index),
+                             finished)
+                running[name] = (st, index)
+            if not running:
+                if error is not None:
+                    break
+                continue
+            name, future = finished.get()  # woken by the future's done-callback
+            st, index = running.pop(name)
+            memo.clear()  # a thread of this process may have run user code
+            ran_here = True
+            try:
+                rec, ran = future.result()
+                if ran:
+                    self.registry.learn_outputs(st, rec.outputs)
+            except BaseException as exc:  # noqa: BLE001 - re-raised once in-flight work ends
+                RUNNING.discard((url, name))
+                events.emit(events.StageEvent("failed", name, url, index, total,
+                                              error=_summary(exc)))
+                error = error or exc
+                continue
+            RUNNING.discard((url, name))
+            done[name] = rec
+            (executed if ran else skipped).append(name)
+            events.emit(events.StageEvent("finished" if ran else "skipped", name, url,
+                                          index, total, duration=rec.duration))
+            sorter.done(name)
+        if error is not None:
+            raise error
 
     def _prepare(self, name: str, done: Mapping[str, ResultRecord], params: Params | None,
                  forced: bool, memo: dict | None = None) -> Any:

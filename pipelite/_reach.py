@@ -19,7 +19,6 @@ import functools
 import os
 import sys
 import types
-import weakref
 from typing import Any, Callable, Iterable
 
 import xxhash
@@ -48,7 +47,12 @@ class _CodeInfo:
             digest, globals_, imports, attributes)
 
 
-_code_cache: "weakref.WeakKeyDictionary[types.CodeType, _CodeInfo]" = weakref.WeakKeyDictionary()
+# Code objects are immutable, so their digests are cached by identity: id -> (code, info), the
+# code held so that its id cannot be reused by another object while the entry lives (a
+# WeakKeyDictionary hashed and compared the code's content on every lookup). A function's
+# globals, defaults and closure are not immutable: they are walked on every check.
+_code_cache: dict[int, tuple[types.CodeType, _CodeInfo]] = {}
+_CODE_CACHE_MAX = 50_000  # cleared when full: notebooks redefine functions all day
 _CONST_OPS = frozenset(dis.hasconst)
 _GLOBAL_OPS = frozenset(dis.opmap[n] for n in ("LOAD_GLOBAL", "LOAD_NAME") if n in dis.opmap)
 _ATTR_OPS = frozenset(dis.opmap[n] for n in ("LOAD_ATTR", "LOAD_METHOD", "STORE_ATTR")
@@ -64,9 +68,9 @@ def code_digest(code: types.CodeType) -> str:
 
 
 def _code_info(code: types.CodeType) -> _CodeInfo:
-    hit = _code_cache.get(code)
-    if hit is not None:
-        return hit
+    hit = _code_cache.get(id(code))
+    if hit is not None and hit[0] is code:
+        return hit[1]
     h = hasher()
     globals_: list[str] = []
     imports: list[str] = []
@@ -75,7 +79,9 @@ def _code_info(code: types.CodeType) -> _CodeInfo:
     _feed_code(h, code, consts, globals_, imports, attributes)
     info = _CodeInfo(h.hexdigest(), tuple(dict.fromkeys(globals_)),
                      tuple(dict.fromkeys(imports)), frozenset(attributes))
-    _code_cache[code] = info
+    if len(_code_cache) >= _CODE_CACHE_MAX:
+        _code_cache.clear()
+    _code_cache[id(code)] = (code, info)
     return info
 
 

@@ -137,7 +137,10 @@ class Graph:
                 continue
             graph[name] = self.deps(name)
             stack.extend(graph[name])
-        while True:
+        order = self._depth_first(graph)
+        if order is not None:  # no cycle met
+            return order
+        while True:  # graphlib names a cycle's members: cut them loose (or raise), try again
             try:
                 graphlib.TopologicalSorter(graph).prepare()  # finds cycles
             except graphlib.CycleError as exc:
@@ -152,12 +155,17 @@ class Graph:
                     cycles[node] = text
                     graph[node] = [d for d in graph[node] if d not in members]
                 continue
-            return self._depth_first(graph)
+            order = self._depth_first(graph)
+            assert order is not None  # graphlib found no cycle
+            return order
 
-    def _depth_first(self, graph: Mapping[str, list[str]]) -> list[str]:
+    def _depth_first(self, graph: Mapping[str, list[str]]) -> list[str] | None:
         """Upstream first, each stage right after what it needs; among stages ready at the
         same time, the order they were defined in (so a notebook's stages keep its cells'
-        order)."""
+        order). None if the walk meets a cycle (a stage on the path to itself)."""
+        if len(graph) == 1:  # one stage: a cycle only if it needs itself
+            ((only, needs),) = graph.items()
+            return None if needs else [only]
         rank = {name: i for i, name in enumerate(self.registry.names())}
 
         def key(n: str) -> tuple[int, str]:
@@ -167,16 +175,22 @@ class Graph:
         placed: set[str] = set()
         for root in sorted(graph, key=key):
             walk = [(root, iter(sorted(graph[root], key=key)))]  # no recursion limit
+            path = {root}  # the stages on the walk: meeting one again is a cycle
             while walk:
                 node, deps = walk[-1]
                 if node in placed:
                     walk.pop()
+                    path.discard(node)
                     continue
                 dep = next((d for d in deps if d not in placed), None)
                 if dep is None:
                     placed.add(node)
                     order.append(node)
                     walk.pop()
+                    path.discard(node)
+                elif dep in path:
+                    return None
                 else:
+                    path.add(dep)
                     walk.append((dep, iter(sorted(graph[dep], key=key))))
         return order

@@ -48,6 +48,9 @@ class Format:
     # ``run()`` returns the value it computed instead of reading the file it just wrote.
     # False for numpy (a read-only memory map is what arrays come back as) and user formats
     returns_computed: bool = False
+    # ``loads(data)``: the value from the file's bytes, for a small file the store has read
+    # (and hashed) already; None: the store passes the path to ``load``
+    loads: "Callable[[bytes], Any] | None" = None
 
     def falls_back_to_pickle(self, exc: BaseException, tmp: str) -> bool:
         """Whether a failed ``save`` to ``tmp`` is this built-in format refusing the value
@@ -168,6 +171,10 @@ def _save_json(v: Any, path: str) -> None:
 def _load_json(path: str) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def _loads_json(data: bytes) -> Any:
+    return json.loads(data.decode("utf-8"))
 
 
 # -- frames -----------------------------------------------------------------------------------
@@ -385,7 +392,7 @@ def _polars_refusals() -> tuple:
 
 _REFUSALS = (TypeError, ValueError, NotImplementedError)  # pyarrow's Arrow*Error among them
 PICKLE = Format("pickle", ".pkl", lambda v: True, _save_pickle, _load_pickle,
-                returns_computed=True)
+                returns_computed=True, loads=pickle.loads)
 _BUILTIN = [
     Format("npy", ".npy", _is_plain_ndarray, _save_npy, _load_npy, _REFUSALS),
     # frames: Arrow IPC (Feather v2), uncompressed, read memory-mapped (see the README for
@@ -399,7 +406,7 @@ _BUILTIN = [
     Format("parquet-polars", ".parquet", _never, _save_polars, _load_polars),
     # only values JSON gives back exactly (no tuples, no int keys, no nan) are JSON
     Format("json", ".json", _is_json_exact, _save_json, _load_json, _REFUSALS,
-           returns_computed=True),
+           returns_computed=True, loads=_loads_json),
 ]
 _USER: list[Format] = []
 _EXT = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9_+.-]{0,14}\Z")

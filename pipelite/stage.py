@@ -7,7 +7,7 @@ import re
 import textwrap
 import types
 from collections.abc import Mapping as _AbcMapping
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, Mapping
 
 from .errors import (
     DuplicateProducerError,
@@ -18,6 +18,9 @@ from .errors import (
     StageOutputError,
     at_the_call,
 )
+
+if TYPE_CHECKING:
+    from ._cellcode import CellAnalysis
 
 __all__ = [
     "Artifact",
@@ -413,13 +416,16 @@ class CellStage(Stage):
         filename: str | None = None,
         env: Iterable[str] = (),
         hidden: Mapping[str, Any] | None = None,
+        analysis: "CellAnalysis | None" = None,
     ):
+        """``analysis``: another ``CellStage``'s ``analysis`` of the same ``source`` (it is of
+        the code alone), to spare analysing it again."""
         from ._cellcode import analyze
 
         self.source = source
         self.user_ns = namespace
         self.hidden = dict(hidden or {})
-        self.analysis = analyze(source)
+        self.analysis = analysis if analysis is not None else analyze(source)
         self._execute = execute
         self.filename = filename or f"<stage {name}>"
         outs = tuple(outputs) if outputs is not None else self.analysis.outputs

@@ -132,7 +132,7 @@ class PipeliteSession(Configurable):
         _check_no_reassigned_input(name, source, probe, inputs, produced)
         st = CellStage(name, source, ns, inputs=inputs, outputs=outputs,
                        execute=self._executor(name, compiled), filename=compiled.filename,
-                       env=env or (), hidden=hidden)
+                       env=env or (), hidden=hidden, analysis=probe.analysis)
         st.inherit(self.pipeline.registry.get(name))
         self.pipeline.registry.add(st)
         if st.blind_spots:

@@ -18,7 +18,7 @@ import pipelite._fs
 import pipelite._integrity
 import pipelite.formats
 import pipelite.store
-from pipelite import Pipeline, PipeliteWarning
+from pipelite import Pipeline, PipeliteWarning, stage
 from tests.helpers import notebook, notebook_main, run_cell
 
 
@@ -1043,3 +1043,33 @@ def test_a_bad_environment_variable_name_is_refused(pipeline):
         @stage(outputs="y", env=["A=B"])
         def f():
             return 1
+
+
+def test_code_digests_cached_by_identity_never_mix_up_code_freed_and_made_again():
+    """Code digests are cached by the code object's id (issue 13), holding the code so that
+    no other code object can take its id: code made and freed in a loop, where CPython
+    reuses ids, still gets a digest of its own."""
+    from pipelite.fingerprint import code_digest
+
+    digests = []
+    for i in range(300):
+        code = compile(f"result = {i} * 2", "<cell>", "exec")
+        digests.append(code_digest(code))
+        del code
+    assert len(set(digests)) == 300
+    assert code_digest(compile("result = 7 * 2", "<cell>", "exec")) == digests[7]
+
+
+def test_a_function_given_other_code_gets_another_fingerprint(store_dir):
+    def f():
+        return 1
+
+    def g():
+        return 2
+
+    stage(outputs="v")(f)
+    p = Pipeline(store=str(store_dir))
+    assert p.run("f")["v"] == 1
+    f.__code__ = g.__code__  # same function object, new (immutable) code
+    assert p.status()[0].state == "stale"
+    assert p.run("f")["v"] == 2

@@ -672,3 +672,25 @@ def test_a_global_set_with_global_is_not_restored_on_load(ip):
     cap = ok(ip, cell)
     assert "loaded from store" in cap.stdout
     assert ip.user_ns["kept"] == 1 and "GX" not in ip.user_ns
+
+
+def test_a_stage_cell_is_analysed_once_per_run(ip, monkeypatch):
+    """The probe that finds a cell's inputs and the stage registered share one analysis of
+    the code (issue 13): it depends on the source alone."""
+    import pipelite._cellcode as cellcode
+
+    calls: list[str] = []
+    analyze = cellcode.analyze
+
+    def counting(source: str):
+        calls.append(source)
+        return analyze(source)
+
+    monkeypatch.setattr(cellcode, "analyze", counting)
+    ok(ip, "%%stage base\nbase = 20\n")
+    ok(ip, "%%stage answer\nanswer = base + 22\n")
+    calls.clear()
+    cap = ok(ip, "%%stage answer\nanswer = base + 22\n")
+    assert LOADED.search(cap.stdout) and ip.user_ns["answer"] == 42
+    assert calls == ["answer = base + 22\n"]
+    assert REGISTRY.get("answer").inputs == ("base",)

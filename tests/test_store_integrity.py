@@ -121,3 +121,48 @@ def test_the_sample_is_the_same_for_the_same_bytes_and_differs_for_others(tmp_pa
     assert sample_digest(str(a), len(data)) == sample_digest(str(b), len(data))
     flip(b, len(data) - 1)
     assert sample_digest(str(a), len(data)) != sample_digest(str(b), len(data))
+
+
+def rewrite_same_size(path, old: bytes, new: bytes) -> None:
+    data = path.read_bytes()
+    assert old in data and len(old) == len(new)
+    path.write_bytes(data.replace(old, new, 1))
+
+
+@pytest.mark.parametrize("value, ext", [(123456789, ".json"), ({"123456789"}, ".pkl")])
+def test_a_small_file_read_once_for_its_hash_and_its_value_is_still_checked(store_dir, value,
+                                                                            ext):
+    """A small JSON or pickle file is read once, hashed, and loaded from those bytes (issue
+    13): a same-size edit that still parses is caught, on a cached run and on load."""
+    @stage(outputs="small")
+    def small():
+        return value
+
+    Pipeline(store=str(store_dir)).run("small")
+    (obj,) = (store_dir / "objects").rglob("*" + ext)
+    rewrite_same_size(obj, b"123456789", b"987654321")
+    with pytest.warns(Warning, match="content hash does not match"):
+        result = Pipeline(store=str(store_dir)).run("small")
+    assert result.executed == ["small"] and result["small"] == value  # recomputed
+    (obj,) = (store_dir / "objects").rglob("*" + ext)
+    assert Pipeline(store=str(store_dir)).load("small") == value  # intact again
+    rewrite_same_size(obj, b"123456789", b"987654321")
+    with pytest.raises(CorruptArtifactError, match="content hash does not match"):
+        Pipeline(store=str(store_dir)).load("small")
+
+
+def test_a_small_file_of_another_size_or_gone_is_caught_before_it_is_parsed(store_dir):
+    @stage(outputs="small")
+    def small():
+        return [1, 2, 3]
+
+    Pipeline(store=str(store_dir)).run("small")
+    (obj,) = (store_dir / "objects").rglob("*.json")
+    obj.write_bytes(obj.read_bytes() + b" ")  # still the same JSON value
+    with pytest.raises(CorruptArtifactError, match="expected"):
+        Pipeline(store=str(store_dir)).load("small")
+    Pipeline(store=str(store_dir)).run("small")
+    (obj,) = (store_dir / "objects").rglob("*.json")
+    obj.unlink()
+    with pytest.raises(CorruptArtifactError):
+        Pipeline(store=str(store_dir)).load("small")
