@@ -3,6 +3,7 @@ raw floor, on the same workloads, in one run.
 
     python benchmarks/bench_peers.py [--size-mib 1024] [--rows 10000000] [--reps 3]
                                      [--only W1,W3] [--dir DIR] [--out results.json]
+    python benchmarks/bench_peers.py --from-json results.json    # reprint its tables
 
 Workloads (issue 13):
 
@@ -837,7 +838,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per process")
     ap.add_argument("-q", "--quiet", action="store_true", help="no per-process lines")
+    ap.add_argument("--from-json", default=None, metavar="FILE",
+                    help="measure nothing: print the tables of an earlier --out file")
     args = ap.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            data = json.load(f)
+        cells = {key: {tool: Cell(times=c["times"], na=c["na"], extras=c["extras"])
+                       for tool, c in res["tools"].items()}
+                 for key, res in data["results"].items()}
+        ver = ", ".join(f"{k} {v}" for k, v in data["versions"].items() if v)
+        print(f"{data['args']['reps']} fresh processes per figure; {ver}\n")
+        print(summary_table(cells, data["config"]))
+        print()
+        print(detail_table(cells, data["config"]))
+        return 0
     workloads = WORKLOADS if not args.only else [w.strip().upper() for w in args.only.split(",")]
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown:
