@@ -148,19 +148,12 @@ class Runner:
         first): no scheduler, queue or thread is needed for that. ``computed`` gets the
         outputs of each target that runs, as the stage returned them."""
         __tracebackhide__ = True
-        url = self.store.url
         ran_here = False  # once a stage ran, a stage fresh before may no longer be
         for name in first.order:
             forced = force and name in targets
-            if first[name].state == "fresh" and not forced and not ran_here:
-                # fresh, every upstream fresh and unchanged, and no code ran since
-                job: Any = first[name].record
-            else:  # check again: an earlier stage may have changed what it reads
-                job = self._prepare(name, done, params, forced, memo)
+            job = self._job(first, name, done, params, forced, memo, ran_here)
             if isinstance(job, ResultRecord):  # a stored result matches: nothing to run
-                done[name] = job
-                skipped.append(name)
-                events.emit(events.StageEvent("skipped", name, url))
+                self._skip(name, job, done, skipped)
                 continue
             st, fp, resolved, upstream = job
             index = len(executed) + 1
@@ -170,6 +163,22 @@ class Runner:
             ran_here = ran_here or ran
             done[name] = rec
             (executed if ran else skipped).append(name)
+
+    def _job(self, first: Check, name: str, done: Mapping[str, ResultRecord],
+             params: Params | None, forced: bool, memo: dict, ran_here: bool) -> Any:
+        """A stored record to reuse, or (stage, fingerprint, params, upstream) to run."""
+        verdict = first[name]
+        if verdict.state == "fresh" and verdict.record is not None and not forced \
+                and not ran_here:
+            return verdict.record  # fresh, every upstream fresh and unchanged, no code ran since
+        return self._prepare(name, done, params, forced, memo)  # an earlier stage may have
+        # changed what it reads: check again
+
+    def _skip(self, name: str, record: ResultRecord, done: dict[str, ResultRecord],
+              skipped: list[str]) -> None:
+        done[name] = record
+        skipped.append(name)
+        events.emit(events.StageEvent("skipped", name, self.store.url))
 
     def _run_on_executor(self, first: Check, targets: list[str], force: bool,
                          params: Params | None, memo: dict, total: int,
@@ -188,14 +197,9 @@ class Runner:
         while sorter.is_active():
             for name in sorter.get_ready() if error is None else ():
                 forced = force and name in targets
-                if first[name].state == "fresh" and not forced and not ran_here:
-                    job: Any = first[name].record
-                else:  # check again: an earlier stage may have changed what it reads
-                    job = self._prepare(name, done, params, forced, memo)
+                job = self._job(first, name, done, params, forced, memo, ran_here)
                 if isinstance(job, ResultRecord):  # a stored result matches: nothing to run
-                    done[name] = job
-                    skipped.append(name)
-                    events.emit(events.StageEvent("skipped", name, url))
+                    self._skip(name, job, done, skipped)
                     sorter.done(name)
                     continue
                 st, fp, resolved, upstream = job
