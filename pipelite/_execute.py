@@ -171,8 +171,8 @@ class Runner:
         if verdict.state == "fresh" and verdict.record is not None and not forced \
                 and not ran_here:
             return verdict.record  # fresh, every upstream fresh and unchanged, no code ran since
-        return self._prepare(name, done, params, forced, memo)  # an earlier stage may have
-        # changed what it reads: check again
+        # check again: an earlier stage may have changed what this one reads
+        return self._prepare(name, done, params, forced, memo)
 
     def _skip(self, name: str, record: ResultRecord, done: dict[str, ResultRecord],
               skipped: list[str]) -> None:

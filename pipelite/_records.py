@@ -18,13 +18,14 @@ Format versions: 1 (before outputs were bound to their names), 2 (``bind`` per o
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 import xxhash
 
-from .stage import MAX_NAME_LENGTH
+from .stage import _STAGE_NAME, MAX_NAME_LENGTH
 
 __all__ = ["FORMAT_VERSION", "BadRecord", "FailureRecord", "InputRecord", "OutputRecord",
            "ResultRecord", "bind", "HEX32", "is_fingerprint"]
@@ -46,6 +47,11 @@ def bind(name: str, hash: str, size: int, format: str) -> str:
     """Binds an output's name to its content: swapped or edited entries no longer match."""
     text = f"{name}\0{hash}\0{size}\0{format}"
     return xxhash.xxh3_64_hexdigest(text.encode())
+
+
+def _is_stage_name(v: Any) -> bool:
+    """A stage name as ``@stage`` allows it: a record naming anything else is not ours."""
+    return isinstance(v, str) and len(v) <= MAX_NAME_LENGTH and _STAGE_NAME.match(v) is not None
 
 
 def _need(cond: bool, why: str) -> None:
@@ -111,7 +117,7 @@ class OutputRecord:
 
     _KEYS = frozenset(("hash", "size", "format", "path", "type", "summary", "sample", "bind"))
 
-    @property
+    @functools.cached_property  # checked once per record object: it is frozen
     def rel(self) -> str:
         """Where the object lives in the store, derived from its hash.
 
@@ -127,8 +133,6 @@ class OutputRecord:
 
     def bound(self, name: str) -> "OutputRecord":
         """This entry with its ``bind`` digest for ``name``."""
-        from dataclasses import replace
-
         return replace(self, bind=bind(name, self.hash, self.size, self.format))
 
     def to_json(self) -> dict[str, Any]:
@@ -183,8 +187,9 @@ class InputRecord:
 
     @classmethod
     def from_json(cls, data: Any) -> "InputRecord":
+        stage = data.get("stage") if isinstance(data, dict) else None
         _need(isinstance(data, dict) and isinstance(data.get("hash"), str)
-              and isinstance(data.get("stage", ""), str), "its inputs are malformed")
+              and (stage is None or _is_stage_name(stage)), "its inputs are malformed")
         return cls(data["hash"], data.get("stage"), _unknown(data, _INPUT_KEYS))
 
 

@@ -163,6 +163,17 @@ def _summary(value: Any) -> str:
     return name
 
 
+def _decoded(load: Callable[[Any], Any], source: Any, where: str) -> Any:
+    """``load(source)`` (a path or the file's bytes); a file its format cannot read is a
+    corrupt file: ``CorruptArtifactError`` naming ``where``."""
+    try:
+        return load(source)
+    except PipeliteError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an unreadable file is a corrupt file
+        raise CorruptArtifactError(where, f"it cannot be read: {exc}") from None
+
+
 class Store:
     """Records and objects under one location (a local path or an fsspec URL)."""
 
@@ -548,14 +559,7 @@ class Store:
                 and self._fs.local_root is not None):
             loads = _bytes_loader(info.format)
             if loads is not None:  # a small file is hashed whole: read it once, load those bytes
-                data = self._read_verified(info)
-                try:
-                    return loads(data)
-                except PipeliteError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - an unreadable file is a corrupt file
-                    raise CorruptArtifactError(self._fs.path(info.rel),
-                                               f"it cannot be read: {exc}") from None
+                return _decoded(loads, self._read_verified(info), self._fs.path(info.rel))
         self.verify(info, level=level, full=False)
         rel = self._object_rel(info)
         if self._fs.local_root is not None:  # checked in place by verify() above
@@ -565,12 +569,7 @@ class Store:
             local = self._fs.local_copy(rel, info.hash, verify=full)
             if not full and level == "sampled":
                 check_content(local, info.hash, info.size, info.sample, level)
-        try:
-            return format_named(info.format).load(local)
-        except PipeliteError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - an unreadable file is a corrupt file
-            raise CorruptArtifactError(local, f"it cannot be read: {exc}") from None
+        return _decoded(format_named(info.format).load, local, local)
 
     def _read_verified(self, info: OutputRecord) -> bytes:
         """The bytes of a local object, checked as ``verify`` checks it at any level but

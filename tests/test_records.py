@@ -105,6 +105,8 @@ def test_records_are_frozen():
     (lambda d: d["outputs"]["numbers"].update(size=-1), "no size"),
     (lambda d: d["outputs"]["numbers"].update(path="../../etc/passwd"), "object path"),
     (lambda d: d["inputs"].update(numbers=["not", "a", "map"]), "inputs"),
+    (lambda d: d["inputs"].update(numbers={"hash": "0" * 32, "stage": "../../elsewhere"}),
+     "inputs"),
     (lambda d: d.update(save_duration="slow"), "save_duration"),
     (lambda d: d.update(kind=3), "kind"),
 ])
