@@ -117,7 +117,7 @@ class Runner:
         total = sum(1 for n in order
                     if first[n].state != "fresh" or (force and n in targets))
         url = self.store.url
-        events.emit(events.StageEvent("run_started", None, url, 0, total))
+        events.emit("run_started", None, url, 0, total)
         done: dict[str, ResultRecord] = {}
         computed: dict[str, dict[str, Any]] = {}  # a target's outputs, as it returned them
         executed: list[str] = []
@@ -138,7 +138,7 @@ class Runner:
                     else:  # arrays (read-only maps), other processes' results, hits
                         values[out] = load_input(self.store, name, done[name], info)
         finally:
-            events.emit(events.StageEvent("run_finished", None, url, len(executed), total))
+            events.emit("run_finished", None, url, len(executed), total)
         return RunResult(values, executed, skipped, {t: done[t] for t in targets})
 
     def _run_here(self, first: Check, targets: list[str], force: bool, params: Params | None,
@@ -178,7 +178,7 @@ class Runner:
               skipped: list[str]) -> None:
         done[name] = record
         skipped.append(name)
-        events.emit(events.StageEvent("skipped", name, self.store.url))
+        events.emit("skipped", name, self.store.url)
 
     def _run_on_executor(self, first: Check, targets: list[str], force: bool,
                          params: Params | None, memo: dict, total: int,
@@ -221,15 +221,14 @@ class Runner:
                     self.registry.learn_outputs(st, rec.outputs)
             except BaseException as exc:  # noqa: BLE001 - re-raised once in-flight work ends
                 RUNNING.discard((url, name))
-                events.emit(events.StageEvent("failed", name, url, index, total,
-                                              error=_summary(exc)))
+                events.emit("failed", name, url, index, total, error=_summary(exc))
                 error = error or exc
                 continue
             RUNNING.discard((url, name))
             done[name] = rec
             (executed if ran else skipped).append(name)
-            events.emit(events.StageEvent("finished" if ran else "skipped", name, url,
-                                          index, total, duration=rec.duration))
+            events.emit("finished" if ran else "skipped", name, url, index, total,
+                        duration=rec.duration)
             sorter.done(name)
         if error is not None:
             raise error
@@ -285,20 +284,18 @@ class Runner:
             if rec is not None:
                 return rec, False
             RUNNING.add((url, st.name))
-            events.emit(events.StageEvent("started", st.name, url, index, total))
+            events.emit("started", st.name, url, index, total)
             try:
                 rec = compute(self.store, st, fp, params, upstream, self.registry.learn_outputs,
                               memo, keep)
             except CorruptInput:
                 raise
             except BaseException as exc:
-                events.emit(events.StageEvent("failed", st.name, url, index, total,
-                                              error=_summary(exc)))
+                events.emit("failed", st.name, url, index, total, error=_summary(exc))
                 raise
             finally:
                 RUNNING.discard((url, st.name))
-        events.emit(events.StageEvent("finished", st.name, url, index, total,
-                                      duration=rec.duration))
+        events.emit("finished", st.name, url, index, total, duration=rec.duration)
         return rec, True
 
     def _submit(self, st: Stage, fp: Fingerprint, params: dict, upstream: Upstream,
@@ -306,7 +303,7 @@ class Runner:
         """Run one stage on the executor; its future reports to ``finished`` when done."""
         url = self.store.url
         RUNNING.add((url, st.name))
-        events.emit(events.StageEvent("started", st.name, url, index, total))
+        events.emit("started", st.name, url, index, total)
         # dask would otherwise dedupe "identical" calls by key: every submission is a new run
         extra = {"pure": False} if _is_dask(self.executor) else {}
         future = self.executor.submit(compute_locked, self.store, st, fp, params, upstream,

@@ -269,7 +269,9 @@ class LocalFS(StoreFS):
                 raise
 
     def exists(self, rel: str) -> bool:
-        return os.path.lexists(self._abs(rel))
+        # lexists without raising and catching an exception for the usual "no" (a failure
+        # file, looked for on every check): a symbolic link counts, its target does not
+        return os.access(self._abs(rel), os.F_OK, follow_symlinks=False)
 
     def _lstat(self, rel: str) -> os.stat_result | None:
         """The file's own stat (a symbolic link is refused, not followed); None if absent."""
@@ -284,7 +286,8 @@ class LocalFS(StoreFS):
 
     def stamp(self, rel: str) -> tuple | None:
         st = self._lstat(rel)
-        return None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns)
+        # the change time too: restoring a modification time (touch -d, rsync -t) changes it
+        return None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     def stat(self, rel: str) -> FileStat | None:
         try:

@@ -40,11 +40,19 @@ _MODULE_PLUMBING = frozenset({"__builtins__", "__loader__", "__spec__", "__cache
 
 # -- code objects ------------------------------------------------------------------------------
 class _CodeInfo:
-    __slots__ = ("digest", "globals", "imports", "attributes")
+    __slots__ = ("digest", "globals", "imports", "attributes", "leaf_token")
 
     def __init__(self, digest: str, globals_: tuple, imports: tuple, attributes: frozenset):
         self.digest, self.globals, self.imports, self.attributes = (
             digest, globals_, imports, attributes)
+        # The token of a function with this code that reaches nothing else (no global read,
+        # import or attribute access that could name one of your accessors): what
+        # ``Reach._function_token`` computes for it, known once per code object.
+        self.leaf_token: str | None = None
+        if not globals_ and not imports and not attributes:
+            h = hasher()
+            h.update(b"fn:" + digest.encode())
+            self.leaf_token = "fn:" + h.hexdigest()
 
 
 # Code objects are immutable, so their digests are cached by identity: id -> (code, info), the
@@ -111,6 +119,19 @@ def _feed_code(h: Any, code: types.CodeType, consts: Encoder, globals_: list, im
             attributes.add(ins.argval)
         elif op == _IMPORT_OP:
             imports.append(ins.argval)
+
+
+def leaf_token(fn: Any) -> str | None:
+    """The token of a plain function that reaches nothing beyond its own code (no global
+    read, import, closure, default or attribute of its own), without a walk; else None. Such a
+    function's token depends on its code object alone, which is immutable."""
+    if type(fn) is not types.FunctionType or fn.__closure__ is not None \
+            or fn.__defaults__ is not None or fn.__kwdefaults__ is not None:
+        return None
+    for key in fn.__dict__:
+        if not key.startswith("__"):
+            return None
+    return _code_info(fn.__code__).leaf_token
 
 
 # -- members of classes ------------------------------------------------------------------------

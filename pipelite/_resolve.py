@@ -89,6 +89,8 @@ class Graph:
 
     def stage_name(self, ref: object) -> str:
         """The name of a stage given as a name, a ``Stage`` or a decorated function/class."""
+        if type(ref) is str and ref in self.registry:  # the usual case, first
+            return ref
         st = stage_of(ref)
         if st is not None:
             return st.name

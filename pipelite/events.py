@@ -47,7 +47,13 @@ def subscribe(listener: Callable[[StageEvent], None]) -> Callable[[], None]:
     return unsubscribe
 
 
-def emit(event: StageEvent) -> None:
+def emit(kind: str, stage: str | None, store: str, index: int = 0, total: int = 0,
+         duration: float | None = None, error: str | None = None) -> None:
+    """Tell every listener; the event is built only when someone listens (a cached hit is
+    a few microseconds, and most runs have no listener)."""
+    if not _listeners:
+        return
+    event = StageEvent(kind, stage, store, index, total, duration, error)
     for listener in list(_listeners):
         try:
             listener(event)

@@ -17,7 +17,7 @@ import xxhash
 
 from ._cellcode import normalize_source
 from ._encode import PipeliteWarning, warn_user
-from ._reach import Reach, _functions_of, code_digest
+from ._reach import Reach, _functions_of, code_digest, leaf_token
 from .stage import CellStage, Stage
 
 __all__ = ["Fingerprint", "fingerprint_of", "value_digest", "PipeliteWarning", "warn_user",
@@ -68,9 +68,12 @@ def code_parts(st: Stage, memo: dict | None = None
             root.append(f"import {modname}={token}")
         helpers, globals_ = walker.parts()
         return digest_text("\n".join(root)), code, helpers, globals_
+    objs = st.code_objects()
+    if len(objs) == 1 and (leaf := leaf_token(objs[0])) is not None:
+        return leaf, code_digest(objs[0].__code__), {}, {}  # reaches nothing: no walk needed
     walker = Reach((), memo)
     reach, own = [], []
-    for obj in st.code_objects():
+    for obj in objs:
         reach.append(walker.stage_token(obj))
         own.append(_own_code(obj))
     helpers, globals_ = walker.parts()
@@ -105,21 +108,23 @@ def fingerprint_of(st: Stage, params: Mapping[str, Any], input_hashes: Mapping[s
     ``memo`` (a dict shared across the stages of one check) digests each large value and each
     function once; it is valid only while no user code runs."""
     reach, code, helpers, globs = code_parts(st, memo)
+    outputs = sorted(st.declared_outputs) if st.declared_outputs is not None else None
     parts: dict[str, Any] = {
         "reach": reach,
         "code": code,
-        "helpers": dict(sorted(helpers.items())),
-        "globals": dict(sorted(globs.items())),
+        "helpers": dict(sorted(helpers.items())) if helpers else {},
+        "globals": dict(sorted(globs.items())) if globs else {},
         "params": canonical_params(params, memo),
-        "inputs": dict(sorted(input_hashes.items())),
-        "outputs": sorted(st.declared_outputs) if st.declared_outputs is not None else None,
+        "inputs": dict(sorted(input_hashes.items())) if input_hashes else {},
+        "outputs": outputs,
     }
+    # the names in "helpers" and "globals" are for reasons only: what decides is the walk
+    decisive = [f"reach={reach}"]
+    decisive += [f"params:{k}={v}" for k, v in parts["params"].items()]
+    decisive += [f"inputs:{k}={v}" for k, v in parts["inputs"].items()]
     if st.env:  # values are secrets as often as not: only their digests are kept
         parts["env"] = {var: (digest_text(os.environ[var]) if var in os.environ else "<unset>")
                         for var in sorted(st.env)}
-    # the names in "helpers" and "globals" are for reasons only: what decides is the walk
-    decisive = [f"reach={reach}"]
-    for key in ("params", "inputs", "env"):
-        decisive += [f"{key}:{k}={v}" for k, v in parts.get(key, {}).items()]
-    decisive.append(f"outputs={parts['outputs']!r}")
+        decisive += [f"env:{k}={v}" for k, v in parts["env"].items()]
+    decisive.append(f"outputs={outputs!r}")
     return Fingerprint(digest_text("\n".join(decisive)), parts)

@@ -309,7 +309,7 @@ class Pipeline:
             if err is None:
                 raise
             raise err from exc
-        events.emit(events.StageEvent("invalidated", stage_name, self.store.url))
+        events.emit("invalidated", stage_name, self.store.url)
         return count
 
     @_user_facing

@@ -237,6 +237,8 @@ class Stage:
     # -- calling -----------------------------------------------------------------------------
     def resolve_params(self, given: Mapping[str, Any] | None) -> dict[str, Any]:
         """Defaults merged with ``given``; raise a ``ParameterError`` that says how to fix it."""
+        if not given and not self.params:
+            return {}
         given = dict(given or {})
         unknown = [k for k in given if k not in self.params]
         if unknown and not self.accepts_any_param:

@@ -24,6 +24,7 @@ opened, renamed or deleted.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -99,15 +100,35 @@ def _bytes_loader(name: str) -> Callable[[bytes], Any] | None:
         return None
 
 
+# Small objects kept in memory once verified (see ``Store._read_verified``): a bound on both
+SMALL_CACHE_BYTES = 32 << 20
+SMALL_CACHE_FILES = 4096
+# Values that nobody can change in place: loaded once from the same verified bytes, the same
+# object can be returned again (a tiny stage's metric, a count, a name)
+_IMMUTABLE_SCALARS = frozenset({int, float, complex, bool, str, bytes, type(None)})
+
+
 def _is_committed_record(name: str) -> bool:
     """A file of a stage's record folder that a writer has committed (not a temporary one)."""
     return name in ("LATEST", "FAILED.json") or (
         name.endswith(".json") and is_fingerprint(name[:-5]))
 
 
+@functools.lru_cache(maxsize=4096)  # asked for every stage on every check
+def _checked_record_rel(stage: str, fingerprint: str) -> str:
+    if not _valid_stage_dir(stage) or not is_fingerprint(fingerprint):
+        raise UnsafeStorePathError(f"refusing a record of stage {stage!r} for fingerprint "
+                                   f"{fingerprint!r}: not a stage name and a fingerprint")
+    return f"records/{stage}/{fingerprint}.json"
+
+
 def _is_stage_dir(name: Any) -> bool:
-    return (isinstance(name, str) and len(name) <= MAX_NAME_LENGTH
-            and _STAGE_NAME.match(name) is not None)
+    return isinstance(name, str) and _valid_stage_dir(name)
+
+
+@functools.lru_cache(maxsize=4096)  # asked for every stage on every check
+def _valid_stage_dir(name: str) -> bool:
+    return len(name) <= MAX_NAME_LENGTH and _STAGE_NAME.match(name) is not None
 
 
 @dataclass(frozen=True)
@@ -191,6 +212,10 @@ class Store:
         self._fs: StoreFS = open_fs(loc, dict(storage_options or {}))
         self._records: dict[str, tuple[tuple, ResultRecord]] = {}  # rel -> (stamp, record)
         self._reported: set[tuple] = set()  # corrupt records already reported
+        # small verified objects: (rel, hash, size) -> (stamp, bytes), oldest first
+        self._small: dict[tuple, tuple[tuple, bytes]] = {}
+        self._small_bytes = 0
+        self._scalars: dict[str, tuple[bytes, Any]] = {}  # hash -> (those bytes, their value)
         self.verify_level = "sampled"  # see pipelite._integrity
 
     @property
@@ -204,10 +229,10 @@ class Store:
     # -- records ------------------------------------------------------------------------------
     @staticmethod
     def _record_rel(stage: str, fingerprint: str) -> str:
-        if not _is_stage_dir(stage) or not is_fingerprint(fingerprint):
-            raise UnsafeStorePathError(f"refusing a record of stage {stage!r} for fingerprint "
-                                       f"{fingerprint!r}: not a stage name and a fingerprint")
-        return f"records/{stage}/{fingerprint}.json"
+        if type(stage) is str and type(fingerprint) is str:
+            return _checked_record_rel(stage, fingerprint)
+        raise UnsafeStorePathError(f"refusing a record of stage {stage!r} for fingerprint "
+                                   f"{fingerprint!r}: not a stage name and a fingerprint")
 
     def _read_json(self, rel: str) -> Any:
         """The JSON in ``rel``, or None if absent; ``BadRecord`` if it is not JSON at all."""
@@ -552,6 +577,7 @@ class Store:
         record naming it, signed with your key (``UntrustedRecordError`` otherwise), and is
         always hashed whole first: its bytes are exactly the ones that were signed."""
         level = "always" if verify else self.verify_level
+        reread = level == "always"  # asked for: hash the file now, whatever was read before
         if info.format not in SAFE_FORMATS:
             self.require_trust(record, f"output in format '{info.format}'")
             level = "always"
@@ -559,7 +585,16 @@ class Store:
                 and self._fs.local_root is not None):
             loads = _bytes_loader(info.format)
             if loads is not None:  # a small file is hashed whole: read it once, load those bytes
-                return _decoded(loads, self._read_verified(info), self._fs.path(info.rel))
+                data = self._read_verified(info, reread)
+                hit = self._scalars.get(info.hash)
+                if hit is not None and hit[0] is data:  # the same verified bytes as last time
+                    return hit[1]
+                value = _decoded(loads, data, self._fs.path(info.rel))
+                if type(value) in _IMMUTABLE_SCALARS:  # safe to hand out again
+                    if len(self._scalars) >= SMALL_CACHE_FILES:
+                        self._scalars.clear()
+                    self._scalars[info.hash] = (data, value)
+                return value
         self.verify(info, level=level, full=False)
         rel = self._object_rel(info)
         if self._fs.local_root is not None:  # checked in place by verify() above
@@ -571,22 +606,51 @@ class Store:
                 check_content(local, info.hash, info.size, info.sample, level)
         return _decoded(format_named(info.format).load, local, local)
 
-    def _read_verified(self, info: OutputRecord) -> bytes:
-        """The bytes of a local object, checked as ``verify`` checks it at any level but
-        "never" (present, its size, its whole hash); ``CorruptArtifactError`` otherwise."""
+    def _read_verified(self, info: OutputRecord, reread: bool = False) -> bytes:
+        """The bytes of a small local object, checked as ``verify`` checks it at any level but
+        "never" (present, its size, its whole hash); ``CorruptArtifactError`` otherwise.
+
+        Bytes that passed are kept in memory while the file's stamp (inode, size, modification
+        and change times) stays the same, like records: a cached hit then costs one ``lstat``
+        instead of reading and hashing the file. Any write, rename, delete or ``touch`` of the
+        file changes its stamp, so it is read and hashed again. ``reread`` skips the memory."""
         rel = self._object_rel(info)
+        try:
+            stamp = self._fs.stamp(rel)
+        except UnsafeStorePathError as exc:
+            raise CorruptArtifactError(self._fs.path(rel), str(exc)) from None
+        key = (rel, info.hash, info.size)
+        hit = self._small.get(key)
+        if hit is not None and not reread and stamp is not None and hit[0] == stamp:
+            return hit[1]
         where = self._fs.path(rel)
         try:
             data = self._fs.read_bytes(rel)
         except UnsafeStorePathError as exc:
             raise CorruptArtifactError(where, str(exc)) from None
         if data is None:
+            self._small.pop(key, None)
             raise CorruptArtifactError(where, "the file is missing")
         if len(data) != info.size:
+            self._small.pop(key, None)
             raise CorruptArtifactError(where, f"{len(data)} bytes, expected {info.size}")
         if xxhash.xxh3_128_hexdigest(data) != info.hash:
+            self._small.pop(key, None)
             raise CorruptArtifactError(where, "its content hash does not match")
+        if stamp is not None:
+            self._keep_small(key, stamp, data)
         return data
+
+    def _keep_small(self, key: tuple, stamp: tuple, data: bytes) -> None:
+        small = self._small
+        old = small.pop(key, None)
+        if old is not None:
+            self._small_bytes -= len(old[1])
+        small[key] = (stamp, data)
+        self._small_bytes += len(data)
+        while self._small_bytes > SMALL_CACHE_BYTES or len(small) > SMALL_CACHE_FILES:
+            oldest = next(iter(small))
+            self._small_bytes -= len(small.pop(oldest)[1])
 
     def require_trust(self, record: ResultRecord | None, what: str) -> None:
         """Raise ``UntrustedRecordError`` unless ``record`` is signed with your key."""

@@ -1073,3 +1073,75 @@ def test_a_function_given_other_code_gets_another_fingerprint(store_dir):
     f.__code__ = g.__code__  # same function object, new (immutable) code
     assert p.status()[0].state == "stale"
     assert p.run("f")["v"] == 2
+
+
+# -- functions that reach nothing: their token without a walk (issue 13) ---------------------
+def _leaf():
+    return {"v": 42}
+
+
+def _reads_a_global():
+    return {"v": THRESHOLD}  # noqa: F821 - resolved (or not) when called
+
+
+def _with_default(k=1):
+    return {"v": k}
+
+
+def _calls_a_method(x):
+    return {"v": x.copy()}
+
+
+def _imports():
+    import json  # noqa: F401
+
+    return {"v": 1}
+
+
+def _closure_over(n):
+    def inner():
+        return {"v": n}
+
+    return inner
+
+
+def _with_attribute():
+    return {"v": 1}
+
+
+_with_attribute.setting = 3  # type: ignore[attr-defined]
+
+
+def test_a_function_that_reaches_nothing_gets_the_token_the_full_walk_gives():
+    """The shortcut for a function whose code reads no global, imports nothing, touches no
+    attribute and has no closure, default or attribute of its own gives exactly the walk's
+    token (so stored fingerprints stay valid), and every function that reaches something
+    takes the walk."""
+    from pipelite._reach import Reach, leaf_token
+
+    assert leaf_token(_leaf) == Reach().stage_token(_leaf)
+    for fn in (_reads_a_global, _with_default, _calls_a_method, _imports, _closure_over(2),
+               _with_attribute):
+        assert leaf_token(fn) is None, fn
+
+
+def test_a_function_that_reaches_nothing_turns_stale_when_it_gains_something(store_dir):
+    """Each way a function can start reaching something (a default, a keyword default, an
+    attribute of its own) after it was stored as reaching nothing changes its fingerprint."""
+    def f():
+        return {"v": 1}
+
+    stage(f)
+    p = Pipeline(store=str(store_dir))
+    p.run("f")
+    before = p.status()[0].fingerprint
+    for change, undo in [
+        (lambda: setattr(f, "__defaults__", (5,)), lambda: setattr(f, "__defaults__", None)),
+        (lambda: setattr(f, "__kwdefaults__", {"k": 5}),
+         lambda: setattr(f, "__kwdefaults__", None)),
+        (lambda: setattr(f, "scale", 2), lambda: delattr(f, "scale")),
+    ]:
+        change()
+        assert p.status()[0].state == "stale"
+        undo()
+        assert p.status()[0].fingerprint == before and p.status()[0].state == "fresh"

@@ -166,3 +166,60 @@ def test_a_small_file_of_another_size_or_gone_is_caught_before_it_is_parsed(stor
     obj.unlink()
     with pytest.raises(CorruptArtifactError):
         Pipeline(store=str(store_dir)).load("small")
+
+
+def test_a_small_file_kept_in_memory_is_read_again_after_any_change(store_dir):
+    """One pipeline keeps a small verified file's bytes while the file's stamp holds (issue
+    13): an in-place edit of the same size, with its modification time put back, still
+    changes the stamp (the change time), so the edit is caught on the next cached run."""
+    import os
+
+    @stage(outputs="small")
+    def small():
+        return 123456789
+
+    p = Pipeline(store=str(store_dir))
+    p.run("small")
+    assert p.run("small")["small"] == 123456789  # a hit: now kept in memory
+    (obj,) = (store_dir / "objects").rglob("*.json")
+    st = obj.stat()
+    rewrite_same_size(obj, b"123456789", b"987654321")
+    os.utime(obj, ns=(st.st_atime_ns, st.st_mtime_ns))  # the old modification time
+    with pytest.warns(Warning, match="content hash does not match"):
+        result = p.run("small")
+    assert result.executed == ["small"] and result["small"] == 123456789
+
+
+def test_verify_true_hashes_the_file_again_even_when_it_is_kept_in_memory(store_dir,
+                                                                          monkeypatch):
+    """``load(verify=True)`` means "hash the file now": the memory of a verified file is not
+    enough, even if the filesystem could not tell that the file changed."""
+    @stage(outputs="small")
+    def small():
+        return 123456789
+
+    p = Pipeline(store=str(store_dir))
+    p.run("small")
+    monkeypatch.setattr(p.store._fs, "stamp", lambda rel: ("a filesystem that cannot tell",))
+    assert p.load("small") == 123456789
+    (obj,) = (store_dir / "objects").rglob("*.json")
+    rewrite_same_size(obj, b"123456789", b"987654321")
+    assert p.load("small") == 123456789  # the verified bytes kept while the stamp holds
+    with pytest.raises(CorruptArtifactError, match="content hash does not match"):
+        p.load("small", verify=True)
+
+
+def test_a_loaded_value_that_can_be_changed_in_place_is_never_shared_between_loads(store_dir):
+    """Scalars loaded from the same verified bytes may be handed out again; a list, a dict or
+    a set is a new object on every load, so changing one cannot change the next."""
+    @stage(outputs=["numbers", "count"])
+    def small():
+        return {"numbers": [1, 2, 3], "count": 3}
+
+    p = Pipeline(store=str(store_dir))
+    p.run("small")
+    first = p.run("small")
+    first["numbers"].append(4)
+    again = p.run("small")
+    assert again["numbers"] == [1, 2, 3] and again["numbers"] is not first["numbers"]
+    assert p.load("numbers") == [1, 2, 3] and p.load("count") == 3
