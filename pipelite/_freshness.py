@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from . import _observe
+from ._gcpause import collector_paused
 from ._resolve import Graph
 from .errors import ParameterError
 from .fingerprint import Fingerprint, fingerprint_of
@@ -26,6 +27,7 @@ __all__ = ["STATES", "Check", "OutputInfo", "StageStatus", "Verdict", "check", "
 RUNNING: set[tuple[str, str]] = set()  # (store url, stage) running in this process
 
 Params = Mapping[str, Mapping[str, Any]]
+LARGE = 64  # stages in a check from which the garbage collector is paused (see _gcpause)
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,8 @@ class Check:
         return self.verdicts[name]
 
     def statuses(self) -> list[StageStatus]:
-        return [status_of(self.verdicts[n]) for n in self.order]
+        with collector_paused(len(self.order) >= LARGE):
+            return [status_of(self.verdicts[n]) for n in self.order]
 
 
 def stage_params(base: Params, extra: Params | None, name: str) -> dict[str, Any]:
@@ -107,16 +110,17 @@ def check(graph: Graph, targets: list[str], base: Params, params: Params | None 
     order = graph.order(targets, cycles)
     verdicts: dict[str, Verdict] = {}
     memo = {} if memo is None else memo
-    for name in order:
-        if cycles and name in cycles:
-            verdicts[name] = _in_cycle(graph, name, cycles[name])
-        elif graph.registry.get(name) is None:
-            verdicts[name] = _store_only(graph.store, name)
-        else:
-            verdicts[name] = _defined(graph, name, verdicts, stage_params(base, params, name),
-                                      memo)
-        if (graph.store.url, name) in RUNNING:
-            verdicts[name].state = "running"
+    with collector_paused(len(order) >= LARGE):
+        for name in order:
+            if cycles and name in cycles:
+                verdicts[name] = _in_cycle(graph, name, cycles[name])
+            elif graph.registry.get(name) is None:
+                verdicts[name] = _store_only(graph.store, name)
+            else:
+                verdicts[name] = _defined(graph, name, verdicts,
+                                          stage_params(base, params, name), memo)
+            if (graph.store.url, name) in RUNNING:
+                verdicts[name].state = "running"
     return Check(graph, order, verdicts, cycles or {})
 
 

@@ -145,26 +145,34 @@ class OutputRecord:
 
     @classmethod
     def from_json(cls, name: Any, data: Any, what: str, version: int) -> "OutputRecord":
-        _need(isinstance(name, str) and name.isidentifier() and len(name) <= MAX_NAME_LENGTH,
-              f"{what} name {name!r} is not an artifact name")
-        _need(isinstance(data, dict), f"{what} '{name}' is not a map")
-        _need(is_fingerprint(data.get("hash")), f"{what} '{name}' has no valid hash")
-        _need(_is_int(data.get("size")) and data["size"] >= 0, f"{what} '{name}' has no size")
-        _need(isinstance(data.get("format"), str) and data["format"] != "",
-              f"{what} '{name}' has no format")
-        _need(isinstance(data.get("path"), str), f"{what} '{name}' has no path")
-        bad = f"{what} '{name}' has a bad"
-        out = cls(hash=data["hash"], size=data["size"], format=data["format"],
-                  path=data["path"],
-                  type=_optional_text(data, "type", f"{bad} type"),
-                  summary=_optional_text(data, "summary", f"{bad} summary"),
-                  sample=_optional_text(data, "sample", f"{bad} sample"),
-                  bind=_optional_text(data, "bind", f"{bad} bind"),
+        # read for every output of every record a cold status reads: each message is made
+        # only when its check fails
+        if not (isinstance(name, str) and name.isidentifier() and len(name) <= MAX_NAME_LENGTH):
+            raise BadRecord(f"{what} name {name!r} is not an artifact name")
+        if not isinstance(data, dict):
+            raise BadRecord(f"{what} '{name}' is not a map")
+        digest: Any = data.get("hash")
+        size: Any = data.get("size")
+        fmt: Any = data.get("format")
+        path: Any = data.get("path")
+        if not is_fingerprint(digest):
+            raise BadRecord(f"{what} '{name}' has no valid hash")
+        if not (_is_int(size) and size >= 0):
+            raise BadRecord(f"{what} '{name}' has no size")
+        if not (isinstance(fmt, str) and fmt != ""):
+            raise BadRecord(f"{what} '{name}' has no format")
+        if not isinstance(path, str):
+            raise BadRecord(f"{what} '{name}' has no path")
+        optional: dict[str, Any] = {"type": data.get("type"), "summary": data.get("summary"),
+                                    "sample": data.get("sample"), "bind": data.get("bind")}
+        for key, value in optional.items():
+            if value is not None and not isinstance(value, str):
+                raise BadRecord(f"{what} '{name}' has a bad {key}")
+        out = cls(hash=digest, size=size, format=fmt, path=path, **optional,
                   extra=_unknown(data, cls._KEYS))
         out.rel  # noqa: B018 - refuses a path that is not this hash's object path
-        if version >= 2:
-            _need(out.bind == bind(name, out.hash, out.size, out.format),
-                  f"{what} '{name}' does not match its name (swapped or edited)")
+        if version >= 2 and out.bind != bind(name, digest, size, fmt):
+            raise BadRecord(f"{what} '{name}' does not match its name (swapped or edited)")
         return out
 
 

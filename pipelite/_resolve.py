@@ -25,7 +25,7 @@ class Producers(Mapping[str, str]):
     def __init__(self, registry: Registry, store: Store):
         self._registry = registry
         self._store = store
-        self._registered = registry.producers()
+        self._registered = registry.producers()  # a read-only view, kept in step
         self._extra: dict[str, str] | None = None
 
     def _store_only(self) -> dict[str, str]:
@@ -45,6 +45,12 @@ class Producers(Mapping[str, str]):
         found = self._registered.get(key)
         if found is None:
             found = self._store_only()[key]
+        return found
+
+    def get(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        found = self._registered.get(key)  # the usual case: one lookup, no exception
+        if found is None:
+            found = self._store_only().get(key, default)
         return found
 
     def __contains__(self, key: object) -> bool:
@@ -125,8 +131,8 @@ class Graph:
             latest = self.store.latest(name)
             inputs = latest.inputs.values() if latest is not None else ()
             return [i.stage for i in inputs if i.stage is not None and i.stage != name]
-        producers = self.producers
-        return [producers[i] for i in st.inputs if i in producers and producers[i] != name]
+        get = self.producers.get
+        return [p for p in map(get, st.inputs) if p is not None and p != name]
 
     def order(self, roots: Iterable[str], cycles: dict[str, str] | None = None) -> list[str]:
         """Stages needed for ``roots``, upstream first. A cycle raises ``CycleError``, unless

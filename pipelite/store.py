@@ -114,7 +114,7 @@ def _is_committed_record(name: str) -> bool:
         name.endswith(".json") and is_fingerprint(name[:-5]))
 
 
-@functools.lru_cache(maxsize=4096)  # asked for every stage on every check
+@functools.lru_cache(maxsize=1 << 16)  # asked for every stage on every check
 def _checked_record_rel(stage: str, fingerprint: str) -> str:
     if not _valid_stage_dir(stage) or not is_fingerprint(fingerprint):
         raise UnsafeStorePathError(f"refusing a record of stage {stage!r} for fingerprint "
@@ -126,7 +126,7 @@ def _is_stage_dir(name: Any) -> bool:
     return isinstance(name, str) and _valid_stage_dir(name)
 
 
-@functools.lru_cache(maxsize=4096)  # asked for every stage on every check
+@functools.lru_cache(maxsize=1 << 16)
 def _valid_stage_dir(name: str) -> bool:
     return len(name) <= MAX_NAME_LENGTH and _STAGE_NAME.match(name) is not None
 
