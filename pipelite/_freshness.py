@@ -27,7 +27,7 @@ __all__ = ["STATES", "Check", "OutputInfo", "StageStatus", "Verdict", "check", "
 RUNNING: set[tuple[str, str]] = set()  # (store url, stage) running in this process
 
 Params = Mapping[str, Mapping[str, Any]]
-LARGE = 64  # stages in a check from which the garbage collector is paused (see _gcpause)
+LARGE = 64  # stages from which a check pauses the garbage collector (see _gcpause)
 
 
 @dataclass(frozen=True)
@@ -90,8 +90,7 @@ class Check:
         return self.verdicts[name]
 
     def statuses(self) -> list[StageStatus]:
-        with collector_paused(len(self.order) >= LARGE):
-            return [status_of(self.verdicts[n]) for n in self.order]
+        return [status_of(self.verdicts[n]) for n in self.order]
 
 
 def stage_params(base: Params, extra: Params | None, name: str) -> dict[str, Any]:
@@ -107,10 +106,10 @@ def check(graph: Graph, targets: list[str], base: Params, params: Params | None 
     ``cut_cycles``: then its stages are checked on their own, stale with the cycle as reason.
     ``memo`` keeps digests across checks while no user code runs (see ``fingerprint_of``)."""
     cycles: dict[str, str] | None = {} if cut_cycles else None
-    order = graph.order(targets, cycles)
     verdicts: dict[str, Verdict] = {}
     memo = {} if memo is None else memo
-    with collector_paused(len(order) >= LARGE):
+    with collector_paused(len(graph.registry) >= LARGE or len(targets) >= LARGE):
+        order = graph.order(targets, cycles)
         for name in order:
             if cycles and name in cycles:
                 verdicts[name] = _in_cycle(graph, name, cycles[name])

@@ -14,7 +14,17 @@ from typing import Any, Mapping
 
 from . import events
 from ._execute import Runner, RunResult, as_removed
-from ._freshness import STATES, Check, OutputInfo, StageStatus, check, short_repr, status_of
+from ._freshness import (
+    LARGE,
+    STATES,
+    Check,
+    OutputInfo,
+    StageStatus,
+    check,
+    short_repr,
+    status_of,
+)
+from ._gcpause import collector_paused
 from ._integrity import check_level
 from ._resolve import Graph
 from .errors import (
@@ -149,7 +159,9 @@ class Pipeline:
         Checking never rehashes stored data: inputs are compared by their recorded hashes.
         """
         __tracebackhide__ = True
-        return self._check(None, _checked_params(params, "status")).statuses()
+        params = _checked_params(params, "status")
+        with collector_paused(len(self.registry) >= LARGE):  # builds a status of every stage
+            return self._check(None, params).statuses()
 
     @_user_facing
     def explain(self, name: Any) -> str:
