@@ -29,6 +29,7 @@ import xxhash
 
 GIB = 1 << 30
 CHAIN = 1000
+BIG_CHAIN = 10_000
 
 
 @dataclass
@@ -105,14 +106,13 @@ def joblib_link(i: int) -> int:
     return i + 1
 
 
-def write_chain_module(folder: str, n: int) -> str:
+def write_chain_module(folder: str, n: int, name: str = "pipelite_bench_chain") -> str:
     """A module of ``n`` function stages, each consuming the previous one's output."""
     lines = ["from pipelite import stage", "", "",
              "@stage", "def link_0():", "    return {'a_0': 0}", ""]
     for i in range(1, n):
         lines += ["", "@stage", f"def link_{i}(a_{i - 1}):",
                   f"    return {{'a_{i}': a_{i - 1} + 1}}", ""]
-    name = "pipelite_bench_chain"
     with open(os.path.join(folder, name + ".py"), "w") as f:
         f.write("\n".join(lines))
     return name
@@ -293,6 +293,68 @@ def bench_status(root: str, reps: int) -> list[Row]:
         Row(name, pl, f"joblib check_call_in_cache x{CHAIN}", jl, "<= 1x", pl <= jl),
         Row(name + ", new Pipeline (records read from disk)", pl_cold,
             f"joblib check_call_in_cache x{CHAIN}", jl, "<= 1x", pl_cold <= jl),
+    ]
+
+
+def bench_status_big(root: str, reps: int) -> list[Row]:
+    """status() of a 10,000-stage chain, new Pipeline (records read from disk) and the same
+    one again, next to the floor of what any per-stage check must do here: stat the stage's
+    record file, look for its failure file, hash one line and build one status object."""
+    from dataclasses import dataclass as _dataclass
+
+    from pipelite import REGISTRY, Pipeline
+
+    REGISTRY.clear()
+    folder = os.path.join(root, "big-chain-src")
+    os.makedirs(folder)
+    sys.path.insert(0, folder)
+    try:
+        importlib.import_module(write_chain_module(folder, BIG_CHAIN, "pipelite_bench_big"))
+    finally:
+        sys.path.remove(folder)
+    store = os.path.join(root, "big-chain-store")
+    t0 = time.perf_counter()
+    pipeline = Pipeline(store=store)
+    pipeline.run()
+    print(f"(first run of the {BIG_CHAIN}-stage chain: {time.perf_counter() - t0:.1f} s)")
+
+    def check(p: Pipeline) -> None:
+        states = p.status()
+        assert len(states) == BIG_CHAIN and all(s.state == "fresh" for s in states)
+
+    cold = median_time(lambda: check(Pipeline(store=store)), reps)
+    warm = median_time(lambda: check(pipeline), reps)
+
+    @_dataclass(frozen=True)
+    class Status:
+        name: str
+        state: str
+        fingerprint: str
+
+    records = os.path.join(store, "records")
+    stages = []
+    for name in sorted(os.listdir(records)):
+        (rec,) = [f for f in os.listdir(os.path.join(records, name)) if f.endswith(".json")]
+        stages.append((name, os.path.join(records, name, rec),
+                       os.path.join(records, name, "FAILED.json")))
+
+    def floor() -> None:
+        out = []
+        for name, rec, failed in stages:
+            os.lstat(rec)
+            os.access(failed, os.F_OK, follow_symlinks=False)
+            out.append(Status(name, "fresh", xxhash.xxh3_128_hexdigest(
+                f"reach=fn:{name}\ninputs:{name}=0\noutputs=None".encode())))
+
+    least = median_time(floor, reps)
+    REGISTRY.clear()
+    name = f"status() of a {BIG_CHAIN}-stage chain"
+    return [
+        Row(name + ", new Pipeline", cold, "target", None, "< 100 ms", cold < 0.100),
+        Row(name + ", new Pipeline", cold, "floor: stat + access + hash + object per stage",
+            least, "-", None),
+        Row(name + ", same Pipeline", warm, "floor: stat + access + hash + object per stage",
+            least, "-", None),
     ]
 
 
@@ -546,6 +608,9 @@ def main(argv: list[str] | None = None) -> int:
     frames.add_argument("--frames", action="store_true",
                         help="only the 10M x 10 frame workload (persist and new-process hit)")
     frames.add_argument("--no-frames", action="store_true", help="leave the frame workload out")
+    frames.add_argument("--status-big", action="store_true",
+                        help=f"only status() of a {BIG_CHAIN:,}-stage chain, and its floor "
+                             "(the first run stores every link: a minute or two)")
     args = ap.parse_args(argv)
     nbytes = GIB // 8 if args.quick else GIB
     root = tempfile.mkdtemp(prefix="pipelite-bench-", dir=args.dir)
@@ -554,14 +619,16 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     nrows = 10_000_000 // 8 if args.quick else 10_000_000
     try:
-        if not args.frames:
+        if args.status_big:
+            rows += bench_status_big(root, args.reps)
+        elif not args.frames:
             rows += bench_persist(root, nbytes, args.reps)
             rows += bench_fresh_big(root, nbytes, args.reps)
             rows += bench_tiny(root, args.reps)
             rows += bench_status(root, args.reps)
             rows += bench_global(root, nbytes, args.reps)
             rows += bench_hash(nbytes, args.reps)
-        if not args.no_frames:
+        if not args.no_frames and not args.status_big:
             rows += bench_frames(root, nrows, args.reps)
     finally:
         shutil.rmtree(root, ignore_errors=True)

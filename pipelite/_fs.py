@@ -175,6 +175,9 @@ def open_fs(location: str, storage_options: dict | None = None) -> StoreFS:
     return LocalFS(where)
 
 
+_ACCESS_NOFOLLOW = os.access in os.supports_follow_symlinks  # not on Windows
+
+
 class LocalFS(StoreFS):
     """Direct os calls for a local directory: the fast path. Every path is checked to lie under
     the root, through no symbolic link (``_abs``); files are opened without following one."""
@@ -271,7 +274,9 @@ class LocalFS(StoreFS):
     def exists(self, rel: str) -> bool:
         # lexists without raising and catching an exception for the usual "no" (a failure
         # file, looked for on every check): a symbolic link counts, its target does not
-        return os.access(self._abs(rel), os.F_OK, follow_symlinks=False)
+        if _ACCESS_NOFOLLOW:
+            return os.access(self._abs(rel), os.F_OK, follow_symlinks=False)
+        return os.path.lexists(self._abs(rel))
 
     def _lstat(self, rel: str) -> os.stat_result | None:
         """The file's own stat (a symbolic link is refused, not followed); None if absent."""

@@ -84,8 +84,11 @@ def _optional_text(data: Mapping[str, Any], key: str, why: str) -> str | None:
 
 
 def _str_map(v: Any, what: str) -> dict[str, str]:
-    _need(isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, str)
-                                      for k, x in v.items()), f"{what} is not a map of text")
+    if not isinstance(v, dict):
+        raise BadRecord(f"{what} is not a map of text")
+    for k, x in v.items():
+        if not isinstance(k, str) or not isinstance(x, str):
+            raise BadRecord(f"{what} is not a map of text")
     return dict(v)
 
 
@@ -202,7 +205,8 @@ class InputRecord:
 
 
 def _objects(entries: Any, what: str, version: int) -> dict[str, OutputRecord]:
-    _need(isinstance(entries, dict), f"{what} is not a map")
+    if not isinstance(entries, dict):
+        raise BadRecord(f"{what} is not a map")
     return {name: OutputRecord.from_json(name, info, what, version)
             for name, info in entries.items()}
 
@@ -213,32 +217,38 @@ def _observed(obs: Any) -> dict[str, Any]:
     for kind, key in (("files", "path"), ("modules", "file"), ("listings", "dir")):
         entries = obs.get(kind, [])
         _need(isinstance(entries, list), f"observed {kind} is not a list")
+        incomplete = f"an observed {kind[:-1]} is incomplete"  # once per kind, not per entry
         for e in entries:
-            _need(isinstance(e, dict) and isinstance(e.get(key), str),
-                  f"an observed {kind[:-1]} has no {key}")
+            if not (isinstance(e, dict) and isinstance(e.get(key), str)):
+                raise BadRecord(f"an observed {kind[:-1]} has no {key}")
             if kind == "modules":
                 _need(isinstance(e.get("name"), str), "an observed module has no name")
             if e.get("absent"):
                 continue
             if kind == "listings":
                 _need(_is_int(e.get("mtime_ns")) and isinstance(e.get("digest"), str),
-                      "an observed listing is incomplete")
+                      incomplete)
             else:
                 _need(_is_int(e.get("size")) and _is_int(e.get("mtime_ns"))
-                      and isinstance(e.get("hash"), str), f"an observed {kind[:-1]} is incomplete")
+                      and isinstance(e.get("hash"), str), incomplete)
                 for opt in ("ino", "ctime_ns"):
-                    _need(opt not in e or _is_int(e[opt]), f"an observed {kind[:-1]} is incomplete")
+                    _need(opt not in e or _is_int(e[opt]), incomplete)
     return obs
+
+
+_PARTS_MAPS = tuple((key, f"its parts' {key}")
+                    for key in ("helpers", "globals", "params", "inputs", "env"))
 
 
 def _parts(parts: Any) -> dict[str, Any]:
     """The fingerprint's parts (their meaning is ``fingerprint``'s): only shapes are checked."""
     _need(isinstance(parts, dict), "its parts are not a map")
-    for key in ("helpers", "globals", "params", "inputs", "env"):
+    for key, what in _PARTS_MAPS:
         if key in parts:
-            _str_map(parts[key], f"its parts' {key}")
+            _str_map(parts[key], what)
     for key in ("code", "reach"):
-        _need(isinstance(parts.get(key, ""), str), f"its parts' {key} is not text")
+        if not isinstance(parts.get(key, ""), str):
+            raise BadRecord(f"its parts' {key} is not text")
     outs = parts.get("outputs")
     _need(outs is None or (isinstance(outs, list) and all(isinstance(o, str) for o in outs)),
           "its parts' outputs are malformed")
@@ -298,8 +308,10 @@ class ResultRecord:
     @classmethod
     def from_json(cls, data: Any, stage: str, fingerprint: str) -> "ResultRecord":
         """``data`` as the record of ``stage`` for ``fingerprint``; else ``BadRecord``."""
-        _need(isinstance(data, dict), f"it holds a {type(data).__name__}, not a record")
-        _need(data.get("stage") == stage, f"it is not a record of stage '{stage}'")
+        if not isinstance(data, dict):
+            raise BadRecord(f"it holds a {type(data).__name__}, not a record")
+        if data.get("stage") != stage:
+            raise BadRecord(f"it is not a record of stage '{stage}'")
         _need(data.get("fingerprint") == fingerprint, "its fingerprint is not its file name")
         version = data.get("format_version", 1)
         _need(_is_int(version) and version >= 1, "its format_version is not a number")
