@@ -192,8 +192,8 @@ def test_a_small_file_kept_in_memory_is_read_again_after_any_change(store_dir):
 
 def test_verify_true_hashes_the_file_again_even_when_it_is_kept_in_memory(store_dir,
                                                                           monkeypatch):
-    """``load(verify=True)`` means "hash the file now": the memory of a verified file is not
-    enough, even if the filesystem could not tell that the file changed."""
+    """``load(verify=True)`` and ``verify="always"`` mean "hash the file now": the memory of a
+    verified file is not enough, even if the filesystem could not tell that the file changed."""
     @stage(outputs="small")
     def small():
         return 123456789
@@ -207,6 +207,14 @@ def test_verify_true_hashes_the_file_again_even_when_it_is_kept_in_memory(store_
     assert p.load("small") == 123456789  # the verified bytes kept while the stamp holds
     with pytest.raises(CorruptArtifactError, match="content hash does not match"):
         p.load("small", verify=True)
+    p.run("small")  # stored again (the damaged file was moved aside)
+    assert p.load("small") == 123456789
+    (obj,) = (store_dir / "objects").rglob("*.json")
+    rewrite_same_size(obj, b"123456789", b"987654321")
+    assert p.load("small") == 123456789
+    p.store.verify_level = "always"  # as Pipeline(verify="always") sets it
+    with pytest.raises(CorruptArtifactError, match="content hash does not match"):
+        p.load("small")
 
 
 def test_a_loaded_value_that_can_be_changed_in_place_is_never_shared_between_loads(store_dir):
