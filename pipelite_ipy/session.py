@@ -68,6 +68,12 @@ class PipeliteSession(Configurable):
         self._active = 0  # >0 while this session runs stages: then it reports progress
         self._current: str | None = None  # the stage whose own cell is running
         self._unsubscribe: Callable[[], None] | None = subscribe(self._on_event)
+        # Which stage each notebook cell defined, by the cell's id (JupyterLab and VS Code send
+        # one with every execution; a terminal shell has none): a cell run again under a new
+        # name replaces its own old stage instead of clashing with it
+        self._cell_id: str | None = None
+        self._stage_of_cell: dict[str, str] = {}
+        self.shell.events.register("pre_run_cell", self._before_cell)
 
     @observe("store")
     def _store_changed(self, change: dict) -> None:
@@ -80,6 +86,21 @@ class PipeliteSession(Configurable):
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        try:
+            self.shell.events.unregister("pre_run_cell", self._before_cell)
+        except ValueError:  # already gone
+            pass
+
+    def _before_cell(self, info: Any = None) -> None:
+        self._cell_id = getattr(info, "cell_id", None) or None
+
+    def _renamed(self, name: str) -> str | None:
+        """The stage this very cell defined before under another name, if still registered
+        as a cell stage: the cell is being renamed."""
+        old = self._stage_of_cell.get(self._cell_id) if self._cell_id else None
+        if old is None or old == name:
+            return None
+        return old if isinstance(self.pipeline.registry.get(old), CellStage) else None
 
     # -- running ---------------------------------------------------------------------------
     def run(self, names: list[str] | None = None, force: bool = False) -> RunResult:
@@ -126,7 +147,9 @@ class PipeliteSession(Configurable):
         ns = self.shell.user_ns
         hidden = getattr(self.shell, "user_ns_hidden", None)
         probe = CellStage(name, source, ns, inputs=(), outputs=outputs, hidden=hidden)
-        produced = self.known_artifacts(exclude=name)
+        renamed = self._renamed(name)
+        produced = {art: by for art, by in self.known_artifacts(exclude=name).items()
+                    if by != renamed}
         if inputs is None:
             inputs = [n for n in probe.analysis.free if n in produced]
         _check_no_reassigned_input(name, source, probe, inputs, produced)
@@ -134,7 +157,21 @@ class PipeliteSession(Configurable):
                        execute=self._executor(name, compiled), filename=compiled.filename,
                        env=env or (), hidden=hidden, analysis=probe.analysis)
         st.inherit(self.pipeline.registry.get(name))
-        self.pipeline.registry.add(st)
+        if renamed is not None:
+            old_stage = self.pipeline.registry.get(renamed)
+            self.pipeline.registry.remove(renamed)
+            try:
+                self.pipeline.registry.add(st)
+            except BaseException:
+                self.pipeline.registry.add(old_stage)  # type: ignore[arg-type]  # as it was
+                raise
+            print(f"[pipelite] this cell defined stage '{renamed}', now '{name}': "
+                  f"'{renamed}' is no longer defined in this session (its stored results "
+                  f"stay in the store)")
+        else:
+            self.pipeline.registry.add(st)
+        if self._cell_id:
+            self._stage_of_cell[self._cell_id] = name
         if st.blind_spots:
             _warn_blind_spots(st, compiled.filename)
         return st

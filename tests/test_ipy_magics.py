@@ -694,3 +694,39 @@ def test_a_stage_cell_is_analysed_once_per_run(ip, monkeypatch):
     assert LOADED.search(cap.stdout) and ip.user_ns["answer"] == 42
     assert calls == ["answer = base + 22\n"]
     assert REGISTRY.get("answer").inputs == ("base",)
+
+
+# -- a cell renamed in place (issue 10, item 7) ------------------------------------------------
+def run_in(ip, cell: str, cell_id: str | None):
+    """Run ``cell`` as the notebook cell ``cell_id`` (JupyterLab sends its id with each run)."""
+    with capture_output() as cap:
+        result = ip.run_cell(cell, cell_id=cell_id)
+    return result, cap
+
+
+def test_a_cell_run_again_under_a_new_name_replaces_its_own_stage(ip, tmp_path):
+    first, _ = run_in(ip, "%%stage prep\nclean = [1, 2, 3]\n", "cell-1")
+    assert first.success
+    result, cap = run_in(ip, "%%stage prepare\nclean = [1, 2, 3, 4]\n", "cell-1")
+    assert result.success, cap.stdout
+    assert "this cell defined stage 'prep', now 'prepare'" in cap.stdout
+    assert "prepare" in REGISTRY and "prep" not in REGISTRY
+    assert ip.user_ns["clean"] == [1, 2, 3, 4]
+    states = {s.name: s for s in pipelite_ipy.current_session().pipeline.status()}
+    assert states["prepare"].state == "fresh"
+    assert not states["prep"].defined  # its stored result stays in the store
+
+
+def test_another_cell_producing_the_same_artifact_is_still_refused(ip):
+    assert run_in(ip, "%%stage prep\nclean = [1]\n", "cell-1")[0].success
+    result, cap = run_in(ip, "%%stage other\nclean = [2]\n", "cell-2")
+    assert isinstance(result.error_in_exec, pipelite.DuplicateProducerError)
+    assert "prep" in REGISTRY and "other" not in REGISTRY
+
+
+def test_without_cell_ids_a_new_name_for_the_same_artifact_is_refused(ip):
+    """A terminal shell has no cells: two inputs are two cells, so nothing is replaced."""
+    assert run_in(ip, "%%stage prep\nclean = [1]\n", None)[0].success
+    result, _ = run_in(ip, "%%stage prepare\nclean = [2]\n", None)
+    assert isinstance(result.error_in_exec, pipelite.DuplicateProducerError)
+    assert "prep" in REGISTRY
