@@ -18,8 +18,8 @@ from pipelite import (
     StageEvent,
     subscribe,
 )
-from pipelite.errors import DuplicateProducerError, UntrustedRecordError
-from pipelite.present import human_duration
+from pipelite.errors import DuplicateProducerError, PipeliteError, UntrustedRecordError
+from pipelite.present import human_bytes, human_duration
 from pipelite.store import ResultRecord
 
 from .cell import CompiledCell, OutputCapture, replay
@@ -67,6 +67,7 @@ class PipeliteSession(Configurable):
         self.pipeline = Pipeline(store=self.store)
         self._active = 0  # >0 while this session runs stages: then it reports progress
         self._current: str | None = None  # the stage whose own cell is running
+        self._why: dict[str, tuple[str, ...]] = {}  # stage -> why the current run runs it
         self._unsubscribe: Callable[[], None] | None = subscribe(self._on_event)
         # Which stage each notebook cell defined, by the cell's id (JupyterLab and VS Code send
         # one with every execution; a terminal shell has none): a cell run again under a new
@@ -211,25 +212,39 @@ class PipeliteSession(Configurable):
         st = self.pipeline.registry.get(name)
         if isinstance(st, CellStage):
             self.import_before_check(st)
+        # why each stage will run, said when it has: the same check run() starts with
+        try:
+            self._why = {p.name: p.reasons for p in self.pipeline.plan([name], force=force)}
+        except PipeliteError:  # the run says what is wrong
+            self._why = {}
         try:
             result = self.run([name], force=force)
         finally:
             self._current = None
         computed = name in result.executed
         record = result.records.get(name)
-        if not computed:
-            when = _local_time(record.started) if record else "?"
-            saved = record.duration if record else 0.0
-            print(f"[pipelite] {name}: loaded from store (run {when}, saved "
-                  f"{_seconds(saved)} of compute)")
-            sys.stdout.flush()
+        if computed:  # after the cell's own output, where a hit says it was loaded
+            took = _seconds(record.duration) if record else "?"
+            print(f"[pipelite] {name}: ran in {took}{self._because(name)}; "
+                  f"{_stored(record)}")
+        else:
             try:
                 events = self.pipeline.attachment(name, OUTPUTS_ATTACHMENT, record=record)
             except UntrustedRecordError as exc:  # the values loaded; only the replay is held
                 print(f"[pipelite] {name}: not replaying its stored output: {exc}")
                 events = None
             replay(self.shell, events or [])
+            when = _local_time(record.started) if record else "?"
+            saved = record.duration if record else 0.0
+            print(f"[pipelite] {name}: loaded from store (run {when}, saved "
+                  f"{_seconds(saved)} of compute)")
+        sys.stdout.flush()
         return StageOutcome(name, computed, dict(result), record, list(result.executed))
+
+    def _because(self, name: str) -> str:
+        """``": global 'EPOCHS' changed"``: the first reason the check gave for running."""
+        reasons = self._why.get(name) or ()
+        return f": {reasons[0]}" if reasons else ""
 
     def _executor(self, name: str, compiled: CompiledCell) -> Callable[[str, dict], dict]:
         def execute(source: str, namespace: dict) -> dict:
@@ -253,8 +268,11 @@ class PipeliteSession(Configurable):
     def _on_event(self, event: StageEvent) -> None:
         if not self._active or event.store != self.pipeline.store.url:
             return
-        if event.kind == "started" and event.stage != self._current:
-            print(f"[pipelite] running stage '{event.stage}' ({event.index}/{event.total})")
+        if event.stage == self._current:
+            return  # its own cell says what happened, after the cell's output
+        if event.kind == "started":
+            print(f"[pipelite] running stage '{event.stage}' ({event.index}/{event.total})"
+                  f"{self._because(event.stage or '')}")
         elif event.kind == "finished":
             print(f"[pipelite] {event.stage}: ran in {_seconds(event.duration or 0.0)}, stored")
 
@@ -322,6 +340,18 @@ def _renamed_example(source: str, name: str, limit: int = 40) -> str:
     if value is None or len(value) > limit:
         value = "..."
     return f"{new} = {value}"
+
+
+def _stored(record: ResultRecord | None) -> str:
+    """What a run stored, in a few words: ``stored clean (list of length 4, 12 B)``."""
+    outputs = record.outputs if record is not None else {}
+    if not outputs:
+        return "stored no output"
+    total = human_bytes(sum(o.size for o in outputs.values()))
+    if len(outputs) > 3:
+        return f"stored {len(outputs)} outputs ({total})"
+    return "stored " + ", ".join(f"{name} ({o.summary or o.format}, {human_bytes(o.size)})"
+                                 for name, o in outputs.items())
 
 
 def _local_time(text: str | None) -> str:

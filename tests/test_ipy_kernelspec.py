@@ -52,7 +52,7 @@ def test_a_notebook_on_the_pipelite_kernel_has_the_magics_without_load_ext(tmp_p
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     text = ["".join(o.get("text", "") for o in c.outputs) for c in nb.cells]
     assert text[0].startswith("hi from a stage\n[pipelite] hello: ran in")
-    assert text[1].startswith("[pipelite] hello: loaded from store")
+    assert text[1].startswith("hi from a stage\n[pipelite] hello: loaded from store")
     assert "records" in text[2]
     assert os.path.isdir(tmp_path / ".pipelite")
 

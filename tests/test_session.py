@@ -3,6 +3,7 @@ InteractiveShell with the extension loaded: its store, defining cell stages, run
 binding their outputs, loading and replaying a cell, progress, and closing."""
 from __future__ import annotations
 
+import re
 import textwrap
 
 import pytest
@@ -87,20 +88,35 @@ def test_a_cell_stage_is_computed_first_then_loaded_with_its_output_replayed(two
     assert outcome.computed and outcome.executed == ["gen"]
     assert outcome.values["data"] == [1, 2, 3]
     assert first.stdout.startswith("generating\n[pipelite] gen: ran in ")
+    assert first.stdout.rstrip().endswith(
+        ": no stored result; stored data (list of length 3, 7 B)")  # why, and what it stored
     del two_cells.shell.user_ns["data"]
     with capture_output() as again:
         outcome = two_cells.run_cell_stage("gen")
     assert not outcome.computed and outcome.record.stage == "gen"
-    assert again.stdout.startswith("[pipelite] gen: loaded from store (run ")
-    assert again.stdout.endswith("generating\n")  # the cell's own output, replayed
+    # the cell's own output, replayed, then the line saying so: where a run says it ran
+    assert again.stdout.startswith("generating\n[pipelite] gen: loaded from store (run ")
     assert two_cells.shell.user_ns["data"] == [1, 2, 3]
+
+
+def test_a_cell_says_why_it_ran_again(two_cells):
+    two_cells.run_cell_stage("use")
+    two_cells.shell.user_ns["OFFSET"] = 11
+    with capture_output() as cap:
+        two_cells.run_cell_stage("use")
+    (line,) = [x for x in cap.stdout.splitlines() if x.startswith("[pipelite] use:")]
+    assert re.fullmatch(r"\[pipelite\] use: ran in \S+ \S+: global 'OFFSET' changed; "
+                        r"stored total \(int, 2 B\)", line), line
+    with capture_output() as cap:
+        two_cells.run_cell_stage("use", force=True)
+    assert ": forced; stored total" in cap.stdout
 
 
 def test_progress_is_printed_for_the_upstream_stages_a_cell_runs(two_cells):
     with capture_output() as cap:
         two_cells.run_cell_stage("use")
     lines = [line for line in cap.stdout.splitlines() if line.startswith("[pipelite]")]
-    assert lines[0] == "[pipelite] running stage 'gen' (1/2)"
+    assert lines[0] == "[pipelite] running stage 'gen' (1/2): no stored result"
     assert lines[1].startswith("[pipelite] gen: ran in ") and lines[1].endswith(", stored")
     assert not any("running stage 'use'" in line for line in lines)  # its own cell: no line
 
