@@ -218,6 +218,7 @@ class PipeliteMagics(Magics):
         def run() -> None:
             st = self.session.define_cell(args.name, header, source, args.inputs, args.outputs,
                                           env=args.env)
+            self.session.show_badge(st.name, "missing" if args.define else "running")
             if args.define:
                 ins = ", ".join(st.inputs) or "none"
                 outs = ", ".join(st.outputs or ()) or "none"

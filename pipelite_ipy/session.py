@@ -4,10 +4,11 @@ from __future__ import annotations
 import ast
 import datetime as _dt
 import sys
+import uuid
 import warnings
 from typing import Any, Callable
 
-from traitlets import Unicode, observe
+from traitlets import Bool, Unicode, observe
 from traitlets.config import Configurable
 
 from pipelite import (
@@ -22,6 +23,7 @@ from pipelite.errors import DuplicateProducerError, PipeliteError, UntrustedReco
 from pipelite.present import human_bytes, human_duration
 from pipelite.store import ResultRecord
 
+from .badge import Badge
 from .cell import CompiledCell, OutputCapture, replay
 
 __all__ = ["PipeliteSession", "StageOutcome", "ReassignedInputError"]
@@ -61,6 +63,10 @@ class PipeliteSession(Configurable):
                     "URL. Relative paths are resolved against the working directory at the "
                     "time it is set.").tag(config=True)
 
+    badges = Bool(None, allow_none=True, help="Show a state badge at the top of each %%stage "
+                  "cell's output, kept current as states change (default: in a notebook "
+                  "kernel, not in a terminal)").tag(config=True)
+
     def __init__(self, shell: Any, **kwargs: Any):
         super().__init__(parent=shell, **kwargs)
         self.shell = shell
@@ -75,6 +81,9 @@ class PipeliteSession(Configurable):
         self._cell_id: str | None = None
         self._stage_of_cell: dict[str, str] = {}
         self.shell.events.register("pre_run_cell", self._before_cell)
+        self._badge_ids: dict[str, str] = {}  # stage -> display id of its cell's badge
+        self._badge_shown: dict[str, str] = {}  # display id -> what its badge says
+        self.shell.events.register("post_run_cell", self._after_cell)
 
     @observe("store")
     def _store_changed(self, change: dict) -> None:
@@ -87,13 +96,68 @@ class PipeliteSession(Configurable):
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        try:
-            self.shell.events.unregister("pre_run_cell", self._before_cell)
-        except ValueError:  # already gone
-            pass
+        for event, hook in (("pre_run_cell", self._before_cell),
+                            ("post_run_cell", self._after_cell)):
+            try:
+                self.shell.events.unregister(event, hook)
+            except ValueError:  # already gone
+                pass
 
     def _before_cell(self, info: Any = None) -> None:
         self._cell_id = getattr(info, "cell_id", None) or None
+
+    def _after_cell(self, result: Any = None) -> None:
+        self.refresh_badges()  # the cell may have changed a global a stage reads
+
+    # -- badges ------------------------------------------------------------------------------
+    def badges_on(self) -> bool:
+        if self.badges is not None:
+            return bool(self.badges)
+        return type(self.shell).__name__ == "ZMQInteractiveShell"  # a notebook's kernel
+
+    def show_badge(self, name: str, state: str = "running") -> None:
+        """Start the output of stage ``name``'s cell with its badge (a new display)."""
+        if not self.badges_on():
+            return
+        from IPython.display import display
+
+        did = f"pipelite-badge-{name}-{uuid.uuid4().hex[:12]}"
+        old = self._badge_ids.pop(name, None)
+        if old is not None:
+            self._badge_shown.pop(old, None)
+        self._badge_ids[name] = did
+        badge = Badge(name, state)
+        self._badge_shown[did] = badge.text
+        display(badge, display_id=did)
+
+    def refresh_badges(self, states: dict[str, Any] | None = None) -> None:
+        """Bring every badge shown up to date (only those whose text changed are sent)."""
+        if not self._badge_ids:
+            return
+        if states is None:
+            try:
+                states = {s.name: s for s in self.pipeline.status()}
+            except Exception:  # noqa: BLE001 - a badge never breaks a cell; the cell reports
+                return
+        from IPython.display import update_display
+
+        for name, did in list(self._badge_ids.items()):
+            status = states.get(name)
+            if status is None:
+                continue
+            badge = (Badge.of(status) if status.defined
+                     else Badge(name, status.state, "not defined in this session"))
+            if self._badge_shown.get(did) != badge.text:
+                self._badge_shown[did] = badge.text
+                update_display(badge, display_id=did)
+
+    def _badge_running(self, name: str) -> None:
+        did = self._badge_ids.get(name)
+        if did is not None and self._badge_shown.get(did) != "running":
+            from IPython.display import update_display
+
+            self._badge_shown[did] = "running"
+            update_display(Badge(name, "running"), display_id=did)
 
     def _renamed(self, name: str) -> str | None:
         """The stage this very cell defined before under another name, if still registered
@@ -266,7 +330,13 @@ class PipeliteSession(Configurable):
 
     # -- progress ----------------------------------------------------------------------------
     def _on_event(self, event: StageEvent) -> None:
-        if not self._active or event.store != self.pipeline.store.url:
+        if event.store != self.pipeline.store.url:
+            return
+        if event.kind == "started" and event.stage is not None:
+            self._badge_running(event.stage)
+        elif event.kind in ("run_finished", "invalidated"):
+            self.refresh_badges()  # whoever started it: a cell, a panel button, a script
+        if not self._active:
             return
         if event.stage == self._current:
             return  # its own cell says what happened, after the cell's output
