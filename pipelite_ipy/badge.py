@@ -43,14 +43,14 @@ class Badge:
 
     def _repr_html_(self) -> str:
         fill, stroke = STATE_COLOURS.get(self.state, ("#e8e8e8", "#616161"))
-        reason = (f' <span class="pipelite-badge-reason">{html.escape(self.reason)}</span>'
+        reason = (f' <span class="pipelite-cell-badge-reason">{html.escape(self.reason)}</span>'
                   if self.reason else "")
         return (
-            f'<div class="pipelite-badge pipelite-badge-{self.state}" '
+            f'<div class="pipelite-cell-badge pipelite-cell-badge-{self.state}" '
             f'data-stage="{html.escape(self.stage)}" data-state="{self.state}" '
             f'style="font-family: var(--jp-ui-font-family, sans-serif); font-size: 12px; '
             f'color: var(--jp-ui-font-color1, #1a1a1a)">'
-            f'<span class="pipelite-badge-state" style="background: {fill}; color: #1a1a1a; '
+            f'<span class="pipelite-cell-badge-state" style="background: {fill}; color: #1a1a1a; '
             f'border: 1px solid {stroke}; border-radius: 3px; padding: 0 6px">'
             f"{self.state}</span> <code>{html.escape(self.stage)}</code>{reason}</div>"
         )

@@ -187,6 +187,19 @@ def expect_state(page, stage: str, state: str) -> None:
     expect(loc).to_have_text(state)
 
 
+def cell_badge(page, stage: str):
+    """The state badge at the top of stage ``stage``'s own cell output."""
+    return page.locator(f'.jp-OutputArea .pipelite-cell-badge[data-stage="{stage}"]')
+
+
+def expect_cell_state(page, stage: str, state: str, reason: str | None = None) -> None:
+    loc = cell_badge(page, stage)
+    expect(loc).to_have_count(1)
+    expect(loc).to_have_attribute("data-state", state)
+    if reason is not None:
+        expect(loc.locator(".pipelite-cell-badge-reason")).to_have_text(reason)
+
+
 def code_cell(page, text: str):
     """The code cell whose source contains ``text`` now (stays that cell after edits)."""
     cells = page.locator(".jp-Notebook .jp-CodeCell")
@@ -242,6 +255,7 @@ def run_the_scenario(page, jupyter: JupyterServer, route: str, notebook: str, na
     expect(last.locator(".jp-OutputArea")).to_contain_text("RESULT total = 20 with SCALE = 2")
     for stage in ("numbers", "scaled", "total"):
         expect_state(page, stage, "fresh")
+        expect_cell_state(page, stage, "fresh")  # the badge on the stage's own cell
     expect(panel.locator(".pipelite-counts")).to_have_text("3 fresh")
     expect(panel.locator(".pipelite-row-total .pipelite-outputs")).to_contain_text("total (")
     expect(panel.locator(".pipelite-row-scaled .pipelite-reason")).to_be_hidden()
@@ -258,7 +272,12 @@ def run_the_scenario(page, jupyter: JupyterServer, route: str, notebook: str, na
     expect(panel.locator(".pipelite-row-total .pipelite-reason")).to_have_text(
         "upstream stage 'scaled' is stale")
     expect(panel.locator(".pipelite-run-all")).to_have_text("Run all stale (2)")
+    # the cells' badges, updated in place by a cell that is not theirs
+    expect_cell_state(page, "scaled", "stale", "global 'SCALE' changed")
+    expect_cell_state(page, "total", "stale", "upstream stage 'scaled' is stale")
+    expect_cell_state(page, "numbers", "fresh")
     shot(page, panel, f"{name}-stale")
+    shot(page, code_cell(page, "%%stage scaled"), f"{name}-cell-badge-stale")
 
     panel.locator(".pipelite-row-total .pipelite-run").click()
     expect_state(page, "scaled", "fresh")
@@ -266,6 +285,8 @@ def run_the_scenario(page, jupyter: JupyterServer, route: str, notebook: str, na
     expect(panel.locator(".pipelite-progress-text")).to_contain_text(
         "last run: 2 stages computed in")
     expect(panel.locator(".pipelite-panel-error")).to_be_hidden()
+    expect_cell_state(page, "scaled", "fresh")  # a panel run updates the cells' badges too
+    expect_cell_state(page, "total", "fresh")
 
     run_cell(page, last)
     expect(last.locator(".jp-OutputArea")).to_contain_text("RESULT total = 30 with SCALE = 3")
@@ -286,6 +307,8 @@ def run_the_scenario(page, jupyter: JupyterServer, route: str, notebook: str, na
     expect(panel.locator(".pipelite-row-total .pipelite-error")).to_contain_text(
         "last run failed: TypeError: unsupported operand type(s) for +: 'int' and 'str'")
     expect(panel.locator(".pipelite-counts")).to_have_text("2 fresh 1 failed")
+    expect_cell_state(page, "total", "failed",
+                      "TypeError: unsupported operand type(s) for +: 'int' and 'str'")
     shot(page, panel, f"{name}-failed")
     run_cell(page, last)
     expect(last.locator(".jp-OutputArea")).to_contain_text("RESULT total = 30 with SCALE = x")

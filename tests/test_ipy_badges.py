@@ -20,7 +20,7 @@ def badged(ip):
 def displays(cap) -> list[tuple[str, str, bool]]:
     """(display id, text, is an update) of each badge display captured."""
     return [((o.transient or {}).get("display_id"), o.data["text/plain"], o.update)
-            for o in cap.outputs if "pipelite-badge" in o.data.get("text/html", "")]
+            for o in cap.outputs if "pipelite-cell-badge" in o.data.get("text/html", "")]
 
 
 TRAIN = "%%stage train\nw = EPOCHS * 2\nprint('trained', w)"
