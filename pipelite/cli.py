@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="list the stages in the store and their last results")
     g = sub.add_parser("graph", parents=[common], help="print the stage graph")
     g.add_argument("--format", choices=("mermaid", "dot", "svg"), default="mermaid")
+    g.add_argument("--artifacts", action="store_true",
+                   help="draw every artifact as a node (default: stages only, edges labelled "
+                        "with the artifacts they carry)")
     gc = sub.add_parser("gc", parents=[common],
                         help="delete all but the newest results per stage")
     gc.add_argument("--keep", type=int, default=1, help="results to keep per stage (default 1)")
@@ -241,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(status_table(statuses, in_session=False) if statuses
                   else f"no stages yet in {pipe.store.url}")
         elif args.command == "graph":
-            print(pipe.graph(args.format), end="")
+            print(pipe.graph(args.format, artifacts=args.artifacts), end="")
         elif args.command == "gc":
             print(pipe.gc(keep=args.keep))
         elif args.command == "trust":

@@ -1,4 +1,10 @@
-"""Rendering the stage graph, coloured by state: mermaid, Graphviz DOT, SVG."""
+"""Rendering the stage graph, coloured by state: mermaid, Graphviz DOT, SVG.
+
+By default only stages are drawn, left to right, and each edge is labelled with the artifacts
+that flow along it (more than two collapse to "N artifacts"), with a legend of the state
+colours: a graph of ten stages stays readable at the width of a notebook's output. With
+``artifacts=True`` every artifact is a node of its own between its producer and its consumers.
+"""
 from __future__ import annotations
 
 import shutil
@@ -6,75 +12,120 @@ import subprocess
 from typing import Sequence
 
 from .errors import GraphvizNotFoundError, InvalidArgumentError
-from .present import STATE_COLOURS
+from .present import STATE_COLOURS, STATES
 
 __all__ = ["render"]
 
-
-def _node_id(kind: str, name: str) -> str:
-    return f"{kind}_{name.replace('-', '_')}"
+MAX_EDGE_NAMES = 2  # more artifacts on one edge are shown as "N artifacts"
 
 
-def render(statuses: Sequence, format: str = "mermaid") -> str:
+def render(statuses: Sequence, format: str = "mermaid", artifacts: bool = False) -> str:
     """Render ``Pipeline.status()`` as ``mermaid`` or ``dot`` text, or as ``svg``."""
+    if format not in ("mermaid", "dot", "svg"):
+        raise InvalidArgumentError(
+            f"unknown graph format {format!r}: use 'mermaid', 'dot' or 'svg'")
+    graph = _Graph(statuses, artifacts)
     if format == "mermaid":
-        return _mermaid(statuses)
+        return graph.mermaid()
     if format == "dot":
-        return _dot(statuses)
-    if format == "svg":
-        dot = shutil.which("dot")
-        if dot is None:
-            raise GraphvizNotFoundError(
-                "graph(format='svg') needs Graphviz's 'dot' program: install Graphviz "
-                "(e.g. apt-get install graphviz), or use format='mermaid' or 'dot'"
-            )
-        done = subprocess.run([dot, "-Tsvg"], input=_dot(statuses).encode(),
-                              capture_output=True, check=True)
-        return done.stdout.decode()
-    raise InvalidArgumentError(f"unknown graph format {format!r}: use 'mermaid', 'dot' or 'svg'")
+        return graph.dot()
+    dot = shutil.which("dot")
+    if dot is None:
+        raise GraphvizNotFoundError(
+            "graph(format='svg') needs Graphviz's 'dot' program: install Graphviz "
+            "(e.g. apt-get install graphviz), or use format='mermaid' or 'dot'"
+        )
+    done = subprocess.run([dot, "-Tsvg"], input=graph.dot().encode(), capture_output=True,
+                          check=True)
+    return done.stdout.decode()
 
 
-def _edges(statuses: Sequence) -> tuple[list[tuple[str, str]], list[tuple[str, str]], set[str]]:
-    outs, ins, artifacts = [], [], set()
-    for s in statuses:
-        for name in s.produces:
-            outs.append((s.name, name))
-            artifacts.add(name)
-        for i in s.inputs:
-            ins.append((i, s.name))
-            artifacts.add(i)
-    return outs, ins, artifacts
+def edge_label(names: Sequence[str]) -> str:
+    """``x, y``, or ``3 artifacts`` when there are more than two."""
+    if len(names) > MAX_EDGE_NAMES:
+        return f"{len(names)} artifacts"
+    return ", ".join(names)
 
 
-def _mermaid(statuses: Sequence) -> str:
-    lines = ["flowchart LR"]
-    outs, ins, artifacts = _edges(statuses)
-    for s in statuses:
-        lines.append(f'    {_node_id("s", s.name)}["{s.name}"]:::{s.state}')
-    for a in sorted(artifacts):
-        lines.append(f'    {_node_id("a", a)}(["{a}"]):::artifact')
-    for st, a in outs:
-        lines.append(f"    {_node_id('s', st)} --> {_node_id('a', a)}")
-    for a, st in ins:
-        lines.append(f"    {_node_id('a', a)} --> {_node_id('s', st)}")
-    for state, (fill, stroke) in STATE_COLOURS.items():
-        lines.append(f"    classDef {state} fill:{fill},stroke:{stroke},color:#000")
-    lines.append("    classDef artifact fill:#ffffff,stroke:#9e9e9e,color:#333")
-    return "\n".join(lines) + "\n"
+class _Graph:
+    """Nodes and labelled edges, with ids by position (stage names may differ only by a
+    ``-`` and a ``_``; ids must not)."""
 
+    def __init__(self, statuses: Sequence, artifacts: bool):
+        self.stages = list(statuses)
+        self.ids = {s.name: f"s{i}" for i, s in enumerate(self.stages)}
+        producer = {a: s.name for s in self.stages for a in s.produces}
+        names: set[str] = set()
+        self.nodes: list[tuple[str, str, str]] = []  # (id, label, class) of artifact nodes
+        self.edges: list[tuple[str, str, str]] = []  # (from id, to id, label)
+        if artifacts:
+            for s in self.stages:
+                names.update(s.produces)
+                names.update(s.inputs)
+            art = {a: f"a{i}" for i, a in enumerate(sorted(names))}
+            self.nodes = [(art[a], a, "artifact") for a in sorted(names)]
+            for s in self.stages:
+                self.edges += [(self.ids[s.name], art[a], "") for a in s.produces]
+                self.edges += [(art[a], self.ids[s.name], "") for a in s.inputs]
+            return
+        flows: dict[tuple[str, str], list[str]] = {}
+        orphans: list[tuple[str, str]] = []  # (artifact, consumer) with no producer known
+        for s in self.stages:
+            for a in s.inputs:
+                p = producer.get(a)
+                if p is None or p not in self.ids:
+                    orphans.append((a, s.name))
+                else:
+                    flows.setdefault((p, s.name), []).append(a)
+        for (p, c), arts in flows.items():
+            self.edges.append((self.ids[p], self.ids[c], edge_label(arts)))
+        missing = sorted({a for a, _ in orphans})
+        art = {a: f"m{i}" for i, a in enumerate(missing)}
+        self.nodes = [(art[a], f"{a} (no producer)", "orphan") for a in missing]
+        self.edges += [(art[a], self.ids[c], "") for a, c in orphans]
 
-def _dot(statuses: Sequence) -> str:
-    lines = ["digraph pipelite {", "  rankdir=LR;", '  node [fontname="Helvetica"];']
-    outs, ins, artifacts = _edges(statuses)
-    for s in statuses:
-        fill, stroke = STATE_COLOURS.get(s.state, STATE_COLOURS["missing"])
-        lines.append(f'  "{_node_id("s", s.name)}" [label="{s.name}\\n({s.state})", shape=box, '
-                     f'style="filled,rounded", fillcolor="{fill}", color="{stroke}"];')
-    for a in sorted(artifacts):
-        lines.append(f'  "{_node_id("a", a)}" [label="{a}", shape=ellipse, color="#9e9e9e"];')
-    for st, a in outs:
-        lines.append(f'  "{_node_id("s", st)}" -> "{_node_id("a", a)}";')
-    for a, st in ins:
-        lines.append(f'  "{_node_id("a", a)}" -> "{_node_id("s", st)}";')
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+    def mermaid(self) -> str:
+        lines = ["flowchart LR"]
+        for s in self.stages:
+            lines.append(f'    {self.ids[s.name]}["{s.name}"]:::{s.state}')
+        for nid, label, cls in self.nodes:
+            lines.append(f'    {nid}(["{label}"]):::{cls}')
+        for a, b, label in self.edges:
+            lines.append(f'    {a} -->|"{label}"| {b}' if label else f"    {a} --> {b}")
+        lines.append('    subgraph legend["states"]')
+        lines.append("        direction LR")
+        lines += [f'        legend_{state}["{state}"]:::{state}' for state in STATES]
+        lines.append("    end")
+        for state, (fill, stroke) in STATE_COLOURS.items():
+            lines.append(f"    classDef {state} fill:{fill},stroke:{stroke},color:#000")
+        lines.append("    classDef artifact fill:#ffffff,stroke:#9e9e9e,color:#333")
+        lines.append("    classDef orphan fill:#ffffff,stroke:#c62828,color:#333,"
+                     "stroke-dasharray:4 3")
+        return "\n".join(lines) + "\n"
+
+    def dot(self) -> str:
+        lines = ["digraph pipelite {", "  rankdir=LR;", '  node [fontname="Helvetica"];',
+                 '  edge [fontname="Helvetica", fontsize=10];']
+        for s in self.stages:
+            fill, stroke = STATE_COLOURS.get(s.state, STATE_COLOURS["missing"])
+            lines.append(f'  "{self.ids[s.name]}" [label="{s.name}\\n({s.state})", shape=box, '
+                         f'style="filled,rounded", fillcolor="{fill}", color="{stroke}"];')
+        for nid, label, cls in self.nodes:
+            style = ', style="dashed", color="#c62828"' if cls == "orphan" else \
+                ', color="#9e9e9e"'
+            lines.append(f'  "{nid}" [label="{label}", shape=ellipse{style}];')
+        for a, b, label in self.edges:
+            lines.append(f'  "{a}" -> "{b}"' + (f' [label="{label}"]' if label else "") + ";")
+        lines.append('  subgraph cluster_legend { label="states"; fontname="Helvetica"; '
+                     'color="#bdbdbd";')
+        for state in STATES:
+            fill, stroke = STATE_COLOURS[state]
+            lines.append(f'    "legend_{state}" [label="{state}", shape=box, fontsize=10, '
+                         f'height=0.3, style="filled,rounded", fillcolor="{fill}", '
+                         f'color="{stroke}"];')
+        # invisible edges keep the legend on one row, left to right
+        lines.append("    " + " -> ".join(f'"legend_{state}"' for state in STATES)
+                     + " [style=invis];")
+        lines.append("  }")
+        lines.append("}")
+        return "\n".join(lines) + "\n"

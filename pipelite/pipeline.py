@@ -347,11 +347,15 @@ class Pipeline:
             raise err from exc
 
     @_user_facing
-    def graph(self, format: str = "mermaid") -> str:
-        """The stage graph coloured by state: ``mermaid`` or ``dot`` text, or ``svg``."""
+    def graph(self, format: str = "mermaid", *, artifacts: bool = False) -> str:
+        """The stage graph coloured by state: ``mermaid`` or ``dot`` text, or ``svg``.
+
+        Stages only, edges labelled with the artifacts they carry, and a legend of the state
+        colours; ``artifacts=True`` draws every artifact as a node of its own."""
         from .graph import render
 
-        return render(self.status(), format)
+        _checked_bool(artifacts, "graph", "artifacts")
+        return render(self.status(), format, artifacts)
 
 
 def _checked_params(params: Any, where: str) -> dict[str, dict[str, Any]]:

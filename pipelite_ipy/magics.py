@@ -49,6 +49,9 @@ def _pipelite_parser() -> MagicArgumentParser:
     p = add("graph", "the stage graph, coloured by state")
     p.add_argument("--format", choices=("mermaid", "dot", "svg"), default="mermaid",
                    help="mermaid (rendered by JupyterLab), dot text, or svg (needs Graphviz)")
+    p.add_argument("--artifacts", action="store_true",
+                   help="draw every artifact as a node (default: stages only, edges labelled "
+                        "with the artifacts they carry)")
     p = add("load", "bind stored artifacts (or all outputs of a stage) into the namespace")
     p.add_argument("names", nargs="+", metavar="NAME", help="artifact or stage names")
     p = add("invalidate", "forget every stored result of a stage")
@@ -280,7 +283,7 @@ class PipeliteMagics(Magics):
         print(self.pipeline.explain(args.name))
 
     def _cmd_graph(self, args: Any) -> None:
-        text = self.pipeline.graph(args.format)
+        text = self.pipeline.graph(args.format, artifacts=args.artifacts)
         if args.format == "mermaid":
             display({"text/markdown": f"```mermaid\n{text}```\n", "text/plain": text}, raw=True)
         elif args.format == "svg":

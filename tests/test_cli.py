@@ -18,6 +18,10 @@ def test_cli_status_graph_and_gc_read_the_store(store_dir, two_stages, capsys):
     assert "STAGE" in out and "a" in out and "fresh" in out
     assert main(["--store", str(store_dir), "graph", "--format", "dot"]) == 0
     assert capsys.readouterr().out.startswith("digraph")
+    assert main(["--store", str(store_dir), "graph"]) == 0
+    assert "shape=ellipse" not in (out := capsys.readouterr().out) and "flowchart LR" in out
+    assert main(["--store", str(store_dir), "graph", "--artifacts", "--format", "dot"]) == 0
+    assert capsys.readouterr().out.count("shape=ellipse") == 2  # x and y
     assert main(["--store", str(store_dir), "gc", "--keep", "1"]) == 0
     assert "removed 0 record(s)" in capsys.readouterr().out
 

@@ -493,6 +493,13 @@ def test_pipelite_graph_mermaid_renders_as_markdown(two_stages):
     assert out.data["text/plain"].startswith("flowchart LR")
 
 
+def test_pipelite_graph_draws_stages_and_artifacts_with_dash_dash_artifacts(two_stages):
+    (out,) = ok(two_stages, "%pipelite graph").outputs
+    assert '-->|"train_data"|' in out.data["text/plain"] and "([" not in out.data["text/plain"]
+    (out,) = ok(two_stages, "%pipelite graph --artifacts").outputs
+    assert '(["train_data"]):::artifact' in out.data["text/plain"]
+
+
 def test_pipelite_graph_dot_prints_dot(two_stages):
     assert ok(two_stages, "%pipelite graph --format dot").stdout.startswith("digraph pipelite {")
 

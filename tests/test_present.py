@@ -310,7 +310,7 @@ def test_ipython_shows_a_mistake_outside_any_pipeline_call_without_pipelites_fra
 def test_ipython_shows_an_error_of_pipelite_itself_with_pipelites_frames(shell, monkeypatch):
     import pipelite.graph
 
-    def broken(statuses, format="mermaid"):
+    def broken(statuses, format="mermaid", artifacts=False):
         raise RuntimeError("a bug in PipeLite")
 
     monkeypatch.setattr(pipelite.graph, "render", broken)
