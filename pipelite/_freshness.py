@@ -75,6 +75,9 @@ class Verdict:
     latest: ResultRecord | None = None
     fingerprint: Fingerprint | None = None
     failure: FailureRecord | None = None
+    # (stage, state, first reason) of what makes this stage not fresh at the root: itself, or
+    # the furthest upstream stage it waits on; a downstream reason names it
+    root: tuple[str, str, str] | None = None
 
 
 @dataclass
@@ -157,7 +160,8 @@ def _defined(graph: Graph, name: str, verdicts: Mapping[str, Verdict], params: d
             continue
         up = verdicts[p]
         if up.state != "fresh" or up.record is None:
-            blocked.append(f"upstream stage '{p}' is {up.state}")
+            blocked.append(_upstream_reason(p, up))
+            verdict.root = verdict.root or _root_of(p, up)
         elif i not in up.record.outputs:
             blocked.append(f"upstream stage '{p}' did not produce '{i}'")
         else:
@@ -191,6 +195,20 @@ def _defined(graph: Graph, name: str, verdicts: Mapping[str, Verdict], params: d
     else:
         verdict.reasons = ["no stored result"]
     return verdict
+
+
+def _root_of(name: str, verdict: Verdict) -> tuple[str, str, str]:
+    if verdict.root is not None:
+        return verdict.root
+    return name, verdict.state, verdict.reasons[0] if verdict.reasons else ""
+
+
+def _upstream_reason(name: str, up: Verdict) -> str:
+    """``upstream stage 'load' is stale: global 'SEED' changed``, naming the root cause, and
+    the direct parent when the root is further up (``... (via 'clean')``)."""
+    root, state, why = _root_of(name, up)
+    text = f"upstream stage '{root}' is {state}" + (f": {why}" if why else "")
+    return text if root == name else f"{text} (via '{name}')"
 
 
 def stored(store: Store, name: str, fp: Fingerprint, forced: bool) -> ResultRecord | None:

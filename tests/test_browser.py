@@ -270,11 +270,12 @@ def run_the_scenario(page, jupyter: JupyterServer, route: str, notebook: str, na
     expect(panel.locator(".pipelite-row-scaled .pipelite-reason")).to_have_text(
         "global 'SCALE' changed")
     expect(panel.locator(".pipelite-row-total .pipelite-reason")).to_have_text(
-        "upstream stage 'scaled' is stale")
+        "upstream stage 'scaled' is stale: global 'SCALE' changed")
     expect(panel.locator(".pipelite-run-all")).to_have_text("Run all stale (2)")
     # the cells' badges, updated in place by a cell that is not theirs
     expect_cell_state(page, "scaled", "stale", "global 'SCALE' changed")
-    expect_cell_state(page, "total", "stale", "upstream stage 'scaled' is stale")
+    expect_cell_state(page, "total", "stale",
+                      "upstream stage 'scaled' is stale: global 'SCALE' changed")
     expect_cell_state(page, "numbers", "fresh")
     shot(page, panel, f"{name}-stale")
     shot(page, code_cell(page, "%%stage scaled"), f"{name}-cell-badge-stale")

@@ -542,9 +542,34 @@ def test_new_input_content_makes_the_downstream_stale(pipeline):
     pipeline.run()
     run_cell(CHAIN.format(tweak=" + [4]"), ns)
     s = state(pipeline, "summarize")
-    assert s.state == "stale" and s.reasons == ("upstream stage 'load' is stale",)
+    assert s.state == "stale" and s.reasons == ("upstream stage 'load' is stale: its code changed",)
     result = pipeline.run("summarize")
     assert result["total"] == 10 and result.executed == ["load", "summarize"]
+
+
+def test_a_downstream_reason_names_the_root_cause_and_the_parent_it_comes_through(pipeline):
+    ns = notebook()
+    run_cell(textwrap.dedent("""
+        SEED = 1
+
+        @stage(outputs="raw")
+        def load_data():
+            return [SEED]
+
+        @stage(outputs="cleaned")
+        def clean(raw):
+            return raw
+
+        @stage(outputs="model")
+        def train(cleaned):
+            return cleaned
+    """), ns)
+    pipeline.run()
+    ns["SEED"] = 2
+    assert state(pipeline, "clean").reasons == (
+        "upstream stage 'load_data' is stale: global 'SEED' changed",)
+    assert state(pipeline, "train").reasons == (
+        "upstream stage 'load_data' is stale: global 'SEED' changed (via 'clean')",)
 
 
 def test_byte_identical_upstream_output_leaves_the_downstream_fresh(pipeline):

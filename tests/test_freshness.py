@@ -80,7 +80,7 @@ def test_no_stored_result_is_missing_and_its_consumers_wait_for_it(world):
     found = world.check("double")
     assert (found["source"].state, found["source"].reasons) == ("missing", ["no stored result"])
     assert found["double"].state == "missing"
-    assert found["double"].reasons == ["upstream stage 'source' is missing"]
+    assert found["double"].reasons == ["upstream stage 'source' is missing: no stored result"]
 
 
 def test_a_changed_parameter_makes_a_stage_stale_and_says_from_what_to_what(world):
@@ -104,7 +104,8 @@ def test_a_stale_upstream_makes_its_consumer_stale_without_fingerprinting_it(wor
     world.store_result("double", {"y": "2"}, inputs={"x": "1"})
     found = world.check("double", params={"source": {"n": 5}})
     assert found["double"].state == "stale" and found["double"].fingerprint is None
-    assert found["double"].reasons == ["upstream stage 'source' is stale"]
+    assert found["double"].reasons == [
+        "upstream stage 'source' is stale: parameter 'n' changed: 1 -> 5"]
 
 
 def test_a_failed_run_at_the_current_fingerprint_is_failed_and_a_success_clears_it(world):

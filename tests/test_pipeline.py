@@ -122,7 +122,7 @@ def test_status_names_every_state(pipeline, chain):
     assert s["a"].state == "fresh" and s["a"].last_run is not None
     assert s["a"].outputs[0].name == "x" and s["a"].outputs[0].format == "json"
     assert s["b"].state == "missing" and s["b"].reasons == ("no stored result",)
-    assert s["c"].reasons == ("upstream stage 'b' is missing",)
+    assert s["c"].reasons == ("upstream stage 'b' is missing: no stored result",)
 
 
 @pytest.mark.filterwarnings("ignore:stage 'slow' changed what it reads")  # it records `seen`
@@ -186,7 +186,8 @@ def test_downstream_of_a_failed_stage_is_not_fresh(pipeline):
     with pytest.raises(RuntimeError):
         pipeline.run("b")
     s = {x.name: x for x in pipeline.status()}
-    assert s["a"].state == "failed" and s["b"].reasons == ("upstream stage 'a' is failed",)
+    assert s["a"].state == "failed" and s["b"].reasons == (
+        "upstream stage 'a' is failed: last run failed: RuntimeError: nope",)
 
 
 def test_explain_says_why_in_words(pipeline, chain):
@@ -194,7 +195,9 @@ def test_explain_says_why_in_words(pipeline, chain):
     assert "is fresh" in pipeline.explain("c")
     pipeline.invalidate("a")
     text = pipeline.explain("c")
-    assert "stage 'c' is stale" in text and "upstream stage 'b' is stale" in text
+    assert "stage 'c' is stale" in text
+    # the root cause, two stages up, and the direct parent it comes through
+    assert "upstream stage 'a' is missing: no stored result (via 'b')" in text
 
 
 def test_plan_lists_what_run_would_execute_without_running_it(pipeline, chain):
