@@ -9,6 +9,7 @@ The command line, the magics, the panel and the graph all draw from here, so the
 """
 from __future__ import annotations
 
+import datetime as _dt
 import os
 import sys
 import types
@@ -22,6 +23,7 @@ __all__ = [
     "STATE_COLOURS",
     "human_bytes",
     "human_duration",
+    "local_time",
     "status_table",
     "explain_text",
     "user_frames",
@@ -63,6 +65,27 @@ def human_duration(seconds: float) -> str:
     return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
 
 
+# -- times: one convention everywhere -------------------------------------------------------
+def local_time(when: _dt.datetime | str | None, full: bool = False) -> str:
+    """A stored time (records keep UTC ISO) as people read it: in this machine's local time,
+    ``2026-11-27 14:05``; ``full`` adds the seconds and the zone, ``2026-11-27 14:05:09 CET``.
+    Every time PipeLite shows goes through here: cell messages, the panel, status, explain and
+    the command line."""
+    if when is None:
+        return "-"
+    if isinstance(when, str):
+        try:
+            moment = _dt.datetime.fromisoformat(when)
+        except ValueError:
+            return when
+    else:
+        moment = when
+    local = moment.astimezone() if moment.tzinfo else moment
+    if not full:
+        return local.strftime("%Y-%m-%d %H:%M")
+    return local.strftime("%Y-%m-%d %H:%M:%S ") + (local.tzname() or local.strftime("%z"))
+
+
 # -- texts --------------------------------------------------------------------------------
 def status_table(statuses: Sequence[StageStatus], in_session: bool = True) -> str:
     """A plain-text table of ``Pipeline.status()``: what ``pipelite status`` prints and
@@ -81,7 +104,7 @@ def status_table(statuses: Sequence[StageStatus], in_session: bool = True) -> st
         rows.append((
             s.name + ("" if s.defined or not in_session else " *"),
             state,
-            f"{s.last_run:%Y-%m-%d %H:%M}" if s.last_run else "-",
+            local_time(s.last_run),
             human_duration(s.duration) if s.duration is not None else "-",
             outs or "-",
             why,
@@ -108,7 +131,7 @@ def explain_text(status: StageStatus, blind_spots: Iterable[str] = ()) -> str:
     lines += [f"  - {r}" for r in s.reasons]
     lines += [f"  - blind spot: {b}" for b in blind_spots]
     if s.last_run:
-        lines.append(f"last run: {s.last_run:%Y-%m-%d %H:%M:%S} UTC, took "
+        lines.append(f"last run: {local_time(s.last_run, full=True)}, took "
                      f"{human_duration(s.duration or 0.0)}")
     if s.outputs:
         lines.append("outputs: " + ", ".join(f"{o.name} ({o.summary}, {human_bytes(o.size)})"

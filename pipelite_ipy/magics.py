@@ -21,6 +21,7 @@ from pipelite.present import (
     STATE_COLOURS,
     human_bytes,
     human_duration,
+    local_time,
     status_table,
     user_frames,
 )
@@ -131,6 +132,9 @@ def _present(exc: BaseException, shell: Any) -> None:
         pass
 
 
+_NOWRAP = ' style="white-space:nowrap"'  # a date or a duration is never broken across lines
+
+
 class StatusTable:
     """``%pipelite status``: the stages as a plain-text and an HTML table."""
 
@@ -153,16 +157,19 @@ class StatusTable:
                 "<tr>"
                 f"<td><code>{html.escape(s.name)}</code>{'' if s.defined else ' *'}</td>"
                 f"<td>{badge}</td>"
-                f"<td>{f'{s.last_run:%Y-%m-%d %H:%M}' if s.last_run else '-'}</td>"
-                f"<td>{human_duration(s.duration) if s.duration is not None else '-'}</td>"
+                f"<td{_NOWRAP}>{local_time(s.last_run)}</td>"
+                f"<td{_NOWRAP}>"
+                f"{human_duration(s.duration) if s.duration is not None else '-'}</td>"
                 f"<td>{outs or '-'}</td>"
                 f"<td>{html.escape('; '.join(s.reasons)) or '-'}</td>"
                 "</tr>"
             )
         foot = ("<p><small>* known from the store only (not defined in this session)</small></p>"
                 if any(not s.defined for s in self.statuses) else "")
-        return ('<table class="pipelite-status"><thead><tr><th>stage</th><th>state</th>'
-                "<th>last run</th><th>took</th><th>outputs</th><th>why</th></tr></thead>"
+        head = "".join(f'<th style="text-align:left">{h}</th>'
+                       for h in ("stage", "state", "last run", "took", "outputs", "why"))
+        return ('<table class="pipelite-status" style="text-align:left">'
+                f"<thead><tr>{head}</tr></thead>"
                 f"<tbody>{''.join(rows)}</tbody></table>{foot}")
 
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import ipywidgets as widgets
 
 from pipelite import StageEvent, StageStatus, subscribe
-from pipelite.present import STATE_COLOURS, STATES, human_bytes, human_duration
+from pipelite.present import STATE_COLOURS, STATES, human_bytes, human_duration, local_time
 
 __all__ = ["PipelinePanel"]
 
@@ -183,7 +183,7 @@ class _StageRow(widgets.VBox):
         self.outputs.value = (prefix + ", ".join(outs) if outs
                               else '<span class="pipelite-empty">no outputs yet</span>')
         if s.last_run is not None:
-            self.when.value = (f'<span title="last run {s.last_run.isoformat()}">'
+            self.when.value = (f'<span title="last run {local_time(s.last_run, full=True)}">'
                                f"{_when(s.last_run)} · {_seconds(s.duration)}</span>")
         else:
             self.when.value = '<span class="pipelite-empty">never run</span>'

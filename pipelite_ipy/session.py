@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ast
-import datetime as _dt
 import sys
 import uuid
 import warnings
@@ -20,7 +19,7 @@ from pipelite import (
     subscribe,
 )
 from pipelite.errors import DuplicateProducerError, PipeliteError, UntrustedRecordError
-from pipelite.present import human_bytes, human_duration
+from pipelite.present import human_bytes, human_duration, local_time
 from pipelite.store import ResultRecord
 
 from .badge import Badge
@@ -298,7 +297,7 @@ class PipeliteSession(Configurable):
                 print(f"[pipelite] {name}: not replaying its stored output: {exc}")
                 events = None
             replay(self.shell, events or [])
-            when = _local_time(record.started) if record else "?"
+            when = local_time(record.started) if record else "?"
             saved = record.duration if record else 0.0
             print(f"[pipelite] {name}: loaded from store (run {when}, saved "
                   f"{_seconds(saved)} of compute)")
@@ -422,14 +421,4 @@ def _stored(record: ResultRecord | None) -> str:
         return f"stored {len(outputs)} outputs ({total})"
     return "stored " + ", ".join(f"{name} ({o.summary or o.format}, {human_bytes(o.size)})"
                                  for name, o in outputs.items())
-
-
-def _local_time(text: str | None) -> str:
-    if not text:
-        return "?"
-    try:
-        when = _dt.datetime.fromisoformat(text)
-    except ValueError:
-        return text
-    return when.astimezone().strftime("%Y-%m-%d %H:%M")
 

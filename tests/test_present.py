@@ -15,6 +15,7 @@ from pipelite.present import (
     explain_text,
     human_bytes,
     human_duration,
+    local_time,
     status_table,
     user_frames,
 )
@@ -29,6 +30,36 @@ def status(name, state="fresh", *, reasons=(), outputs=(), last_run=None, durati
 
 WHEN = dt.datetime(2024, 5, 17, 9, 30, 12, tzinfo=dt.timezone.utc)
 WEIGHTS = OutputInfo("model_weights", 8128, "npy", "ndarray float64 (10,)", "0" * 32)
+
+
+@pytest.fixture
+def in_india(monkeypatch):
+    """This machine's local time is UTC+5:30 (IST) for the test."""
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_every_time_shown_is_local_with_the_zone_where_it_is_full(in_india):
+    """One convention (issue 10, item 6): local time; the zone where the whole timestamp is
+    shown; records keep UTC ISO."""
+    from pipelite_ipy.magics import StatusTable
+
+    assert local_time(WHEN) == "2024-05-17 15:00"
+    assert local_time(WHEN, full=True) == "2024-05-17 15:00:12 IST"
+    assert local_time(WHEN.isoformat()) == "2024-05-17 15:00"  # as a record keeps it
+    assert local_time(None) == "-"
+    s = status("train", last_run=WHEN, duration=2.0, outputs=[WEIGHTS])
+    assert "2024-05-17 15:00" in status_table([s])
+    assert "last run: 2024-05-17 15:00:12 IST, took 2.0 s" in explain_text(s)
+    html = StatusTable([s])._repr_html_()
+    assert '<td style="white-space:nowrap">2024-05-17 15:00</td>' in html
+    assert '<td style="white-space:nowrap">2.0 s</td>' in html
+    assert 'th style="text-align:left"' in html
 
 
 def test_every_state_has_a_colour_and_every_colour_is_a_state():
