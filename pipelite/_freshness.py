@@ -57,6 +57,7 @@ class StageStatus:
     error: str | None = None
     produces: tuple[str, ...] = ()  # artifact names, known before the first run where possible
     traceback: str | None = None  # of the last failed run, when failed
+    failed_at: _dt.datetime | None = None  # when that failed run started, when failed
 
     @property
     def fresh(self) -> bool:
@@ -302,6 +303,15 @@ def _env_changes(b: Mapping[str, str], n: Mapping[str, str]) -> list[str]:
     return reasons
 
 
+def _started(failure: FailureRecord | None) -> _dt.datetime | None:
+    if failure is None or not failure.started:
+        return None
+    try:
+        return _dt.datetime.fromisoformat(failure.started)
+    except ValueError:  # checked when the record was read; never a traceback for it
+        return None
+
+
 def status_of(verdict: Verdict) -> StageStatus:
     rec = verdict.record if verdict.record is not None else verdict.latest
     stored_outputs = rec.outputs if rec is not None else {}
@@ -323,6 +333,7 @@ def status_of(verdict: Verdict) -> StageStatus:
         error=verdict.failure.error if verdict.failure else None,
         produces=produces,
         traceback=verdict.failure.traceback if verdict.failure else None,
+        failed_at=_started(verdict.failure),
     )
 
 

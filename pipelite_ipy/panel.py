@@ -182,15 +182,19 @@ class _StageRow(widgets.VBox):
         prefix = "previous result: " if outs and s.state in ("failed", "stale") else ""
         self.outputs.value = (prefix + ", ".join(outs) if outs
                               else '<span class="pipelite-empty">no outputs yet</span>')
-        if s.last_run is not None:
+        if s.state == "failed" and s.failed_at is not None:  # its error shows below
+            self.when.value = (f'<span class="pipelite-failed-at" title="failed '
+                               f'{local_time(s.failed_at, full=True)}">failed '
+                               f"{_when(s.failed_at)}</span>")
+        elif s.last_run is not None:
             self.when.value = (f'<span title="last run {local_time(s.last_run, full=True)}">'
                                f"{_when(s.last_run)} · {_seconds(s.duration)}</span>")
         else:
             self.when.value = '<span class="pipelite-empty">never run</span>'
         reasons = [r for r in s.reasons if not (s.error and r.startswith("last run failed"))]
-        if not s.defined and not any(_NOT_DEFINED in r for r in reasons):
-            reasons.insert(0, _NOT_DEFINED)
-        show_reasons = bool(reasons) and (s.state != "fresh" or not s.defined)
+        # the label says "not defined in this session" already: once is enough
+        reasons = [r for r in reasons if not r.startswith(_NOT_DEFINED)]
+        show_reasons = bool(reasons) and s.state != "fresh"
         self.reason.value = ("; ".join(html.escape(r, quote=False) for r in reasons)
                              if show_reasons else "")
         self._hide(self.reason, not show_reasons)

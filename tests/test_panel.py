@@ -2,6 +2,7 @@
 real namespace, buttons clicked with ``button.click()``."""
 from __future__ import annotations
 
+import re
 import textwrap
 
 import pytest
@@ -229,6 +230,9 @@ def test_a_failing_stage_shows_its_error_in_the_panel_and_does_not_raise(session
     assert row.state == "failed"
     assert "pipelite-badge-failed" in classes(row.badge)
     assert "IndexError: list index out of range" in row.error.value
+    # it never succeeded, but it did run: when it failed, not "never run"
+    assert "never run" not in row.when.value and "failed " in row.when.value
+    assert re.search(r"failed \d\d:\d\d:\d\d</span>", row.when.value)
     assert row.error.layout.display != "none"
     assert "pipelite-error" in classes(row.error)
     assert "<summary>traceback</summary><pre>Traceback (most recent call last)" in row.error.value
@@ -272,6 +276,8 @@ def test_after_a_restart_stages_known_only_from_the_store_are_listed_but_not_run
         row = panel.row(name)
         assert not row.defined and "pipelite-undefined" in classes(row)
         assert "not defined in this session" in row.label.value
+        shown = row.label.value + row.reason.value + row.when.value + row.outputs.value
+        assert shown.count("not defined in this session") == 1  # said once, by the label
         assert row.run_button.disabled and row.force_button.disabled
         assert "total (" in panel.row("total").outputs.value
     assert panel.run_all_button.disabled
