@@ -284,11 +284,12 @@ class PipeliteSession(Configurable):
             result = self.run([name], force=force)
         finally:
             self._current = None
+            why, self._why = self._why, {}  # a later run (a panel button) has its own reasons
         computed = name in result.executed
         record = result.records.get(name)
         if computed:  # after the cell's own output, where a hit says it was loaded
             took = _seconds(record.duration) if record else "?"
-            print(f"[pipelite] {name}: ran in {took}{self._because(name)}; "
+            print(f"[pipelite] {name}: ran in {took}{self._because(name, why)}; "
                   f"{_stored(record)}")
         else:
             try:
@@ -304,9 +305,9 @@ class PipeliteSession(Configurable):
         sys.stdout.flush()
         return StageOutcome(name, computed, dict(result), record, list(result.executed))
 
-    def _because(self, name: str) -> str:
+    def _because(self, name: str, why: dict[str, tuple[str, ...]] | None = None) -> str:
         """``": global 'EPOCHS' changed"``: the first reason the check gave for running."""
-        reasons = self._why.get(name) or ()
+        reasons = (self._why if why is None else why).get(name) or ()
         return f": {reasons[0]}" if reasons else ""
 
     def _executor(self, name: str, compiled: CompiledCell) -> Callable[[str, dict], dict]:
