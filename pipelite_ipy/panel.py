@@ -233,6 +233,10 @@ class PipelinePanel(widgets.VBox):
         self._run_depth = 0
         self._run_t0 = 0.0
         self._failed_in_run: list[str] = []
+        # every run this panel saw, added up (a run per cell: "last run" alone shows one cell)
+        self._session_computed = 0
+        self._session_failed = 0
+        self._session_seconds = 0.0
         self._rows: dict[str, _StageRow] = {}
         self._statuses: list[StageStatus] = []
         self._closed = False
@@ -429,6 +433,10 @@ class PipelinePanel(widgets.VBox):
         elif ev.kind in ("finished", "failed") and self._run_depth > 0:
             if ev.kind == "failed" and ev.stage:
                 self._failed_in_run.append(ev.stage)
+                self._session_failed += 1
+            else:
+                self._session_computed += 1
+                self._session_seconds += ev.duration or 0.0
             if row is not None:
                 row.set_state("fresh" if ev.kind == "finished" else "failed")
                 if ev.kind == "failed":
@@ -447,14 +455,25 @@ class PipelinePanel(widgets.VBox):
                 if failed:
                     done += (", " if done else "") + f"{', '.join(failed)} failed"
                 self.progress_bar.layout.display = "none"
-                self.progress_text.value = (
-                    f"last run: {done} in {_seconds(ev.time - self._run_t0)}" if done else
-                    "last run: everything was fresh, nothing computed")
+                last = (f"last run: {done} in {_seconds(ev.time - self._run_t0)}" if done else
+                        "last run: everything was fresh, nothing computed")
+                clock = _dt.datetime.fromtimestamp(ev.time).strftime("%H:%M:%S")
+                self.progress_text.value = f"{last}, at {clock} · {self._session_summary()}"
                 self.refresh()
         elif ev.kind == "skipped":
             pass
         elif self._run_depth == 0:  # invalidated, or a stage event outside a run
             self.refresh()
+
+    def _session_summary(self) -> str:
+        """What every run seen by this panel computed: one cell at a time (Run All Cells)
+        adds up here, where "last run" shows only the last cell's."""
+        n = self._session_computed
+        text = (f"this session: {n} stage{'s' if n != 1 else ''} computed in "
+                f"{_seconds(self._session_seconds)}")
+        if self._session_failed:
+            text += f", {self._session_failed} failed"
+        return text
 
     def _progress(self, text: str, value: int, total: int) -> None:
         self.progress.layout.display = None

@@ -202,6 +202,20 @@ def test_progress_shows_stage_i_of_n_the_running_stage_and_elapsed_time(session,
     assert panel.progress_bar.layout.display == "none"
 
 
+def test_the_panel_sums_up_every_run_of_the_session_with_a_time(session, panels):
+    """Run All Cells runs one stage per cell: "last run" shows the last cell's, and the
+    session's total says what all of them computed (issue 10, item 7)."""
+    panel = panels(session)
+    for name in STAGES:  # one run per cell, as Run All Cells does
+        session.run([name])
+    text = panel.progress_text.value
+    assert text.startswith("last run: 1 stage computed in")
+    assert re.search(r", at \d\d:\d\d:\d\d · this session: 3 stages computed in ", text), text
+    session.run(["total"])  # fresh: nothing computed, the total stays
+    assert panel.progress_text.value.startswith("last run: everything was fresh")
+    assert "this session: 3 stages computed in " in panel.progress_text.value
+
+
 def test_a_row_shows_running_while_its_stage_runs(session, panels):
     panel = panels(session)
     seen = []
