@@ -41,6 +41,9 @@ _CSS = """
   padding: 0 8px; line-height: 20px; font-weight: 600; font-size: 12px; border: 1px solid; }
 .pipelite-badge span { min-width: 56px; text-align: center; }
 .pipelite-name b { font-family: var(--jp-code-font-family, monospace); }
+.pipelite-name-text { display: inline-block; max-width: 180px; overflow: hidden;
+  text-overflow: ellipsis; white-space: nowrap; vertical-align: bottom; }
+.pipelite-outputs-many ul { margin: 2px 0 2px 16px; padding: 0; }
 .pipelite-undefined-tag { color: #6a737d; font-style: italic; font-size: 12px; }
 .pipelite-outputs, .pipelite-when { color: #444; font-size: 12px; overflow: hidden;
   text-overflow: ellipsis; }
@@ -98,6 +101,23 @@ def _error_html(summary: str, detail: str | None = None) -> str:
         body += ("<details><summary>traceback</summary>"
                  f"<pre>{html.escape(detail, quote=False)}</pre></details>")
     return body
+
+
+MAX_LISTED_OUTPUTS = 3  # more collapse to "8 outputs · 470 KiB", listed on expand
+
+
+def _outputs_html(outputs: Sequence[Any]) -> str:
+    """``a (1.2 KiB), b (8 B)``; many outputs as ``8 outputs · 470 KiB`` that expands to each
+    one's name, type and shape, and size."""
+    if len(outputs) <= MAX_LISTED_OUTPUTS:
+        return ", ".join(f'<span title="{html.escape(o.summary or o.format)}">'
+                         f"{html.escape(o.name)} ({human_bytes(o.size)})</span>" for o in outputs)
+    total = human_bytes(sum(o.size for o in outputs))
+    items = "".join(f"<li><code>{html.escape(o.name)}</code> "
+                    f"{html.escape(o.summary or o.format)}, {human_bytes(o.size)}</li>"
+                    for o in outputs)
+    return (f'<details class="pipelite-outputs-many"><summary>{len(outputs)} outputs · {total}'
+            f"</summary><ul>{items}</ul></details>")
 
 
 def _close_tree(w: widgets.Widget) -> None:
@@ -172,15 +192,15 @@ class _StageRow(widgets.VBox):
         self.set_state(s.state)
         self.defined = s.defined
         tag = "" if s.defined else f' <span class="pipelite-undefined-tag">{_NOT_DEFINED}</span>'
-        self.label.value = f"<b>{html.escape(s.name)}</b>{tag}"
+        # a long name is cut with an ellipsis by the CSS; the whole of it is in the tooltip
+        self.label.value = (f'<b class="pipelite-name-text" title="{html.escape(s.name)}">'
+                            f"{html.escape(s.name)}</b>{tag}")
         if s.defined:
             self.remove_class("pipelite-undefined")
         else:
             self.add_class("pipelite-undefined")
-        outs = [f'<span title="{html.escape(o.summary or o.format)}">{html.escape(o.name)} '
-                f"({human_bytes(o.size)})</span>" for o in s.outputs]
-        prefix = "previous result: " if outs and s.state in ("failed", "stale") else ""
-        self.outputs.value = (prefix + ", ".join(outs) if outs
+        prefix = "previous result: " if s.outputs and s.state in ("failed", "stale") else ""
+        self.outputs.value = (prefix + _outputs_html(s.outputs) if s.outputs
                               else '<span class="pipelite-empty">no outputs yet</span>')
         if s.state == "failed" and s.failed_at is not None:  # its error shows below
             self.when.value = (f'<span class="pipelite-failed-at" title="failed '

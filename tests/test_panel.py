@@ -202,6 +202,23 @@ def test_progress_shows_stage_i_of_n_the_running_stage_and_elapsed_time(session,
     assert panel.progress_bar.layout.display == "none"
 
 
+def test_a_long_name_is_cut_with_its_whole_in_a_tooltip_and_many_outputs_collapse(
+        session, panels):
+    long = "prepare_the_training_features_for_the_gradient_boosted_model_v2"
+    session.define(long, "\n".join(f"out_{i} = [{i}] * {i + 1}" for i in range(8)))
+    panel = panels(session)
+    panel.row(long).run_button.click()
+    row = panel.row(long)
+    assert f'<b class="pipelite-name-text" title="{long}">{long}</b>' in row.label.value
+    assert "text-overflow: ellipsis" in panel.children[0].value  # the CSS that cuts it
+    summary = re.search(r"<summary>(.*?)</summary>", row.outputs.value)
+    assert summary and re.fullmatch(r"8 outputs · \d+ B", summary.group(1))
+    assert "<li><code>out_7</code> list of length 8, " in row.outputs.value
+    short = panel.row("numbers")  # three outputs or fewer: listed as they are
+    panel.row("numbers").run_button.click()
+    assert "<details" not in short.outputs.value and "numbers (" in short.outputs.value
+
+
 def test_the_panel_sums_up_every_run_of_the_session_with_a_time(session, panels):
     """Run All Cells runs one stage per cell: "last run" shows the last cell's, and the
     session's total says what all of them computed (issue 10, item 7)."""
