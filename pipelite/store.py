@@ -620,32 +620,30 @@ class Store:
         except UnsafeStorePathError as exc:
             raise CorruptArtifactError(self._fs.path(rel), str(exc)) from None
         key = (rel, info.hash, info.size)
-        hit = self._small.get(key)
-        if hit is not None and not reread and stamp is not None and hit[0] == stamp:
-            return hit[1]
+        hit = self._small.pop(key, None)  # a hit goes back in as the newest; a miss is dropped
+        if hit is not None:
+            self._small_bytes -= len(hit[1])
+            if not reread and stamp is not None and hit[0] == stamp:
+                self._keep_small(key, *hit)
+                return hit[1]
         where = self._fs.path(rel)
         try:
             data = self._fs.read_bytes(rel)
         except UnsafeStorePathError as exc:
             raise CorruptArtifactError(where, str(exc)) from None
         if data is None:
-            self._small.pop(key, None)
             raise CorruptArtifactError(where, "the file is missing")
         if len(data) != info.size:
-            self._small.pop(key, None)
             raise CorruptArtifactError(where, f"{len(data)} bytes, expected {info.size}")
         if xxhash.xxh3_128_hexdigest(data) != info.hash:
-            self._small.pop(key, None)
             raise CorruptArtifactError(where, "its content hash does not match")
         if stamp is not None:
             self._keep_small(key, stamp, data)
         return data
 
     def _keep_small(self, key: tuple, stamp: tuple, data: bytes) -> None:
+        """Keep ``data`` (not in the cache now) as the newest; the oldest go past the bounds."""
         small = self._small
-        old = small.pop(key, None)
-        if old is not None:
-            self._small_bytes -= len(old[1])
         small[key] = (stamp, data)
         self._small_bytes += len(data)
         while self._small_bytes > SMALL_CACHE_BYTES or len(small) > SMALL_CACHE_FILES:

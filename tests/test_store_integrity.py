@@ -231,3 +231,30 @@ def test_a_loaded_value_that_can_be_changed_in_place_is_never_shared_between_loa
     again = p.run("small")
     assert again["numbers"] == [1, 2, 3] and again["numbers"] is not first["numbers"]
     assert p.load("numbers") == [1, 2, 3] and p.load("count") == 3
+
+
+def test_small_files_kept_in_memory_stay_within_their_bound_and_their_count_is_right(
+        store_dir, monkeypatch):
+    """The memory of small files keeps the newest within its bound (the README's 32 MiB, here
+    made small), and its byte count stays exact through hits, misses and damaged files."""
+    import pipelite.store
+
+    monkeypatch.setattr(pipelite.store, "SMALL_CACHE_BYTES", 40)
+
+    @stage(outputs=["a", "b", "c"])
+    def three():
+        return {"a": "x" * 15, "b": "y" * 15, "c": "z" * 15}  # 17 bytes of JSON each
+
+    p = Pipeline(store=str(store_dir))
+    p.run("three")
+    for name in ("a", "b", "c", "a"):
+        assert p.load(name)[0] in "xyz"
+    kept = p.store._small
+    assert p.store._small_bytes == sum(len(d) for _, d in kept.values()) <= 40
+    assert len(kept) == 2  # the oldest went
+    (obj,) = [o for o in (store_dir / "objects").rglob("*.json")
+              if o.read_bytes() == b'"' + b"x" * 15 + b'"']
+    obj.write_bytes(b'"' + b"w" * 15 + b'"')  # damaged in place: read again, found, dropped
+    with pytest.raises(CorruptArtifactError):
+        p.load("a")
+    assert p.store._small_bytes == sum(len(d) for _, d in p.store._small.values())
