@@ -159,7 +159,8 @@ class Runner:
             index = len(executed) + 1
             keep = computed.setdefault(name, {}) if name in targets else None
             rec, ran = self._execute_here(st, fp, resolved, upstream, forced, index,
-                                          max(total, index), memo, keep)
+                                          max(total, index), memo, keep,
+                                          _why(first, name, forced))
             ran_here = ran_here or ran
             done[name] = rec
             (executed if ran else skipped).append(name)
@@ -205,7 +206,7 @@ class Runner:
                 st, fp, resolved, upstream = job
                 index = len(executed) + len(running) + 1
                 self._submit(st, fp, resolved, upstream, forced, index, max(total, index),
-                             finished)
+                             finished, _why(first, name, forced))
                 running[name] = (st, index)
             if not running:
                 if error is not None:
@@ -275,7 +276,8 @@ class Runner:
 
     def _execute_here(self, st: Stage, fp: Fingerprint, params: dict, upstream: Upstream,
                       forced: bool, index: int, total: int, memo: dict | None = None,
-                      keep: dict[str, Any] | None = None) -> tuple[ResultRecord, bool]:
+                      keep: dict[str, Any] | None = None, reason: str | None = None
+                      ) -> tuple[ResultRecord, bool]:
         __tracebackhide__ = True
         url = self.store.url
         with stage_lock(self.store, st.name, fp.digest):
@@ -284,7 +286,7 @@ class Runner:
             if rec is not None:
                 return rec, False
             RUNNING.add((url, st.name))
-            events.emit("started", st.name, url, index, total)
+            events.emit("started", st.name, url, index, total, reason=reason)
             try:
                 rec = compute(self.store, st, fp, params, upstream, self.registry.learn_outputs,
                               memo, keep)
@@ -299,11 +301,12 @@ class Runner:
         return rec, True
 
     def _submit(self, st: Stage, fp: Fingerprint, params: dict, upstream: Upstream,
-                forced: bool, index: int, total: int, finished: queue.Queue) -> None:
+                forced: bool, index: int, total: int, finished: queue.Queue,
+                reason: str | None = None) -> None:
         """Run one stage on the executor; its future reports to ``finished`` when done."""
         url = self.store.url
         RUNNING.add((url, st.name))
-        events.emit("started", st.name, url, index, total)
+        events.emit("started", st.name, url, index, total, reason=reason)
         # dask would otherwise dedupe "identical" calls by key: every submission is a new run
         extra = {"pure": False} if _is_dask(self.executor) else {}
         future = self.executor.submit(compute_locked, self.store, st, fp, params, upstream,
@@ -332,6 +335,15 @@ def stage_lock(store: Store, stage: str, digest: str) -> Iterator[Any]:
         yield lock
     finally:
         lock.release()
+
+
+def _why(first: Check, name: str, forced: bool) -> str:
+    """Why a stage runs, in words: the run's check said it, or it was forced; a stage found
+    fresh by that check runs only because a stage before it ran and changed what it reads."""
+    if forced:
+        return "forced"
+    reasons = first[name].reasons
+    return reasons[0] if reasons else "a stage it reads from ran and changed its inputs"
 
 
 def _is_dask(executor: Any) -> bool:

@@ -15,6 +15,7 @@ class StageEvent:
 
     ``kind`` is one of ``run_started``, ``started``, ``finished``, ``skipped``, ``failed``,
     ``invalidated``, ``run_finished``. ``index``/``total`` count the stages a run executes.
+    A ``started`` event says why the stage runs (``reason``: "global 'EPOCHS' changed").
     """
 
     kind: str
@@ -25,6 +26,7 @@ class StageEvent:
     duration: float | None = None
     error: str | None = None
     time: float = field(default_factory=time.time)
+    reason: str | None = None
 
 
 _listeners: list[Callable[[StageEvent], None]] = []
@@ -48,12 +50,13 @@ def subscribe(listener: Callable[[StageEvent], None]) -> Callable[[], None]:
 
 
 def emit(kind: str, stage: str | None, store: str, index: int = 0, total: int = 0,
-         duration: float | None = None, error: str | None = None) -> None:
+         duration: float | None = None, error: str | None = None,
+         reason: str | None = None) -> None:
     """Tell every listener; the event is built only when someone listens (a cached hit is
     a few microseconds, and most runs have no listener)."""
     if not _listeners:
         return
-    event = StageEvent(kind, stage, store, index, total, duration, error)
+    event = StageEvent(kind, stage, store, index, total, duration, error, reason=reason)
     for listener in list(_listeners):
         try:
             listener(event)

@@ -18,7 +18,7 @@ from pipelite import (
     StageEvent,
     subscribe,
 )
-from pipelite.errors import DuplicateProducerError, PipeliteError, UntrustedRecordError
+from pipelite.errors import DuplicateProducerError, UntrustedRecordError
 from pipelite.present import human_bytes, human_duration, local_time
 from pipelite.store import ResultRecord
 
@@ -72,12 +72,13 @@ class PipeliteSession(Configurable):
         self.pipeline = Pipeline(store=self.store)
         self._active = 0  # >0 while this session runs stages: then it reports progress
         self._current: str | None = None  # the stage whose own cell is running
-        self._why: dict[str, tuple[str, ...]] = {}  # stage -> why the current run runs it
+        self._why: str | None = None  # why the cell's own stage ran (its started event)
         self._unsubscribe: Callable[[], None] | None = subscribe(self._on_event)
         # Which stage each notebook cell defined, by the cell's id (JupyterLab and VS Code send
         # one with every execution; a terminal shell has none): a cell run again under a new
         # name replaces its own old stage instead of clashing with it
         self._cell_id: str | None = None
+        self._in_cell = False  # between pre_run_cell and post_run_cell
         self._stage_of_cell: dict[str, str] = {}
         self.shell.events.register("pre_run_cell", self._before_cell)
         self._badge_ids: dict[str, str] = {}  # stage -> display id of its cell's badge
@@ -104,8 +105,10 @@ class PipeliteSession(Configurable):
 
     def _before_cell(self, info: Any = None) -> None:
         self._cell_id = getattr(info, "cell_id", None) or None
+        self._in_cell = True
 
     def _after_cell(self, result: Any = None) -> None:
+        self._in_cell = False
         self.refresh_badges()  # the cell may have changed a global a stage reads
 
     # -- badges ------------------------------------------------------------------------------
@@ -275,21 +278,17 @@ class PipeliteSession(Configurable):
         st = self.pipeline.registry.get(name)
         if isinstance(st, CellStage):
             self.import_before_check(st)
-        # why each stage will run, said when it has: the same check run() starts with
-        try:
-            self._why = {p.name: p.reasons for p in self.pipeline.plan([name], force=force)}
-        except PipeliteError:  # the run says what is wrong
-            self._why = {}
+        self._why = None
         try:
             result = self.run([name], force=force)
         finally:
             self._current = None
-            why, self._why = self._why, {}  # a later run (a panel button) has its own reasons
         computed = name in result.executed
         record = result.records.get(name)
         if computed:  # after the cell's own output, where a hit says it was loaded
             took = _seconds(record.duration) if record else "?"
-            print(f"[pipelite] {name}: ran in {took}{self._because(name, why)}; "
+            because = f": {self._why}" if self._why else ""
+            print(f"[pipelite] {name}: ran in {took}{because}; "
                   f"{_stored(record)}")
         else:
             try:
@@ -304,11 +303,6 @@ class PipeliteSession(Configurable):
                   f"{_seconds(saved)} of compute)")
         sys.stdout.flush()
         return StageOutcome(name, computed, dict(result), record, list(result.executed))
-
-    def _because(self, name: str, why: dict[str, tuple[str, ...]] | None = None) -> str:
-        """``": global 'EPOCHS' changed"``: the first reason the check gave for running."""
-        reasons = (self._why if why is None else why).get(name) or ()
-        return f": {reasons[0]}" if reasons else ""
 
     def _executor(self, name: str, compiled: CompiledCell) -> Callable[[str, dict], dict]:
         def execute(source: str, namespace: dict) -> dict:
@@ -334,15 +328,18 @@ class PipeliteSession(Configurable):
             return
         if event.kind == "started" and event.stage is not None:
             self._badge_running(event.stage)
-        elif event.kind in ("run_finished", "invalidated"):
-            self.refresh_badges()  # whoever started it: a cell, a panel button, a script
+        elif event.kind in ("run_finished", "invalidated") and not self._in_cell:
+            # a panel button or a script (a cell's own runs are seen once, after the cell)
+            self.refresh_badges()
         if not self._active:
             return
         if event.stage == self._current:
-            return  # its own cell says what happened, after the cell's output
+            if event.kind == "started":
+                self._why = event.reason  # said by its own cell, after the cell's output
+            return
         if event.kind == "started":
             print(f"[pipelite] running stage '{event.stage}' ({event.index}/{event.total})"
-                  f"{self._because(event.stage or '')}")
+                  + (f": {event.reason}" if event.reason else ""))
         elif event.kind == "finished":
             print(f"[pipelite] {event.stage}: ran in {_seconds(event.duration or 0.0)}, stored")
 

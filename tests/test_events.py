@@ -192,3 +192,29 @@ def test_a_callable_object_is_a_listener_too(pipeline, chain):
     finally:
         unsubscribe()
     assert counter.count == 4  # run_started, started, finished, run_finished
+
+
+@pytest.mark.parametrize("executor", [None, "threads"])
+def test_a_started_event_says_why_the_stage_runs(store_dir, chain, executor):
+    """The run's own check gives the reason (no second check is needed to say it), here
+    and on an executor."""
+    reasons: dict = {}
+    unsubscribe = subscribe(lambda e: e.kind == "started" and reasons.update({e.stage: e.reason}))
+    pool = ThreadPoolExecutor(2) if executor else None
+    try:
+        p = Pipeline(store=str(store_dir), executor=pool)
+        p.run("c")
+        assert reasons == {
+            "a": "no stored result",
+            "b": "upstream stage 'a' is missing: no stored result",
+            "c": "upstream stage 'a' is missing: no stored result (via 'b')"}
+        reasons.clear()
+        p.run("a", force=True)
+        assert reasons == {"a": "forced"}
+        reasons.clear()
+        p.run("c", force=True)
+        assert reasons == {"c": "forced"}
+    finally:
+        unsubscribe()
+        if pool is not None:
+            pool.shutdown()

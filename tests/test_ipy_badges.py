@@ -84,3 +84,14 @@ def test_badges_in_a_notebook_kernel_end_on_the_latest_state(tmp_path):
     assert len(badges) == 1
     assert badges[0]["data"]["text/plain"] == "[pipelite] train: stale: global 'EPOCHS' changed"
     assert 'data-state="stale"' in badges[0]["data"]["text/html"]
+
+
+def test_a_stage_cell_checks_the_badges_once(badged, monkeypatch):
+    """A cell's own runs are followed by one badge check, after the cell (not one per run)."""
+    session = pipelite_ipy.current_session()
+    calls = []
+    real = session.pipeline.status
+    monkeypatch.setattr(session.pipeline, "status", lambda *a, **k: calls.append(1) or real())
+    with capture_output():
+        badged.run_cell(TRAIN + "\nimport pipelite_ipy\npipelite_ipy.current_session().run()")
+    assert len(calls) == 1

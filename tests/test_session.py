@@ -123,11 +123,12 @@ def test_progress_is_printed_for_the_upstream_stages_a_cell_runs(two_cells):
 
 def test_a_later_run_from_outside_a_cell_gives_no_stale_reasons(two_cells):
     """The reasons a cell's run printed belong to that run: a later one (a panel button)
-    says no reason rather than an old one."""
+    says its own reason, never an old one."""
     two_cells.run_cell_stage("use")  # gen ran then: "no stored result"
     with capture_output() as cap:
         two_cells.run(["gen"], force=True)
-    assert "[pipelite] running stage 'gen' (1/1)\n" in cap.stdout
+    assert "[pipelite] running stage 'gen' (1/1): forced\n" in cap.stdout
+    assert "no stored result" not in cap.stdout
 
 
 def test_runs_the_session_did_not_start_print_no_progress(two_cells):
