@@ -428,6 +428,7 @@ def compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: Up
     record = ResultRecord(
         stage=st.name,
         kind=st.kind,
+        origin=st.origin,
         fingerprint=fp.digest,
         started=started.isoformat(timespec="milliseconds"),
         duration=round(duration, 6),
@@ -515,6 +516,7 @@ def _record_failure(store: Store, st: Stage, fp: Fingerprint, exc: BaseException
                                                          user_frames(exc.__traceback__))),
             started=started.isoformat(timespec="milliseconds"),
             duration=round(elapsed, 6),
+            origin=st.origin,
         ))
     except Exception as write_error:  # noqa: BLE001 - never replaces the stage's own error
         warn_user(f"stage '{st.name}' failed ({_summary(exc)}), and its failure could not be "

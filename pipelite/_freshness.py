@@ -58,6 +58,9 @@ class StageStatus:
     produces: tuple[str, ...] = ()  # artifact names, known before the first run where possible
     traceback: str | None = None  # of the last failed run, when failed
     failed_at: _dt.datetime | None = None  # when that failed run started, when failed
+    # the notebook that defines it (``Stage.origin``), or for a stage known only from the
+    # store, the one its latest stored result came from; None when unknown
+    origin: str | None = None
 
     @property
     def fresh(self) -> bool:
@@ -320,6 +323,11 @@ def status_of(verdict: Verdict) -> StageStatus:
     st = verdict.stage
     inputs = st.inputs if st else tuple(rec.inputs if rec is not None else ())
     produces = tuple((st.outputs if st else None) or stored_outputs)
+    if st is not None:
+        origin = st.origin
+    else:
+        latest = verdict.latest if verdict.latest is not None else verdict.record
+        origin = latest.origin if latest is not None else None
     return StageStatus(
         name=verdict.name,
         state=verdict.state,
@@ -334,6 +342,7 @@ def status_of(verdict: Verdict) -> StageStatus:
         produces=produces,
         traceback=verdict.failure.traceback if verdict.failure else None,
         failed_at=_started(verdict.failure),
+        origin=origin,
     )
 
 

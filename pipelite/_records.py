@@ -269,6 +269,7 @@ class ResultRecord:
     parts: dict[str, Any] = field(default_factory=dict)  # the fingerprint's parts
     attachments: dict[str, OutputRecord] | None = None  # side values (a cell's output)
     kind: str | None = None  # "function", "class", "cell"
+    origin: str | None = None  # the notebook that defined the stage (``Stage.origin``)
     save_duration: float | None = None
     versions: dict[str, str] | None = None  # Python, PipeLite and library versions
     observed: dict[str, Any] | None = None  # files, modules, listings read while it ran
@@ -277,9 +278,9 @@ class ResultRecord:
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
-    _KEYS = frozenset(("format_version", "stage", "kind", "fingerprint", "started", "duration",
-                       "save_duration", "params", "inputs", "outputs", "attachments", "parts",
-                       "versions", "observed", "same_result_as", "signature"))
+    _KEYS = frozenset(("format_version", "stage", "kind", "origin", "fingerprint", "started",
+                       "duration", "save_duration", "params", "inputs", "outputs", "attachments",
+                       "parts", "versions", "observed", "same_result_as", "signature"))
 
     @property
     def started_at(self) -> _dt.datetime:
@@ -292,6 +293,7 @@ class ResultRecord:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"format_version": self.format_version, "stage": self.stage}
         _put(out, "kind", self.kind)
+        _put(out, "origin", self.origin)
         out.update(fingerprint=self.fingerprint, started=self.started, duration=self.duration)
         _put(out, "save_duration", self.save_duration)
         out["params"] = dict(self.params)
@@ -336,6 +338,7 @@ class ResultRecord:
             parts=_parts(data.get("parts", {})),
             attachments=attachments,
             kind=_optional_text(data, "kind", "its kind is not text"),
+            origin=_optional_text(data, "origin", "its origin is not text"),
             save_duration=save,
             versions=versions,
             observed=_observed(data["observed"]) if "observed" in data else None,
@@ -356,12 +359,14 @@ class FailureRecord:
     traceback: str = ""
     started: str | None = None
     duration: float | None = None
+    origin: str | None = None  # the notebook that defined the stage (``Stage.origin``)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"stage": self.stage, "fingerprint": self.fingerprint,
                                "error": self.error, "traceback": self.traceback}
         _put(out, "started", self.started)
         _put(out, "duration", self.duration)
+        _put(out, "origin", self.origin)
         return out
 
     @classmethod
@@ -375,4 +380,5 @@ class FailureRecord:
         _need(_is_time(data.get("started", "2000-01-01")), "its start time is not a time")
         _need(_is_number(data.get("duration", 0)), "its duration is not a number")
         return cls(stage, data["fingerprint"], data.get("error", ""), data.get("traceback", ""),
-                   data.get("started"), data.get("duration"))
+                   data.get("started"), data.get("duration"),
+                   _optional_text(data, "origin", "its origin is not text"))

@@ -42,7 +42,7 @@ from .errors import (
 )
 from .fingerprint import warn_user
 from .present import explain_text
-from .stage import REGISTRY, Registry, artifact_name, stage_of
+from .stage import REGISTRY, Registry, Stage, artifact_name, stage_of, validate_stage_name
 from .store import GC_GRACE, GcReport, ResultRecord, Store
 
 __all__ = ["Pipeline", "StageStatus", "OutputInfo", "PlannedStage", "RunResult", "STATES"]
@@ -300,6 +300,22 @@ class Pipeline:
         stage_name = graph.stage_name(stage)
         verdict = self._check([stage_name], graph=graph)[stage_name]
         return verdict.record if verdict.record is not None else verdict.latest
+
+    @_user_facing
+    def origin_of(self, name: Any) -> str | None:
+        """The notebook that last ran stage ``name`` (a name, a ``Stage`` or a decorated
+        function or class), as recorded by its newest stored run, failed or not; None when
+        unknown (never run, or run from a script). Cheap: it reads the stage's failure, if
+        any, and its newest record, and checks no freshness. The notebook extension asks
+        before it registers a cell's stage, to warn that another notebook uses the name."""
+        __tracebackhide__ = True
+        st = stage_of(name) or (name if isinstance(name, Stage) else None)
+        stage_name = st.name if st is not None else validate_stage_name(name)
+        failure = self.store.failure(stage_name)  # newer than any result, when there is one
+        if failure is not None and failure.origin is not None:
+            return failure.origin
+        latest = self.store.latest(stage_name)
+        return latest.origin if latest is not None else None
 
     @_user_facing
     def invalidate(self, name: Any) -> int:

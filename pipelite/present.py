@@ -130,6 +130,8 @@ def explain_text(status: StageStatus, blind_spots: Iterable[str] = ()) -> str:
         lines[0] += ": its code, parameters, globals and inputs match the stored result"
     lines += [f"  - {r}" for r in s.reasons]
     lines += [f"  - blind spot: {b}" for b in blind_spots]
+    if s.origin:
+        lines.append(f"defined in: {s.origin}")
     if s.last_run:
         lines.append(f"last run: {local_time(s.last_run, full=True)}, took "
                      f"{human_duration(s.duration or 0.0)}")

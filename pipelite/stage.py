@@ -149,6 +149,7 @@ class Stage:
     """A unit of work with named inputs, parameters and outputs. Subclasses say how to call it."""
 
     kind: ClassVar[str] = "stage"
+    _origin: str | None = None  # see ``origin``
 
     def __init__(
         self,
@@ -158,8 +159,10 @@ class Stage:
         outputs: Any = None,
         accepts_any_param: bool = False,
         env: Iterable[str] = (),
+        origin: str | None = None,
     ):
         self.name = validate_stage_name(name)
+        self.origin = origin
         self.env: tuple[str, ...] = _env_names(name, env)
         self.inputs: tuple[str, ...] = tuple(inputs)
         for i in self.inputs:
@@ -177,6 +180,25 @@ class Stage:
         self.inferred_outputs: tuple[str, ...] | None = None
         self.learnt_outputs: tuple[str, ...] | None = None
         self.input_defaults: dict[str, Any] = {}  # inputs that have a default value
+
+    @property
+    def origin(self) -> str | None:
+        """The notebook (or script) that defined the stage, as its records name it: a path
+        relative to the store's parent folder when under it, else absolute (see
+        ``Store.origin_for``); None when unknown (a script or a plain shell, unless given).
+
+        Written into every record of the stage, so the notebook UI can group stages by
+        notebook and warn when two notebooks use one stage name. Not part of the
+        fingerprint: renaming a notebook leaves its stages fresh."""
+        return self._origin
+
+    @origin.setter
+    def origin(self, value: str | None) -> None:
+        if value is not None and not isinstance(value, str):
+            raise StageDefinitionError(
+                f"stage '{self.name}': origin={value!r} ({type(value).__name__}) is not the "
+                f"path of the notebook that defines it: pass a string, or None")
+        self._origin = value
 
     # -- outputs -----------------------------------------------------------------------------
     @property
@@ -419,9 +441,11 @@ class CellStage(Stage):
         env: Iterable[str] = (),
         hidden: Mapping[str, Any] | None = None,
         analysis: "CellAnalysis | None" = None,
+        origin: str | None = None,
     ):
         """``analysis``: another ``CellStage``'s ``analysis`` of the same ``source`` (it is of
-        the code alone), to spare analysing it again."""
+        the code alone), to spare analysing it again. ``origin``: the notebook that defines
+        the cell (see ``Stage.origin``)."""
         from ._cellcode import analyze
 
         self.source = source
@@ -431,7 +455,7 @@ class CellStage(Stage):
         self._execute = execute
         self.filename = filename or f"<stage {name}>"
         outs = tuple(outputs) if outputs is not None else self.analysis.outputs
-        super().__init__(name, inputs, {}, None, env=env)
+        super().__init__(name, inputs, {}, None, env=env, origin=origin)
         self.declared_outputs = tuple(_validate_artifact_str(o) for o in outs)
         _refuse_duplicate_outputs(name, self.declared_outputs)
         # names the cell may read and also binds: name -> (what the cell left, what was before)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import pathlib
 import re
 import stat as _stat
 import time
@@ -301,6 +302,25 @@ class Store:
         os.makedirs(location, exist_ok=True)
         with tempfile.TemporaryFile(dir=location):
             pass
+
+    def origin_for(self, path: str | os.PathLike) -> str:
+        """How records name the notebook (or script) at ``path`` (``Stage.origin``): relative
+        to the folder that holds this store when it is under it (``analysis/train.ipynb`` for
+        a store at ``./.pipelite``; with ``/``, whatever the system), else its absolute path
+        (also for a store that is not a local folder)."""
+        if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+            raise InvalidArgumentError(
+                f"origin_for({path!r}): pass the path of a notebook or script, as a string")
+        full = os.path.abspath(os.path.expanduser(os.fspath(path)))
+        root = self._fs.local_root
+        if root is None:
+            return full
+        base = os.path.dirname(os.path.abspath(root))
+        try:
+            under = os.path.commonpath([full, base]) == base
+        except ValueError:  # another drive (Windows)
+            under = False
+        return pathlib.PurePath(os.path.relpath(full, base)).as_posix() if under else full
 
     def latest(self, stage: str) -> ResultRecord | None:
         """The newest stored record of ``stage``, whatever its fingerprint.

@@ -109,6 +109,8 @@ def test_records_are_frozen():
      "inputs"),
     (lambda d: d.update(save_duration="slow"), "save_duration"),
     (lambda d: d.update(kind=3), "kind"),
+    (lambda d: d.update(origin=["a.ipynb"]), "origin"),
+    (lambda d: d.update(origin={"path": "a.ipynb"}), "origin"),
 ])
 def test_a_record_of_the_wrong_shape_is_refused_with_the_reason(old_store, edit, why):
     path = old_store / "records" / "old_numbers"
