@@ -13,6 +13,7 @@ import datetime as _dt
 import graphlib
 import queue
 import sys
+import threading
 import time
 import traceback
 from dataclasses import replace
@@ -27,6 +28,7 @@ from .errors import (
     FormatSaveError,
     MissingInputError,
     PipeliteError,
+    RunCancelled,
     StageOutputError,
     limit_error,
 )
@@ -70,7 +72,9 @@ class CorruptInput(Exception):
 class Runner:
     """Runs the stages of ``graph`` with ``base`` parameters, here or on ``executor``."""
 
-    def __init__(self, graph: Graph, base: Params, executor: Any = None):
+    def __init__(self, graph: Graph, base: Params, executor: Any = None,
+                 cancel: threading.Event | None = None):
+        self.cancel = cancel  # set: no further stage starts (RunCancelled)
         self.graph = graph
         self.store = graph.store
         self.registry = graph.registry
@@ -156,6 +160,7 @@ class Runner:
                 self._skip(name, job, done, skipped)
                 continue
             st, fp, resolved, upstream = job
+            self._check_cancel(name)
             index = len(executed) + 1
             keep = computed.setdefault(name, {}) if name in targets else None
             rec, ran = self._execute_here(st, fp, resolved, upstream, forced, index,
@@ -164,6 +169,10 @@ class Runner:
             ran_here = ran_here or ran
             done[name] = rec
             (executed if ran else skipped).append(name)
+
+    def _check_cancel(self, name: str) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise RunCancelled(f"the run was cancelled before stage '{name}'", stage=None)
 
     def _job(self, first: Check, name: str, done: Mapping[str, ResultRecord],
              params: Params | None, forced: bool, memo: dict, ran_here: bool) -> Any:
@@ -204,6 +213,11 @@ class Runner:
                     sorter.done(name)
                     continue
                 st, fp, resolved, upstream = job
+                try:
+                    self._check_cancel(name)
+                except RunCancelled as exc:  # in-flight stages end first, as for an error
+                    error = exc
+                    break
                 index = len(executed) + len(running) + 1
                 self._submit(st, fp, resolved, upstream, forced, index, max(total, index),
                              finished, _why(first, name, forced))
@@ -222,7 +236,10 @@ class Runner:
                     self.registry.learn_outputs(st, rec.outputs)
             except BaseException as exc:  # noqa: BLE001 - re-raised once in-flight work ends
                 RUNNING.discard((url, name))
-                events.emit("failed", name, url, index, total, error=_summary(exc))
+                if isinstance(exc, RunCancelled):
+                    events.emit("cancelled", name, url, index, total)
+                else:
+                    events.emit("failed", name, url, index, total, error=_summary(exc))
                 error = error or exc
                 continue
             RUNNING.discard((url, name))
@@ -286,11 +303,15 @@ class Runner:
             if rec is not None:
                 return rec, False
             RUNNING.add((url, st.name))
-            events.emit("started", st.name, url, index, total, reason=reason)
             try:
+                events.emit("started", st.name, url, index, total, reason=reason)
                 rec = compute(self.store, st, fp, params, upstream, self.registry.learn_outputs,
                               memo, keep)
             except CorruptInput:
+                raise
+            except RunCancelled as exc:
+                exc.stage = exc.stage or st.name
+                events.emit("cancelled", st.name, url, index, total)
                 raise
             except BaseException as exc:
                 events.emit("failed", st.name, url, index, total, error=_summary(exc))
@@ -423,7 +444,8 @@ def compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: Up
             observed = recorder.collect(carry_modules=[m["name"] for m in carried])
     except BaseException as exc:
         store.discard_objects(created)
-        _record_failure(store, st, fp, exc, started, time.perf_counter() - t0)
+        if not isinstance(exc, RunCancelled):  # a cancelled stage is back where it was
+            _record_failure(store, st, fp, exc, started, time.perf_counter() - t0)
         raise
     record = ResultRecord(
         stage=st.name,

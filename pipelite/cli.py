@@ -204,10 +204,23 @@ def _run_notebook(args: argparse.Namespace) -> int:
         return 1
     for cell in runnable.cells:
         for out in cell.get("outputs", []):
-            if out.get("name") in ("stdout", "stderr") and "[pipelite]" in out.get("text", ""):
-                print("".join(line for line in out["text"].splitlines(True)
+            text = _printed(out)
+            if "[pipelite]" in text:
+                print("".join(line for line in text.splitlines(True)
                               if line.startswith("[pipelite]")), end="")
     return 0
+
+
+def _printed(output: dict) -> str:
+    """What a cell output printed: a stream, or the text a ``%%stage`` cell shows through a
+    display id (its state badge aside)."""
+    if output.get("output_type") == "stream":
+        return str(output.get("text", ""))
+    data = output.get("data") or {}
+    if output.get("output_type") == "display_data" and \
+            "pipelite-cell-badge" not in str(data.get("text/html", "")):
+        return str(data.get("text/plain", ""))
+    return ""
 
 
 def _progress_bar(width: int = 30):

@@ -29,6 +29,10 @@ from; "also" names its other base::
             FormatLoadError
             UnknownFormatError
 
+Apart from the tree, ``RunCancelled`` (a ``KeyboardInterrupt``): a run stopped on request
+(``Pipeline.run(cancel=event)``, the panel's Cancel button). Nothing is stored for the stage it
+stopped, and no failure is recorded: the stage's state is what it was before.
+
 The IPython extension adds ``CellSyntaxError`` (a ``%%stage`` cell that is not valid Python)
 and ``ReassignedInputError`` (a ``DuplicateProducerError``).
 """
@@ -237,6 +241,20 @@ def limit_error(exc: BaseException, store: str, *, stage: str | None = None,
         return StoreNotWritableError(store, exc.filename, action or f"write {what}{of}",
                                      exc.errno)
     return None
+
+
+class RunCancelled(KeyboardInterrupt):
+    """A run stopped on request, between stages or inside one (``stage``, when known).
+
+    A ``KeyboardInterrupt``, so that a stage's own ``except Exception`` does not swallow it.
+    Nothing is stored for the stage it stopped and no failure is recorded."""
+
+    def __init__(self, message: str = "the run was cancelled", stage: str | None = None):
+        super().__init__(message)
+        self.stage = stage
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.stage))
 
 
 class _PipeliteFrames(Exception):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import threading
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -198,11 +199,14 @@ class Pipeline:
     # -- running ------------------------------------------------------------------------------
     @_user_facing
     def run(self, target: Any = None, *, force: bool = False,
-            params: Mapping[str, Mapping[str, Any]] | None = None) -> RunResult:
+            params: Mapping[str, Mapping[str, Any]] | None = None,
+            cancel: threading.Event | None = None) -> RunResult:
         """Run ``target`` (a stage name, a list of them, or None for all) and what it needs.
 
         Fresh stages are skipped and nothing is loaded for them unless needed; ``force=True``
         recomputes the targets themselves. Returns the targets' outputs by artifact name.
+        ``cancel`` (a ``threading.Event``), once set, stops the run before its next stage
+        with ``RunCancelled``; results stored before stay.
         """
         __tracebackhide__ = True
         _checked_bool(force, "run", "force")
@@ -216,7 +220,10 @@ class Pipeline:
                     f"stage '{name}' is known only from the store (not defined in this "
                     f"session): run the cell or import the module that defines it first"
                 )
-        return Runner(graph, self.params, self.executor).run(targets, force, params)
+        if cancel is not None and not callable(getattr(cancel, "is_set", None)):
+            raise InvalidArgumentError(
+                f"run(cancel={cancel!r}): cancel is a threading.Event (set it to stop the run)")
+        return Runner(graph, self.params, self.executor, cancel).run(targets, force, params)
 
     # -- results ------------------------------------------------------------------------------
     @_user_facing

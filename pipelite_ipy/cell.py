@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import sys
+import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -76,7 +77,8 @@ class CompiledCell:
 
 
 class _Tee:
-    """A text stream that writes through to ``target`` and remembers what it wrote."""
+    """A text stream that writes through to ``target`` and remembers what it wrote (only what
+    the capturing thread writes: another thread's prints pass through untouched)."""
 
     def __init__(self, target: Any, name: str, capture: "OutputCapture"):
         self._target = target
@@ -84,9 +86,14 @@ class _Tee:
         self._capture = capture
 
     def write(self, text: str) -> int:
-        if not self._capture.in_display:
-            self._capture.add_stream(self._name, text)
-        return self._target.write(text)
+        capture = self._capture
+        if threading.get_ident() != capture.thread or capture.in_display:
+            return self._target.write(text)
+        capture.add_stream(self._name, text)
+        if capture.live is not None:  # shown through display ids instead
+            capture.live.stream(self._name, text)
+            return len(text)
+        return self._target.write(text) if capture.echo else len(text)
 
     def writelines(self, lines: Any) -> None:
         for line in lines:
@@ -104,12 +111,20 @@ class OutputCapture:
 
     ``events`` is a JSON-able list: ``{"stream": "stdout"|"stderr", "text": ...}``,
     ``{"display": {"data": ..., "metadata": ...}}`` and ``{"clear": wait}``, in order.
+
+    With ``live`` (a :class:`~pipelite_ipy.slots.LiveOutput`), what is captured is shown
+    through it (display ids a later run can replace) instead of written through; with
+    ``echo=False``, it is only captured. Only the thread that enters :meth:`active` is
+    captured.
     """
 
-    def __init__(self, shell: Any):
+    def __init__(self, shell: Any, live: Any = None, echo: bool = True):
         self.shell = shell
         self.events: list[dict] = []
         self.in_display = False
+        self.live = live
+        self.echo = echo
+        self.thread = threading.get_ident()
 
     def add_stream(self, name: str, text: str) -> None:
         if not text:
@@ -127,19 +142,30 @@ class OutputCapture:
         orig_publish, orig_clear = pub.publish, pub.clear_output
 
         def publish(data: Any, metadata: Any = None, *args: Any, **kwargs: Any) -> Any:
-            if not kwargs.get("update"):
+            mine = threading.get_ident() == self.thread
+            if mine and not kwargs.get("update"):
                 self.events.append({"display": {"data": _jsonable(data),
                                                 "metadata": _jsonable(metadata or {})}})
             self.in_display = True  # a terminal publisher prints text/plain: not a stream
             try:
+                if mine and not kwargs.get("update") and self.live is not None:
+                    transient = kwargs.get("transient") or {}
+                    return self.live.display(data, metadata, transient.get("display_id"))
+                if mine and not self.echo and not kwargs.get("update"):
+                    return None
                 return orig_publish(data, metadata, *args, **kwargs)
             finally:
                 self.in_display = False
 
         def clear_output(wait: bool = False) -> Any:
+            if threading.get_ident() != self.thread:
+                return orig_clear(wait)
             self.events.append({"clear": bool(wait)})
-            return orig_clear(wait)
+            if self.live is not None:
+                return self.live.clear()
+            return orig_clear(wait) if self.echo else None
 
+        self.thread = threading.get_ident()
         out, err = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Tee(out, "stdout", self), _Tee(err, "stderr", self)
         pub.publish, pub.clear_output = publish, clear_output
@@ -182,16 +208,26 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def replay(shell: Any, events: list[dict]) -> None:
-    """Show captured output again, in the order it was produced."""
+def replay(shell: Any, events: list[dict], live: Any = None) -> None:
+    """Show captured output again, in the order it was produced (through ``live``, a
+    :class:`~pipelite_ipy.slots.LiveOutput`, when given)."""
     for ev in events or ():
         if "stream" in ev:
+            if live is not None:
+                live.stream(ev["stream"], ev["text"])
+                continue
             stream = sys.stderr if ev["stream"] == "stderr" else sys.stdout
             stream.write(ev["text"])
             stream.flush()
         elif "display" in ev:
+            data, metadata = ev["display"]["data"], ev["display"].get("metadata") or {}
+            if live is not None:
+                live.display(data, metadata)
+                continue
             sys.stdout.flush()
-            shell.display_pub.publish(data=ev["display"]["data"],
-                                      metadata=ev["display"].get("metadata") or {})
+            shell.display_pub.publish(data=data, metadata=metadata)
         elif "clear" in ev:
-            shell.display_pub.clear_output(wait=ev["clear"])
+            if live is not None:
+                live.clear()
+            else:
+                shell.display_pub.clear_output(wait=ev["clear"])

@@ -12,12 +12,15 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import os
+import threading
+import time
 import traceback
 from typing import Any, Callable, Sequence
 
 import ipywidgets as widgets
 
-from pipelite import StageEvent, StageStatus, subscribe
+from pipelite import OutputInfo, StageEvent, StageStatus, subscribe
+from pipelite.errors import RunCancelled
 from pipelite.present import STATE_COLOURS, STATES, human_bytes, human_duration, local_time
 
 __all__ = ["PipelinePanel"]
@@ -261,6 +264,12 @@ class PipelinePanel(widgets.VBox):
         self._statuses: list[StageStatus] = []
         self._closed = False
         self._status_failed = False
+        self._background: Any = None  # the BackgroundRun started by this panel, while it runs
+        self._last_ok = False
+        # the stage running now, for the ticking clock: (name, index, total, started)
+        self._running: tuple[str, int, int, float] | None = None
+        self._ticker: threading.Thread | None = None
+        self._tick_stop = threading.Event()
 
         style = widgets.HTML(_CSS, layout=widgets.Layout(display="none"))
         self.title = widgets.HTML()
@@ -296,7 +305,14 @@ class PipelinePanel(widgets.VBox):
         self.progress_bar.add_class("pipelite-progress-bar")
         self.progress_text = widgets.HTML()
         self.progress_text.add_class("pipelite-progress-text")
-        self.progress = widgets.HBox([self.progress_bar, self.progress_text])
+        self.cancel_button = widgets.Button(description="Cancel", button_style="warning",
+                                            tooltip="stop this run: the stage running now is "
+                                                    "interrupted and nothing is stored for it",
+                                            layout=widgets.Layout(width="80px",
+                                                                  display="none"))
+        self.cancel_button.add_class("pipelite-cancel")
+        self.cancel_button.on_click(lambda _b: self.cancel())
+        self.progress = widgets.HBox([self.progress_bar, self.progress_text, self.cancel_button])
         self.progress.add_class("pipelite-progress")
         self.progress.layout.display = "none"
 
@@ -336,6 +352,7 @@ class PipelinePanel(widgets.VBox):
         """Stop listening to stage events and cell runs, and remove the widget."""
         if not self._closed:
             self._closed = True
+            self._tick_stop.set()
             if self._unsubscribe is not None:
                 self._unsubscribe()
                 self._unsubscribe = None
@@ -445,30 +462,41 @@ class PipelinePanel(widgets.VBox):
             if row is not None:
                 row.set_state("running")
                 row.set_error(None)
+                row.reason.value = ""
+                row._hide(row.reason)
                 self._show_counts()
             total = max(ev.total, ev.index, 1)
-            self._progress(f"stage {ev.index} of {total}: <b>{html.escape(ev.stage or '')}</b> "
-                           f"running · {_seconds(ev.time - self._run_t0)} elapsed",
-                           ev.index - 1, total)
-        elif ev.kind in ("finished", "failed") and self._run_depth > 0:
+            self._running = (ev.stage, ev.index, total, ev.time)
+            self._tick()
+            self._start_ticker()
+        elif ev.kind in ("finished", "failed", "cancelled") and self._run_depth > 0:
+            self._running = None
             if ev.kind == "failed" and ev.stage:
                 self._failed_in_run.append(ev.stage)
                 self._session_failed += 1
-            else:
+            elif ev.kind == "finished":
                 self._session_computed += 1
                 self._session_seconds += ev.duration or 0.0
             if row is not None:
-                row.set_state("fresh" if ev.kind == "finished" else "failed")
-                if ev.kind == "failed":
+                if ev.kind == "finished":
+                    self._show_finished(row, ev)
+                elif ev.kind == "failed":
+                    row.set_state("failed")
                     row.set_error(f"last run failed: {ev.error}")
+                else:  # cancelled: back to what it was
+                    before = self._status_of(row.name)
+                    if before is not None:
+                        row.show(before, True)
                 self._show_counts()
             total = max(ev.total, ev.index, 1)
-            verb = "done" if ev.kind == "finished" else "failed"
+            verb = {"finished": "done", "failed": "failed", "cancelled": "cancelled"}[ev.kind]
+            took = f" in {_seconds(ev.duration)}" if ev.kind == "finished" else ""
             self._progress(f"stage {ev.index} of {total}: <b>{html.escape(ev.stage or '')}</b> "
-                           f"{verb} in {_seconds(ev.duration)} · "
+                           f"{verb}{took} · "
                            f"{_seconds(ev.time - self._run_t0)} elapsed", ev.index, total)
         elif ev.kind == "run_finished":
             self._run_depth = max(0, self._run_depth - 1)
+            self._running = None
             if self._run_depth == 0:
                 n, failed = ev.index, self._failed_in_run
                 done = f"{n} stage{'s' if n != 1 else ''} computed" if n else ""
@@ -504,46 +532,158 @@ class PipelinePanel(widgets.VBox):
 
     # -- acting ---------------------------------------------------------------------------------
     def _run_from_button(self, name: str, force: bool) -> None:
-        self.run([name], force=force)
+        self.run([name], force=force, wait=False)
 
-    def run_all_stale(self) -> None:
+    def run_all_stale(self, wait: bool = False) -> None:
         """Run every stage defined in this session that is not fresh."""
         self.refresh()
         names = self._stale_names()
         if names:
-            self.run(names)
+            self.run(names, wait=wait)
 
-    def run(self, names: Sequence[str] | None, force: bool = False) -> bool:
+    def run(self, names: Sequence[str] | None, force: bool = False, wait: bool = True) -> bool:
         """Run stages through the session (binding their outputs); show any error in the panel.
 
-        Returns True when the run succeeded. Never raises for a failing stage: the error is shown
-        in the panel and the kernel stays usable.
+        The run happens in a thread (``session.start_run``) so that Cancel and Kernel ->
+        Interrupt can stop it; ``wait=False`` returns at once (the buttons do). Returns
+        whether the run succeeded (with ``wait``). Never raises for a failing stage: the
+        error is shown in the panel and the kernel stays usable.
         """
         if self._busy:
             return False
         self._set_busy(True)
         self._show_panel_error(None)
         self._failed_in_run = []
-        ok = False
+        self._last_ok = False
+        target = list(names) if names is not None else None
+        start = getattr(self.session, "start_run", None)
+        if start is None:  # a session that runs only here and now
+            try:
+                self.session.run(target, force=force)
+                self._last_ok = True
+            except BaseException as exc:  # noqa: BLE001 - shown in the panel
+                self._report(exc, target)
+            finally:
+                self._run_ended()
+            return self._last_ok
+        self.cancel_button.disabled = False
+        self.cancel_button.description = "Cancel"
+        self.cancel_button.layout.display = None
+        self._background = start(target, force, on_done=lambda run: self._ended(run, target))
+        if wait:
+            self.wait()
+            return self._last_ok
+        return True
+
+    def wait(self) -> None:
+        """Wait for the run started from this panel, if any, to end."""
+        run = self._background
+        if run is not None:
+            run.join()
+
+    def cancel(self) -> None:
+        """Stop the panel's run: no further stage starts, the running one is interrupted
+        (nothing is stored for it, and its state is what it was)."""
+        run = self._background
+        if run is None:
+            return
+        self.cancel_button.disabled = True
+        self.cancel_button.description = "Cancelling…"
+        run.cancel()
+
+    def _ended(self, run: Any, names: list[str] | None) -> None:
+        """The background run ended (called in its thread)."""
         try:
-            self.session.run(list(names) if names is not None else None, force=force)
-            ok = True
-        except KeyboardInterrupt:
-            self._show_panel_error("interrupted")
-        except Exception as exc:  # noqa: BLE001 - a failing stage must not break the kernel
-            summary = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            failed = self._rows.get(self._failed_in_run[-1]) if self._failed_in_run else None
-            if failed is not None:  # a stage raised: its row shows the error and the stored
-                failed.failure_detail = None  # traceback, which holds only the user's frames
-            else:  # e.g. a missing input or parameter: not one stage's failure
-                what = ", ".join(names) if names else "all stages"
-                self._show_panel_error(f"running {what} failed: {summary}", detail)
+            if run.error is None:
+                self._last_ok = True
+            else:
+                self._report(run.error, names, cancelled=run.cancelled)
         finally:
-            self._set_busy(False)
-            self._run_depth = 0
-            self.refresh()
-        return ok
+            self._background = None
+            self.cancel_button.layout.display = "none"
+            self._run_ended()
+
+    def _report(self, exc: BaseException, names: list[str] | None,
+                cancelled: bool = False) -> None:
+        if isinstance(exc, RunCancelled) or (cancelled and isinstance(exc, KeyboardInterrupt)):
+            stopped = getattr(exc, "stage", None) or (self._running or ("",))[0]
+            what = f"stage '{stopped}' was stopped" if stopped else "no stage had started"
+            clock = _dt.datetime.now().strftime("%H:%M:%S")
+            self.progress.layout.display = None
+            self.progress_bar.layout.display = "none"
+            self.progress_text.value = (f'<span class="pipelite-cancelled">cancelled at {clock}: '
+                                        f"{html.escape(what)}; nothing was stored for it</span>"
+                                        f" · {self._session_summary()}")
+            return
+        if isinstance(exc, KeyboardInterrupt):
+            self._show_panel_error("interrupted")
+            return
+        summary = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        failed = self._rows.get(self._failed_in_run[-1]) if self._failed_in_run else None
+        if failed is not None:  # a stage raised: its row shows the error and the stored
+            failed.failure_detail = None  # traceback, which holds only the user's frames
+        else:  # e.g. a missing input or parameter: not one stage's failure
+            what = ", ".join(names) if names else "all stages"
+            self._show_panel_error(f"running {what} failed: {summary}", detail)
+
+    def _run_ended(self) -> None:
+        self._running = None
+        self._set_busy(False)
+        self._run_depth = 0
+        self.refresh()
+
+    # -- the ticking clock ----------------------------------------------------------------------
+    def _status_of(self, name: str) -> StageStatus | None:
+        return next((s for s in self._statuses if s.name == name), None)
+
+    def _tick(self) -> None:
+        """Say which stage runs, for how long, and how long it took last time."""
+        running = self._running
+        if running is None or self._closed:
+            return
+        name, index, total, started = running
+        elapsed = max(time.time() - started, 0.0)
+        before = self._status_of(name)
+        estimate = (f" of ~{human_duration(before.duration)}"
+                    if before is not None and before.duration else "")
+        self._progress(f"stage {index} of {total}: <b>{html.escape(name)}</b> running · "
+                       f"{human_duration(elapsed)}{estimate} · "
+                       f"{_seconds(time.time() - self._run_t0)} elapsed", index - 1, total)
+        row = self._rows.get(name)
+        if row is not None:
+            row.when.value = (f'<span class="pipelite-running-for">running '
+                              f"{human_duration(elapsed)}{estimate}</span>")
+
+    def _start_ticker(self) -> None:
+        if self._ticker is not None and self._ticker.is_alive():
+            return
+
+        def loop() -> None:
+            while not self._tick_stop.wait(1.0):
+                if self._running is None or self._closed:
+                    return
+                self._tick()
+
+        self._ticker = threading.Thread(target=loop, name="pipelite-panel-clock", daemon=True)
+        self._ticker.start()
+
+    def _show_finished(self, row: _StageRow, ev: StageEvent) -> None:
+        """A stage of a longer run is done: its row says so now, not when the run ends."""
+        row.set_state("fresh")
+        row.set_error(None)
+        row.reason.value = ""
+        row._hide(row.reason)
+        clock = _dt.datetime.fromtimestamp(ev.time).strftime("%H:%M:%S")
+        row.when.value = f"<span>{clock} · {_seconds(ev.duration)}</span>"
+        try:
+            record = self.session.pipeline.store.latest(row.name)
+        except Exception:  # noqa: BLE001 - the refresh after the run shows them
+            record = None
+        if record is not None and record.outputs:
+            row.outputs.value = _outputs_html([
+                OutputInfo(k, v.size, v.format, v.summary or "", v.hash)
+                for k, v in record.outputs.items()])
 
     def _set_busy(self, busy: bool) -> None:
         self._busy = busy

@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import ast
+import contextlib
+import contextvars
+import datetime as _dt
 import sys
+import threading
+import time
+import traceback
 import uuid
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from traitlets import Bool, Unicode, observe
 from traitlets.config import Configurable
@@ -19,11 +25,13 @@ from pipelite import (
     subscribe,
 )
 from pipelite.errors import DuplicateProducerError, UntrustedRecordError
-from pipelite.present import human_bytes, human_duration, local_time
+from pipelite.present import human_bytes, human_duration, local_time, user_frames
 from pipelite.store import ResultRecord
 
+from ._background import BackgroundRun
 from .badge import Badge
 from .cell import CompiledCell, OutputCapture, replay
+from .slots import EMPTY, LiveOutput, composite
 
 __all__ = ["PipeliteSession", "StageOutcome", "ReassignedInputError"]
 
@@ -45,6 +53,80 @@ class StageOutcome:
         self.values = values
         self.record = record
         self.executed = executed
+
+
+class _CellView:
+    """What one stage's cell shows: its badge (a display id), the display ids of its output,
+    and the output of a later run started elsewhere (the panel), drawn under the badge."""
+
+    def __init__(self, badge_id: str):
+        self.badge_id = badge_id
+        self.output_ids: list[str] = []  # the cell's own output (emptied by a later run)
+        self.shown: str | None = None  # what the badge display shows now
+        self.note = ""  # "output of the run from the panel at 10:32:05"
+        self.body: dict | None = None  # that run's output
+        self.own_error_at: str | None = None  # when the cell's own run failed (its traceback
+        # is an error output, which no update can replace)
+
+
+class _Frame:
+    """A run of a stage started outside its cell: its output is drawn under the cell's badge
+    (replacing what the cell showed), as it comes; the same interface as ``LiveOutput``."""
+
+    REDRAW_EVERY = 0.25
+
+    def __init__(self, session: "PipeliteSession", name: str, view: _CellView, label: str):
+        self.session = session
+        self.name = name
+        self.view = view
+        self.events: list[dict] = []
+        self._drawn = 0.0
+        when = _dt.datetime.now().strftime("%H:%M:%S")
+        note = f"output of the run {label} at {when}"
+        if view.own_error_at:
+            note += f" (the error below is from the cell's own run at {view.own_error_at})"
+        view.note, view.body = note, {"text/html": "", "text/plain": ""}
+        for did in view.output_ids:  # the cell's own output gives way to this run's
+            session._publish(EMPTY, {}, did, True)
+        view.output_ids = []
+        self._draw(force=True)
+
+    def stream(self, name: str, text: str) -> None:
+        last = self.events[-1] if self.events else {}
+        if last.get("stream") == name:
+            last["text"] += text
+        else:
+            self.events.append({"stream": name, "text": text})
+        self._draw()
+
+    def display(self, data: dict, metadata: dict | None = None,
+                display_id: str | None = None) -> str:
+        self.events.append({"display": {"data": data, "metadata": metadata or {}}})
+        self._draw()
+        return display_id or ""
+
+    def clear(self) -> None:
+        self.events.append({"clear": False})
+        self._draw()
+
+    def fail(self, exc: BaseException) -> None:
+        self.error = "".join(traceback.format_exception(type(exc), exc,
+                                                        user_frames(exc.__traceback__)))
+        self._draw(force=True)
+
+    def close(self) -> None:
+        self._draw(force=True)
+
+    error: str | None = None  # the traceback, when the run failed
+
+    def _draw(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._drawn < self.REDRAW_EVERY:
+            return
+        self._drawn = now
+        self.view.body = composite(self.events, self.error)
+        self.session._show(self.name, Badge(self.name, "running", "", self.view.note,
+                                            self.view.body))
 
 
 class PipeliteSession(Configurable):
@@ -81,8 +163,13 @@ class PipeliteSession(Configurable):
         self._in_cell = False  # between pre_run_cell and post_run_cell
         self._stage_of_cell: dict[str, str] = {}
         self.shell.events.register("pre_run_cell", self._before_cell)
-        self._badge_ids: dict[str, str] = {}  # stage -> display id of its cell's badge
-        self._badge_shown: dict[str, str] = {}  # display id -> what its badge says
+        self._views: dict[str, _CellView] = {}  # stage -> what its cell shows (badges on)
+        self._live: LiveOutput | None = None  # the running cell's own stage's output
+        self._live_thread: int | None = None  # the thread running that cell
+        # A run holds the lock: a cell that runs stages while the panel runs some waits
+        self._lock = threading.RLock()
+        self.background: BackgroundRun | None = None  # the panel's run, while it runs
+        self._run_label: dict[int, str] = {}  # thread -> where its run was started from
         self.shell.events.register("post_run_cell", self._after_cell)
 
     @observe("store")
@@ -121,45 +208,55 @@ class PipeliteSession(Configurable):
         """Start the output of stage ``name``'s cell with its badge (a new display)."""
         if not self.badges_on():
             return
-        from IPython.display import display
-
         did = f"pipelite-badge-{name}-{uuid.uuid4().hex[:12]}"
-        old = self._badge_ids.pop(name, None)
-        if old is not None:
-            self._badge_shown.pop(old, None)
-        self._badge_ids[name] = did
+        view = self._views[name] = _CellView(did)
         badge = Badge(name, state)
-        self._badge_shown[did] = badge.text
-        display(badge, display_id=did)
+        view.shown = repr(badge)
+        self._publish_obj(badge, did, update=False)
 
     def refresh_badges(self, states: dict[str, Any] | None = None) -> None:
         """Bring every badge shown up to date (only those whose text changed are sent)."""
-        if not self._badge_ids:
+        if not self._views:
             return
         if states is None:
             try:
                 states = {s.name: s for s in self.pipeline.status()}
             except Exception:  # noqa: BLE001 - a badge never breaks a cell; the cell reports
                 return
-        from IPython.display import update_display
-
-        for name, did in list(self._badge_ids.items()):
+        for name, view in list(self._views.items()):
             status = states.get(name)
             if status is None:
                 continue
-            badge = (Badge.of(status) if status.defined
-                     else Badge(name, status.state, "not defined in this session"))
-            if self._badge_shown.get(did) != badge.text:
-                self._badge_shown[did] = badge.text
-                update_display(badge, display_id=did)
+            badge = (Badge.of(status, view.note, view.body) if status.defined
+                     else Badge(name, status.state, "not defined in this session", view.note,
+                                view.body))
+            self._show(name, badge)
+
+    def _show(self, name: str, badge: Badge) -> None:
+        """Update stage ``name``'s badge display to ``badge``, if it shows something else."""
+        view = self._views.get(name)
+        if view is None:
+            return
+        text = repr(badge)
+        if view.shown != text:
+            view.shown = text
+            self._publish_obj(badge, view.badge_id, update=True)
 
     def _badge_running(self, name: str) -> None:
-        did = self._badge_ids.get(name)
-        if did is not None and self._badge_shown.get(did) != "running":
-            from IPython.display import update_display
+        view = self._views.get(name)
+        if view is not None:
+            self._show(name, Badge(name, "running", "", view.note, view.body))
 
-            self._badge_shown[did] = "running"
-            update_display(Badge(name, "running"), display_id=did)
+    def _publish(self, data: dict, metadata: dict, display_id: str, update: bool) -> None:
+        """Send a display (or an update of one) past any capture that is active: the class's
+        own ``publish``, not one an ``OutputCapture`` put on the instance."""
+        pub = self.shell.display_pub
+        type(pub).publish(pub, data=data, metadata=metadata,
+                          transient={"display_id": display_id}, update=update)
+
+    def _publish_obj(self, obj: Any, display_id: str, update: bool) -> None:
+        data, metadata = self.shell.display_formatter.format(obj)
+        self._publish(data, metadata, display_id, update)
 
     def _renamed(self, name: str) -> str | None:
         """The stage this very cell defined before under another name, if still registered
@@ -170,31 +267,75 @@ class PipeliteSession(Configurable):
         return old if isinstance(self.pipeline.registry.get(old), CellStage) else None
 
     # -- running ---------------------------------------------------------------------------
-    def run(self, names: list[str] | None = None, force: bool = False) -> RunResult:
+    def run(self, names: list[str] | None = None, force: bool = False, *,
+            cancel: threading.Event | None = None, quiet: bool = False) -> RunResult:
         """Run the named stages (all when None) and what they need; bind their outputs.
 
         Fresh stages are loaded, not recomputed; ``force`` recomputes the named stages.
         A loaded cell stage also re-runs its top-level imports, ``def`` and ``class``
         statements, so the namespace is as if the cell had run (only outputs are stored).
-        Stage errors propagate unchanged (the magics present them).
+        Stage errors propagate unchanged (the magics present them). ``cancel`` stops the run
+        when set (``RunCancelled``); ``quiet`` prints no progress (the panel shows it).
         """
         target = list(names) if names else None
-        self._active += 1
-        try:
-            result = self.pipeline.run(target, force=force)
-        finally:
-            self._active -= 1
-        registry = self.pipeline.registry
-        loaded = [st for st in (registry.get(n) for n in (target or registry.names()))
-                  if isinstance(st, CellStage) and st.name not in result.executed
-                  and st.user_ns is self.shell.user_ns
-                  and all(o in result for o in st.declared_outputs or ())]
-        before = {st.name: st.snapshot() for st in loaded}
-        self.bind(result)
-        for st in loaded:
-            self._rerun_definitions(st)
-            st.settle(before[st.name])
+        with self._exclusive():
+            if not quiet:
+                self._active += 1
+            try:
+                result = self.pipeline.run(target, force=force, cancel=cancel)
+            finally:
+                if not quiet:
+                    self._active -= 1
+            registry = self.pipeline.registry
+            loaded = [st for st in (registry.get(n) for n in (target or registry.names()))
+                      if isinstance(st, CellStage) and st.name not in result.executed
+                      and st.user_ns is self.shell.user_ns
+                      and all(o in result for o in st.declared_outputs or ())]
+            before = {st.name: st.snapshot() for st in loaded}
+            self.bind(result)
+            for st in loaded:
+                self._rerun_definitions(st)
+                st.settle(before[st.name])
         return result
+
+    def start_run(self, names: list[str] | None, force: bool = False, *,
+                  on_done: Callable[[BackgroundRun], None] | None = None,
+                  label: str = "from the panel") -> BackgroundRun:
+        """Run stages in a thread (the panel's buttons): the kernel stays free, so a Cancel
+        click or Kernel -> Interrupt can stop it (``BackgroundRun.cancel``). A stage of a cell
+        shows its output under that cell's badge."""
+        def work(cancel: threading.Event) -> RunResult:
+            self._run_label[threading.get_ident()] = label
+            try:
+                return self.run(names, force=force, cancel=cancel, quiet=True)
+            finally:
+                self._run_label.pop(threading.get_ident(), None)
+
+        def done(run: BackgroundRun) -> None:
+            if self.background is run:
+                self.background = None
+            if on_done is not None:
+                on_done(run)
+
+        run = BackgroundRun(work, done, shell=self.shell)
+        self.background = run
+        return run.start()
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the session's run lock; if the panel's run holds it, say so and wait."""
+        if not self._lock.acquire(blocking=False):
+            run = self.background
+            what = (f"the panel's run{f' (stage {run.stage!r})' if run and run.stage else ''}"
+                    if run is not None else "another run")
+            print(f"[pipelite] waiting for {what} to finish: cancel it in the panel, or "
+                  f"interrupt the kernel")
+            sys.stdout.flush()
+            self._lock.acquire()
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def bind(self, values: dict) -> None:
         """Put artifact values into the user namespace."""
@@ -210,6 +351,11 @@ class PipeliteSession(Configurable):
         ``env`` names environment variables the cell's result depends on. A cell with shell
         commands or magics PipeLite cannot see into gets one ``PipeliteWarning`` saying so.
         """
+        with self._exclusive():
+            return self._define_cell(name, header, source, inputs, outputs, env)
+
+    def _define_cell(self, name: str, header: str, source: str, inputs: list[str] | None,
+                     outputs: list[str] | None, env: list[str] | None) -> CellStage:
         compiled = CompiledCell(self.shell, header, source)
         ns = self.shell.user_ns
         hidden = getattr(self.shell, "user_ns_hidden", None)
@@ -273,42 +419,84 @@ class PipeliteSession(Configurable):
         return compile(module, st.filename, "exec", flags=flags, dont_inherit=True)
 
     def run_cell_stage(self, name: str, force: bool = False) -> StageOutcome:
-        """Run a registered cell stage from its own cell: compute it, or load and replay it."""
-        self._current = name
+        """Run a registered cell stage from its own cell: compute it, or load and replay it.
+
+        With badges on (a notebook), what the cell prints and shows goes out through display
+        ids (``LiveOutput``), so that a later run from the panel can replace it."""
+        view = self._views.get(name)
+        live = None
+        if view is not None:
+            context = contextvars.copy_context()  # its flush thread keeps this cell's parent
+            live = LiveOutput(self._publish, lambda fn: context.run(fn))
+        self._current, self._live = name, live
+        self._live_thread = threading.get_ident()
         st = self.pipeline.registry.get(name)
         if isinstance(st, CellStage):
             self.import_before_check(st)
         self._why = None
         try:
-            result = self.run([name], force=force)
+            outcome = self._run_own_stage(name, force, live)
+        except BaseException:
+            if view is not None:
+                view.own_error_at = _dt.datetime.now().strftime("%H:%M:%S")
+            raise
         finally:
-            self._current = None
+            self._current, self._live = None, None
+            if live is not None:
+                live.close()
+                assert view is not None
+                view.output_ids = list(live.ids)
+        sys.stdout.flush()
+        return outcome
+
+    def _run_own_stage(self, name: str, force: bool, live: LiveOutput | None) -> StageOutcome:
+        def say(line: str) -> None:
+            if live is not None:
+                live.stream("stdout", line + "\n")
+            else:
+                print(line)
+
+        result = self.run([name], force=force)
         computed = name in result.executed
         record = result.records.get(name)
         if computed:  # after the cell's own output, where a hit says it was loaded
             took = _seconds(record.duration) if record else "?"
             because = f": {self._why}" if self._why else ""
-            print(f"[pipelite] {name}: ran in {took}{because}; "
-                  f"{_stored(record)}")
+            say(f"[pipelite] {name}: ran in {took}{because}; {_stored(record)}")
         else:
             try:
                 events = self.pipeline.attachment(name, OUTPUTS_ATTACHMENT, record=record)
             except UntrustedRecordError as exc:  # the values loaded; only the replay is held
-                print(f"[pipelite] {name}: not replaying its stored output: {exc}")
+                say(f"[pipelite] {name}: not replaying its stored output: {exc}")
                 events = None
-            replay(self.shell, events or [])
+            replay(self.shell, events or [], live)
             when = local_time(record.started) if record else "?"
             saved = record.duration if record else 0.0
-            print(f"[pipelite] {name}: loaded from store (run {when}, saved "
-                  f"{_seconds(saved)} of compute)")
-        sys.stdout.flush()
+            say(f"[pipelite] {name}: loaded from store (run {when}, saved "
+                f"{_seconds(saved)} of compute)")
         return StageOutcome(name, computed, dict(result), record, list(result.executed))
 
     def _executor(self, name: str, compiled: CompiledCell) -> Callable[[str, dict], dict]:
         def execute(source: str, namespace: dict) -> dict:
-            capture = OutputCapture(self.shell)
-            with capture.active():
-                compiled.run(namespace)
+            live: Any = None
+            frame: _Frame | None = None
+            label = self._run_label.get(threading.get_ident())
+            if label is not None and name in self._views:
+                # a run from the panel: its output replaces what the stage's cell shows
+                live = frame = _Frame(self, name, self._views[name], label)
+            elif self._live is not None and threading.get_ident() == self._live_thread:
+                live = self._live  # the running cell's (its own stage, or one it needs)
+            capture = OutputCapture(self.shell, live=live)
+            try:
+                with capture.active():
+                    compiled.run(namespace)
+            except BaseException as exc:
+                if frame is not None:
+                    frame.fail(exc)
+                raise
+            finally:
+                if frame is not None:
+                    frame.close()
             return {OUTPUTS_ATTACHMENT: capture.events}
 
         return execute
@@ -326,9 +514,16 @@ class PipeliteSession(Configurable):
     def _on_event(self, event: StageEvent) -> None:
         if event.store != self.pipeline.store.url:
             return
+        run = self.background
+        if run is not None and threading.get_ident() == run.thread.ident:
+            if event.kind == "started":
+                run.stage = event.stage  # a cancel now interrupts it
+            elif event.kind in ("finished", "failed", "cancelled"):
+                run.stage = None
         if event.kind == "started" and event.stage is not None:
             self._badge_running(event.stage)
-        elif event.kind in ("run_finished", "invalidated") and not self._in_cell:
+        elif event.kind in ("run_finished", "invalidated") and (
+                not self._in_cell or threading.current_thread() is not threading.main_thread()):
             # a panel button or a script (a cell's own runs are seen once, after the cell)
             self.refresh_badges()
         if not self._active:
@@ -338,10 +533,18 @@ class PipeliteSession(Configurable):
                 self._why = event.reason  # said by its own cell, after the cell's output
             return
         if event.kind == "started":
-            print(f"[pipelite] running stage '{event.stage}' ({event.index}/{event.total})"
-                  + (f": {event.reason}" if event.reason else ""))
+            self._say(f"[pipelite] running stage '{event.stage}' ({event.index}/{event.total})"
+                      + (f": {event.reason}" if event.reason else ""))
         elif event.kind == "finished":
-            print(f"[pipelite] {event.stage}: ran in {_seconds(event.duration or 0.0)}, stored")
+            self._say(f"[pipelite] {event.stage}: ran in {_seconds(event.duration or 0.0)}, "
+                      f"stored")
+
+    def _say(self, line: str) -> None:
+        """A progress line, in the running cell's output (its displays, when it has them)."""
+        if self._live is not None:
+            self._live.stream("stdout", line + "\n")
+        else:
+            print(line)
 
 
 _seconds = human_duration

@@ -37,3 +37,16 @@ def notebook_main(monkeypatch) -> dict:
     monkeypatch.setitem(sys.modules, "__main__", module)
     module.__dict__["stage"] = stage
     return module.__dict__
+
+
+def printed(cell) -> str:
+    """What a notebook cell printed, as the user reads it: its streams, and the text a
+    ``%%stage`` cell shows through display ids in a notebook kernel (its badge aside)."""
+    out = []
+    for o in cell.outputs:
+        if o["output_type"] == "stream":
+            out.append(o["text"])
+        elif o["output_type"] == "display_data" and \
+                "pipelite-cell-badge" not in o["data"].get("text/html", ""):
+            out.append(o["data"].get("text/plain", ""))
+    return "".join(out)

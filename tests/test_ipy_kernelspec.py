@@ -13,6 +13,8 @@ from jupyter_client.kernelspec import KernelSpecManager
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_notebook
 
+from tests.helpers import printed
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SPEC = ROOT / "jupyter-config" / "kernels" / "pipelite" / "kernel.json"
 
@@ -50,7 +52,7 @@ def test_a_notebook_on_the_pipelite_kernel_has_the_magics_without_load_ext(tmp_p
     ])
     NotebookClient(nb, timeout=120, kernel_name="pipelite",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
-    text = ["".join(o.get("text", "") for o in c.outputs) for c in nb.cells]
+    text = [printed(c) for c in nb.cells]
     assert text[0].startswith("hi from a stage\n[pipelite] hello: ran in")
     assert text[1].startswith("hi from a stage\n[pipelite] hello: loaded from store")
     assert "records" in text[2]

@@ -10,6 +10,8 @@ import pytest
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_notebook
 
+from tests.helpers import printed
+
 LOAD = "%load_ext pipelite"
 HELPERS = '''\
 LOG = "ran.log"
@@ -53,8 +55,7 @@ def execute(folder: pathlib.Path, cells: list[str]) -> list[str]:
                    resources={"metadata": {"path": str(folder)}}).execute()
     texts = []
     for cell in nb.cells:
-        texts.append("".join(o.get("text", "") for o in cell.outputs
-                             if o["output_type"] == "stream"))
+        texts.append(printed(cell))
     return texts
 
 

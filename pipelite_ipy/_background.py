@@ -1,0 +1,148 @@
+"""Runs started from the panel: in a thread, so the kernel stays free to hear Cancel.
+
+A button's click is handled on the kernel's main thread; a run done right there would hold it,
+and the Cancel click would wait behind the run it should stop. So a panel run happens in a
+:class:`BackgroundRun` thread, and stops on request:
+
+- between stages: the runner checks its ``cancel`` event before each stage;
+- inside a stage: ``RunCancelled`` (a ``KeyboardInterrupt``) is raised in the run's thread, as
+  Ctrl-C would be in the main thread. Like Ctrl-C, it lands when the stage next runs Python
+  code: a stage inside one long C call (a big matrix product) stops when that call returns.
+
+Kernel -> Interrupt (SIGINT) cancels a background run too: ipykernel ignores SIGINT while idle,
+so while a run is active PipeLite's handler takes its place (see :func:`_install_sigint`).
+"""
+from __future__ import annotations
+
+import contextvars
+import ctypes
+import signal
+import threading
+from typing import Any, Callable
+
+from pipelite.errors import RunCancelled
+
+__all__ = ["BackgroundRun"]
+
+_ACTIVE: list["BackgroundRun"] = []  # runs a SIGINT cancels
+_ACTIVE_LOCK = threading.Lock()
+
+
+class BackgroundRun:
+    """``work(cancel_event)`` in a daemon thread; ``cancel()`` stops it, ``join()`` waits.
+
+    ``stage`` is the stage running now (set by whoever watches the run's events), so a
+    cancel interrupts a stage only while one runs. ``on_done(run)`` is called in the thread
+    when the work ends, whatever the outcome (``result`` or ``error``).
+    """
+
+    def __init__(self, work: Callable[[threading.Event], Any],
+                 on_done: Callable[["BackgroundRun"], None] | None = None,
+                 shell: Any = None):
+        self.cancel_event = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.stage: str | None = None
+        self.cancelled = False
+        self._work = work
+        self._on_done = on_done
+        self._shell = shell
+        # the thread starts in a copy of this context: what the kernel sends from it (display
+        # updates, widget changes) keeps the parent message it was started under
+        context = contextvars.copy_context()
+        self.thread = threading.Thread(target=context.run, args=(self._main,),
+                                       name="pipelite-panel-run", daemon=True)
+
+    def start(self) -> "BackgroundRun":
+        with _ACTIVE_LOCK:
+            _ACTIVE.append(self)
+        _install_sigint(self._shell)
+        self.thread.start()
+        return self
+
+    def _main(self) -> None:
+        try:
+            self.result = self._work(self.cancel_event)
+        except BaseException as exc:  # noqa: BLE001 - handed to on_done, which reports it
+            self.error = exc
+        finally:
+            with _ACTIVE_LOCK:
+                if self in _ACTIVE:
+                    _ACTIVE.remove(self)
+            if self._on_done is not None:
+                try:
+                    self._on_done(self)
+                except RunCancelled:  # a cancel that arrived as the run ended: it has ended
+                    pass
+
+    @property
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+    def cancel(self) -> None:
+        """Stop the run: before its next stage, and the stage running now (if any)."""
+        if self.cancel_event.is_set() or not self.thread.is_alive():
+            return
+        self.cancelled = True
+        self.cancel_event.set()
+        if self.stage is not None:
+            _raise_in(self.thread, RunCancelled)
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the run to end; a KeyboardInterrupt while waiting cancels it."""
+        try:
+            while self.thread.is_alive():
+                self.thread.join(0.1 if timeout is None else timeout)
+                if timeout is not None:
+                    return
+        except KeyboardInterrupt:
+            self.cancel()
+            self.thread.join()
+
+
+def _raise_in(thread: threading.Thread, exc_type: type[BaseException]) -> None:
+    """Raise ``exc_type`` in ``thread`` at its next Python instruction."""
+    ident = thread.ident
+    if ident is None:
+        return
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc_type))
+
+
+# -- Kernel -> Interrupt ---------------------------------------------------------------------
+def _on_sigint(signum: int, frame: Any) -> None:
+    with _ACTIVE_LOCK:
+        runs = list(_ACTIVE)
+    if runs:
+        for run in runs:
+            run.cancel()
+        return
+    previous = _on_sigint.previous  # type: ignore[attr-defined]
+    if callable(previous):
+        previous(signum, frame)
+    elif previous == signal.SIG_DFL:
+        raise KeyboardInterrupt
+
+
+_on_sigint.previous = signal.SIG_IGN  # type: ignore[attr-defined]
+
+
+def _install_sigint(shell: Any) -> None:
+    """Make SIGINT cancel the active background runs (and do what it did before otherwise).
+
+    ipykernel installs Python's default handler while it handles a message (a cell, a click),
+    then puts back the one it saved before (``saved_sigint_handler``): in that window the
+    saved one is replaced, so that the kernel itself installs ours when the message is done.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    kernel = getattr(shell, "kernel", None)
+    if kernel is not None and hasattr(kernel, "saved_sigint_handler"):
+        saved = kernel.saved_sigint_handler
+        if saved is not _on_sigint:
+            _on_sigint.previous = saved  # type: ignore[attr-defined]
+            kernel.saved_sigint_handler = _on_sigint
+        return
+    current = signal.getsignal(signal.SIGINT)
+    if current is not _on_sigint:
+        _on_sigint.previous = current  # type: ignore[attr-defined]
+        signal.signal(signal.SIGINT, _on_sigint)
