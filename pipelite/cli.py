@@ -188,7 +188,8 @@ def _run_notebook(args: argparse.Namespace) -> int:
                             allow_errors=targeted,
                             resources={"metadata": {"path": os.path.dirname(path)}})
     try:
-        client.execute()
+        # as Jupyter does: the kernel knows its notebook, and records say which one ran
+        client.execute(env={**os.environ, "JPY_SESSION_NAME": path})
     except CellExecutionError as exc:
         print(f"pipelite: a cell of {args.notebook} failed:\n{exc}", file=sys.stderr)
         return 1

@@ -239,6 +239,43 @@ class _StageRow(widgets.VBox):
             self.force_button.tooltip = f"recompute '{self.name}' even if it is fresh"
 
 
+class _OriginGroup(widgets.VBox):
+    """The stages another notebook defined (known from the store here): collapsed under
+    "5 stages from train.ipynb", expanded by a click."""
+
+    expanded: bool = False
+
+    def __init__(self, origin: str):
+        self.origin = origin
+        self.toggle = widgets.Button(layout=widgets.Layout(width="auto"),
+                                     tooltip=f"stages that {origin} defined, in the same store")
+        self.toggle.add_class("pipelite-group-toggle")
+        self.toggle.on_click(lambda _b: self.set_expanded(not self.expanded))
+        self.body = widgets.VBox(layout=widgets.Layout(display="none"))
+        self.body.add_class("pipelite-group-rows")
+        self.expanded = False
+        self._count = 0
+        super().__init__([self.toggle, self.body])
+        self.add_class("pipelite-group")
+
+    def show(self, rows: list[_StageRow]) -> None:
+        if list(self.body.children) != rows:
+            self.body.children = rows
+        self._count = len(rows)
+        self._label()
+
+    def set_expanded(self, expanded: bool) -> None:
+        self.expanded = expanded
+        self.body.layout.display = None if expanded else "none"
+        self._label()
+
+    def _label(self) -> None:
+        n = self._count
+        name = os.path.basename(self.origin)
+        arrow = "▾" if self.expanded else "▸"
+        self.toggle.description = f"{arrow} {n} stage{'s' if n != 1 else ''} from {name}"
+
+
 class PipelinePanel(widgets.VBox):
     """A live view of a session's pipeline: one row per stage, with Run and Force buttons.
 
@@ -261,6 +298,8 @@ class PipelinePanel(widgets.VBox):
         self._session_failed = 0
         self._session_seconds = 0.0
         self._rows: dict[str, _StageRow] = {}
+        self._mine: list[str] = []  # the stages of this notebook (or session), in order
+        self._groups: dict[str, _OriginGroup] = {}  # another notebook's stages, collapsed
         self._statuses: list[StageStatus] = []
         self._closed = False
         self._status_failed = False
@@ -406,9 +445,28 @@ class PipelinePanel(widgets.VBox):
             if row is None:
                 row = self._rows[s.name] = _StageRow(s.name, self._run_from_button)
             row.show(s, self._busy)
-        children: list[widgets.Widget] = [self._rows[n] for n in names] or [self._empty]
+        # this notebook's stages first; those only another notebook defined, collapsed
+        mine = getattr(self.session, "notebook", None)
+        by_origin: dict[str, list[str]] = {}
+        self._mine = []
+        for s in statuses:
+            if not s.defined and s.origin is not None and s.origin != mine:
+                by_origin.setdefault(s.origin, []).append(s.name)
+            else:
+                self._mine.append(s.name)
+        children: list[widgets.Widget] = [self._rows[n] for n in self._mine] or [self._empty]
+        for origin in sorted(by_origin):
+            group = self._groups.get(origin)
+            if group is None:
+                group = self._groups[origin] = _OriginGroup(origin)
+            group.show([self._rows[n] for n in by_origin[origin]])
+            children.append(group)
         if list(self.rows.children) != children:
             self.rows.children = children
+        for gone in set(self._groups) - set(by_origin):
+            group = self._groups.pop(gone)
+            group.body.children = ()  # its rows live on elsewhere, or are closed below
+            _close_tree(group)
         for gone in set(self._rows) - set(names):  # e.g. invalidated and no longer defined
             _close_tree(self._rows.pop(gone))
         self._show_counts()
@@ -416,8 +474,9 @@ class PipelinePanel(widgets.VBox):
             self._draw_graph()
 
     def _show_counts(self) -> None:
+        """Count this notebook's stages (another notebook's are counted in their group)."""
         by_state = {st: 0 for st in STATES}
-        for row in self._rows.values():
+        for row in (self._rows[n] for n in self._mine if n in self._rows):
             by_state[row.state or "missing"] = by_state.get(row.state or "missing", 0) + 1
         self.counts.value = (" ".join(_chip(st, f"{n} {st}") for st, n in by_state.items() if n)
                              or "")

@@ -5,6 +5,7 @@ import ast
 import contextlib
 import contextvars
 import datetime as _dt
+import os
 import sys
 import threading
 import time
@@ -19,6 +20,7 @@ from traitlets.config import Configurable
 from pipelite import (
     CellStage,
     Pipeline,
+    PipeliteError,
     PipeliteWarning,
     RunResult,
     StageEvent,
@@ -170,6 +172,7 @@ class PipeliteSession(Configurable):
         self._lock = threading.RLock()
         self.background: BackgroundRun | None = None  # the panel's run, while it runs
         self._run_label: dict[int, str] = {}  # thread -> where its run was started from
+        self._warned_collisions: set[tuple[str, str]] = set()  # (stage, other notebook)
         self.shell.events.register("post_run_cell", self._after_cell)
 
     @observe("store")
@@ -369,6 +372,8 @@ class PipeliteSession(Configurable):
         st = CellStage(name, source, ns, inputs=inputs, outputs=outputs,
                        execute=self._executor(name, compiled), filename=compiled.filename,
                        env=env or (), hidden=hidden, analysis=probe.analysis)
+        st.origin = self.notebook
+        self._warn_if_another_notebooks(name)
         st.inherit(self.pipeline.registry.get(name))
         if renamed is not None:
             old_stage = self.pipeline.registry.get(renamed)
@@ -388,6 +393,41 @@ class PipeliteSession(Configurable):
         if st.blind_spots:
             _warn_blind_spots(st, compiled.filename)
         return st
+
+    @property
+    def notebook(self) -> str | None:
+        """The notebook this kernel runs, as records name it (``Stage.origin``): relative to
+        the folder holding the store when under it. Jupyter tells the kernel its notebook's
+        path (``__session__``, from ``JPY_SESSION_NAME``); a script or a terminal has none."""
+        path = self.shell.user_ns.get("__session__") or os.environ.get("JPY_SESSION_NAME")
+        if not isinstance(path, str) or not path.strip():
+            return None
+        try:
+            return self.pipeline.store.origin_for(path)
+        except PipeliteError:
+            return None
+
+    def _warn_if_another_notebooks(self, name: str) -> None:
+        """Warn, before a stage of that name runs here, when another notebook's records use
+        it: both notebooks share the store, and each run would replace the other's result
+        as the stage's current one."""
+        mine = self.notebook
+        current = self.pipeline.registry.get(name)
+        if mine is None or (current is not None and current.origin == mine):
+            return  # not in Jupyter, or this notebook defined it already (warned then)
+        try:
+            other = self.pipeline.origin_of(name)
+        except PipeliteError:  # an unreadable record: status() reports it
+            return
+        if other is None or other == mine or (name, other) in self._warned_collisions:
+            return
+        self._warned_collisions.add((name, other))
+        warnings.warn(
+            f"stage '{name}' is also defined in {other}, which shares this store "
+            f"({self.pipeline.store.url}) with {mine}: each notebook's run of '{name}' "
+            f"replaces the other's as its current result. Give one of them another name "
+            f"(e.g. %%stage {name}_{_stem(mine)}) unless they are meant to be the same stage",
+            PipeliteWarning, stacklevel=2)
 
     def import_before_check(self, st: CellStage) -> None:
         """Run the cell's top-level imports before its freshness is checked, so a module of
@@ -548,6 +588,12 @@ class PipeliteSession(Configurable):
 
 
 _seconds = human_duration
+
+
+def _stem(path: str) -> str:
+    """``train`` for ``analysis/train.ipynb``, as a stage name can use it."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in stem) or "notebook"
 
 
 def _described(stmt: ast.stmt) -> str:
