@@ -53,7 +53,7 @@ class Badge:
         fill, stroke = STATE_COLOURS.get(self.state, ("#e8e8e8", "#616161"))
         reason = (f' <span class="pipelite-cell-badge-reason">{html.escape(self.reason)}</span>'
                   if self.reason else "")
-        note = (f' <span class="pipelite-cell-badge-note" style="opacity: 0.8">· '
+        note = (f' <span class="pipelite-cell-badge-note">· '
                 f"{html.escape(self.note)}</span>" if self.note else "")
         body = (f'<div class="pipelite-cell-run-output">{self.body.get("text/html", "")}</div>'
                 if self.body else "")

@@ -30,34 +30,55 @@ _NOT_DEFINED = "not defined in this session"
 # Layout lives here rather than in inline styles so a user can override it with their own CSS.
 _CSS = """
 <style>
-.pipelite-panel { border: 1px solid #d0d7de; border-radius: 6px; padding: 6px 10px;
-  font-size: 13px; max-width: 1100px; background: var(--jp-layout-color0, #fff); }
-.pipelite-header { border-bottom: 1px solid #d0d7de; padding-bottom: 2px; margin-bottom: 2px; }
+/* Colours are theme-aware: JupyterLab's variables where they read well, else ours for the
+   light theme, replaced under the dark one; every text is 4.5:1 or more against its
+   background in both (tests/test_browser.py measures it). */
+.pipelite-panel {
+  --pl-fg: var(--jp-ui-font-color1, #1a1a1a); --pl-bg: var(--jp-layout-color0, #fff);
+  --pl-muted: #57606a; --pl-warn: #7a4d00; --pl-error: #b31d28; --pl-border: #d0d7de;
+  --pl-rule: #eef0f2; --pl-error-bg: #fff5f5; --pl-chip-fg: #1a1a1a;
+  border: 1px solid var(--pl-border); border-radius: 6px; padding: 6px 10px;
+  font-size: 13px; max-width: 1100px; background: var(--pl-bg); color: var(--pl-fg); }
+body[data-jp-theme-light="false"] .pipelite-panel {
+  --pl-muted: #b1bac4; --pl-warn: #e3b341; --pl-error: #ff8e87; --pl-border: #444c56;
+  --pl-rule: #30363d; --pl-error-bg: #2d1a1a; }
+.pipelite-panel .widget-html-content, .pipelite-panel code { color: inherit; }
+.pipelite-header { border-bottom: 1px solid var(--pl-border); padding-bottom: 2px;
+  margin-bottom: 2px; }
 .pipelite-header-top { align-items: center; }
 .pipelite-title { margin-right: 12px; font-size: 14px; }
-.pipelite-store { color: #57606a; font-size: 12px; }
+.pipelite-store { color: var(--pl-muted); font-size: 12px; }
 .pipelite-store code { font-size: 12px; background: none; }
 .pipelite-counts .pipelite-chip { margin-right: 4px; }
-.pipelite-row { border-bottom: 1px solid #eef0f2; padding: 3px 0; }
+.pipelite-row { border-bottom: 1px solid var(--pl-rule); padding: 3px 0; }
 .pipelite-row-main { align-items: center; }
 .pipelite-chip, .pipelite-badge span { display: inline-block; border-radius: 10px;
-  padding: 0 8px; line-height: 20px; font-weight: 600; font-size: 12px; border: 1px solid; }
+  padding: 0 8px; line-height: 20px; font-weight: 600; font-size: 12px; border: 1px solid;
+  color: var(--pl-chip-fg); }
 .pipelite-badge span { min-width: 56px; text-align: center; }
 .pipelite-name b { font-family: var(--jp-code-font-family, monospace); }
 .pipelite-name-text { display: inline-block; max-width: 180px; overflow: hidden;
   text-overflow: ellipsis; white-space: nowrap; vertical-align: bottom; }
-.pipelite-outputs-many ul { margin: 2px 0 2px 16px; padding: 0; }
-.pipelite-undefined-tag { color: #6a737d; font-style: italic; font-size: 12px; }
-.pipelite-outputs, .pipelite-when { color: #444; font-size: 12px; overflow: hidden;
+.pipelite-undefined-tag { color: var(--pl-muted); font-style: italic; font-size: 12px; }
+.pipelite-outputs, .pipelite-when { color: var(--pl-fg); font-size: 12px; overflow: hidden;
   text-overflow: ellipsis; }
-.pipelite-reason { color: #8a5a00; font-size: 12px; padding-left: 92px; }
-.pipelite-error { color: #b31d28; font-size: 12px; }
+.pipelite-outputs-line { flex-wrap: wrap; align-items: center; }
+.pipelite-panel .pipelite-output-name, .pipelite-panel .pipelite-outputs-toggle {
+  height: 22px; line-height: 20px; font-size: 12px; padding: 0 6px; margin: 1px 2px; }
+.pipelite-preview { font-size: 12px; border-left: 3px solid var(--pl-border);
+  padding-left: 6px; margin: 2px 0; max-height: 260px; overflow: auto; }
+.pipelite-preview pre { margin: 2px 0; font-size: 11px; }
+.pipelite-preview table { font-size: 11px; border-collapse: collapse; color: inherit; }
+.pipelite-preview th, .pipelite-preview td { padding: 1px 6px; text-align: left; }
+.pipelite-reason { color: var(--pl-warn); font-size: 12px; padding-left: 92px; }
+.pipelite-error, .pipelite-preview-error { color: var(--pl-error); font-size: 12px; }
 .pipelite-row .pipelite-error { padding-left: 92px; }
 .pipelite-error pre { white-space: pre-wrap; font-size: 11px; max-height: 240px;
-  overflow: auto; background: #fff5f5; padding: 4px; }
+  overflow: auto; background: var(--pl-error-bg); padding: 4px; }
 .pipelite-progress { align-items: center; }
 .pipelite-graph svg, .pipelite-graph img { max-width: 100%; height: auto; }
-.pipelite-empty { color: #6a737d; font-style: italic; }
+.pipelite-empty { color: var(--pl-muted); font-style: italic; }
+.pipelite-group-toggle { font-size: 12px; }
 </style>
 """
 
@@ -94,7 +115,7 @@ def _short_store(url: str) -> str:
 def _chip(state: str, text: str | None = None) -> str:
     fill, stroke = STATE_COLOURS.get(state, STATE_COLOURS["missing"])
     return (f'<span class="pipelite-chip pipelite-chip-{state}" '
-            f'style="background:{fill};border-color:{stroke};color:{stroke}">'
+            f'style="background:{fill};border-color:{stroke}">'
             f"{html.escape(text or state)}</span>")
 
 
@@ -109,18 +130,81 @@ def _error_html(summary: str, detail: str | None = None) -> str:
 MAX_LISTED_OUTPUTS = 3  # more collapse to "8 outputs · 470 KiB", listed on expand
 
 
-def _outputs_html(outputs: Sequence[Any]) -> str:
-    """``a (1.2 KiB), b (8 B)``; many outputs as ``8 outputs · 470 KiB`` that expands to each
-    one's name, type and shape, and size."""
-    if len(outputs) <= MAX_LISTED_OUTPUTS:
-        return ", ".join(f'<span title="{html.escape(o.summary or o.format)}">'
-                         f"{html.escape(o.name)} ({human_bytes(o.size)})</span>" for o in outputs)
-    total = human_bytes(sum(o.size for o in outputs))
-    items = "".join(f"<li><code>{html.escape(o.name)}</code> "
-                    f"{html.escape(o.summary or o.format)}, {human_bytes(o.size)}</li>"
-                    for o in outputs)
-    return (f'<details class="pipelite-outputs-many"><summary>{len(outputs)} outputs · {total}'
-            f"</summary><ul>{items}</ul></details>")
+class _Outputs(widgets.VBox):
+    """A row's outputs: ``a (1.2 KiB), b (8 B)``, each name a button that previews the
+    artifact below the row; more than three collapse to ``8 outputs · 470 KiB``, which
+    expands to each one's name, type and shape, and size. ``text`` says it in plain text."""
+
+    def __init__(self, on_preview: Callable[[str], None]):
+        self._on_preview = on_preview
+        self.text = ""
+        self._key: tuple | None = None
+        self.line = widgets.HBox()
+        self.line.add_class("pipelite-outputs-line")
+        self.more = widgets.VBox(layout=widgets.Layout(display="none"))
+        self.more.add_class("pipelite-outputs-list")
+        self.preview = widgets.HTML(layout=widgets.Layout(display="none"))
+        self.preview.add_class("pipelite-preview")
+        self.previewing: str | None = None
+        super().__init__([self.line, self.more, self.preview],
+                         layout=widgets.Layout(flex="1 1 auto", width="auto"))
+        self.add_class("pipelite-outputs")
+
+    def _button(self, o: Any, label: str) -> widgets.Button:
+        b = widgets.Button(description=label, tooltip=f"preview {o.name}: "
+                           f"{o.summary or o.format}", layout=widgets.Layout(width="auto"))
+        b.add_class("pipelite-output-name")
+        b.add_class(f"pipelite-output-{o.name}")
+        b.on_click(lambda _b, name=o.name: self._on_preview(name))
+        return b
+
+    def show(self, outputs: Sequence[Any], prefix: str = "") -> None:
+        key = (prefix, tuple((o.name, o.size, o.summary, o.hash) for o in outputs))
+        if key == self._key:
+            return
+        self._key = key
+        for child in [*self.line.children, *self.more.children]:
+            _close_tree(child)
+        if not outputs:
+            self.text = "no outputs yet"
+            empty = widgets.HTML('<span class="pipelite-empty">no outputs yet</span>')
+            self.line.children, self.more.children = (empty,), ()
+            self.show_preview(None, "")
+            return
+        lead = [widgets.HTML(f'<span class="pipelite-outputs-prefix">{prefix}</span>')] \
+            if prefix else []
+        if len(outputs) <= MAX_LISTED_OUTPUTS:
+            self.text = prefix + ", ".join(f"{o.name} ({human_bytes(o.size)})" for o in outputs)
+            self.line.children = (*lead, *(self._button(o, f"{o.name} ({human_bytes(o.size)})")
+                                           for o in outputs))
+            self.more.children = ()
+        else:
+            total = human_bytes(sum(o.size for o in outputs))
+            summary = f"{len(outputs)} outputs · {total}"
+            self.text = prefix + summary + "".join(
+                f"\n{o.name}: {o.summary or o.format}, {human_bytes(o.size)}" for o in outputs)
+            toggle = widgets.Button(description=f"▸ {summary}",
+                                    tooltip="list every output", layout=widgets.Layout(
+                                        width="auto"))
+            toggle.add_class("pipelite-outputs-toggle")
+
+            def flip(_b: Any) -> None:
+                shown = self.more.layout.display != "none"
+                self.more.layout.display = "none" if shown else None
+                toggle.description = f"{'▸' if shown else '▾'} {summary}"
+
+            toggle.on_click(flip)
+            self.line.children = (*lead, toggle)
+            self.more.children = tuple(
+                self._button(o, f"{o.name}: {o.summary or o.format}, {human_bytes(o.size)}")
+                for o in outputs)
+        if self.previewing is not None and self.previewing not in {o.name for o in outputs}:
+            self.show_preview(None, "")
+
+    def show_preview(self, name: str | None, content: str) -> None:
+        self.previewing = name
+        self.preview.value = content if name is not None else ""
+        self.preview.layout.display = None if name is not None else "none"
 
 
 def _close_tree(w: widgets.Widget) -> None:
@@ -133,15 +217,15 @@ def _close_tree(w: widgets.Widget) -> None:
 class _StageRow(widgets.VBox):
     """One stage: badge, name, outputs, last run, buttons; below, why it is not fresh."""
 
-    def __init__(self, name: str, on_run: Callable[[str, bool], None]):
+    def __init__(self, name: str, on_run: Callable[[str, bool], None],
+                 on_preview: Callable[[str, str], None]):
         self.name = name
         self.state: str | None = None
         self.badge = widgets.HTML(layout=widgets.Layout(width="84px", flex="0 0 auto"))
         self.badge.add_class("pipelite-badge")
         self.label = widgets.HTML(layout=widgets.Layout(width="190px", flex="0 0 auto"))
         self.label.add_class("pipelite-name")
-        self.outputs = widgets.HTML(layout=widgets.Layout(flex="1 1 auto", width="auto"))
-        self.outputs.add_class("pipelite-outputs")
+        self.outputs = _Outputs(lambda output: on_preview(name, output))
         self.when = widgets.HTML(layout=widgets.Layout(width="150px", flex="0 0 auto"))
         self.when.add_class("pipelite-when")
         self.run_button = widgets.Button(
@@ -184,8 +268,8 @@ class _StageRow(widgets.VBox):
         self.badge.add_class(f"pipelite-badge-{state}")
         self.add_class(f"pipelite-state-{state}")
         fill, stroke = STATE_COLOURS.get(state, STATE_COLOURS["missing"])
-        self.badge.value = (f'<span style="background:{fill};border-color:{stroke};'
-                            f'color:{stroke}">{state}</span>')
+        self.badge.value = (f'<span style="background:{fill};border-color:{stroke}">'
+                            f"{state}</span>")
 
     def set_error(self, summary: str | None, detail: str | None = None) -> None:
         self.error.value = _error_html(summary, detail) if summary else ""
@@ -203,8 +287,7 @@ class _StageRow(widgets.VBox):
         else:
             self.add_class("pipelite-undefined")
         prefix = "previous result: " if s.outputs and s.state in ("failed", "stale") else ""
-        self.outputs.value = (prefix + _outputs_html(s.outputs) if s.outputs
-                              else '<span class="pipelite-empty">no outputs yet</span>')
+        self.outputs.show(s.outputs, prefix)
         if s.state == "failed" and s.failed_at is not None:  # its error shows below
             self.when.value = (f'<span class="pipelite-failed-at" title="failed '
                                f'{local_time(s.failed_at, full=True)}">failed '
@@ -325,7 +408,7 @@ class PipelinePanel(widgets.VBox):
                                                  layout=widgets.Layout(width="80px"))
         self.graph_toggle.add_class("pipelite-graph-toggle")
         self.graph_toggle.observe(self._on_graph_toggle, "value")
-        self.run_all_button = widgets.Button(description="Run all stale", button_style="primary",
+        self.run_all_button = widgets.Button(description="Run all stale",
                                              layout=widgets.Layout(width="150px"))
         self.run_all_button.add_class("pipelite-run-all")
         self.run_all_button.on_click(lambda _b: self.run_all_stale())
@@ -344,7 +427,7 @@ class PipelinePanel(widgets.VBox):
         self.progress_bar.add_class("pipelite-progress-bar")
         self.progress_text = widgets.HTML()
         self.progress_text.add_class("pipelite-progress-text")
-        self.cancel_button = widgets.Button(description="Cancel", button_style="warning",
+        self.cancel_button = widgets.Button(description="Cancel",
                                             tooltip="stop this run: the stage running now is "
                                                     "interrupted and nothing is stored for it",
                                             layout=widgets.Layout(width="80px",
@@ -443,7 +526,8 @@ class PipelinePanel(widgets.VBox):
         for s in statuses:
             row = self._rows.get(s.name)
             if row is None:
-                row = self._rows[s.name] = _StageRow(s.name, self._run_from_button)
+                row = self._rows[s.name] = _StageRow(s.name, self._run_from_button,
+                                                     self._preview)
             row.show(s, self._busy)
         # this notebook's stages first; those only another notebook defined, collapsed
         mine = getattr(self.session, "notebook", None)
@@ -692,6 +776,29 @@ class PipelinePanel(widgets.VBox):
         self._run_depth = 0
         self.refresh()
 
+    def _preview(self, stage: str, output: str) -> None:
+        """Show (or hide, on a second click) output ``output`` of ``stage`` under its row."""
+        row = self._rows.get(stage)
+        if row is None:
+            return
+        if row.outputs.previewing == output:
+            row.outputs.show_preview(None, "")
+            return
+        from .preview import preview_html
+
+        try:
+            store = self.session.pipeline.store
+            record = store.latest(stage)
+            if record is None or output not in record.outputs:
+                raise LookupError(f"'{output}' is no longer stored")
+            content = preview_html(output, store.load_value(record.outputs[output],
+                                                            record=record))
+        except Exception as exc:  # noqa: BLE001 - say why in the preview, keep the panel
+            content = (f'<span class="pipelite-preview-error">cannot preview '
+                       f"{html.escape(output)}: {html.escape(str(exc) or type(exc).__name__)}"
+                       f"</span>")
+        row.outputs.show_preview(output, content)
+
     # -- the ticking clock ----------------------------------------------------------------------
     def _status_of(self, name: str) -> StageStatus | None:
         return next((s for s in self._statuses if s.name == name), None)
@@ -740,9 +847,8 @@ class PipelinePanel(widgets.VBox):
         except Exception:  # noqa: BLE001 - the refresh after the run shows them
             record = None
         if record is not None and record.outputs:
-            row.outputs.value = _outputs_html([
-                OutputInfo(k, v.size, v.format, v.summary or "", v.hash)
-                for k, v in record.outputs.items()])
+            row.outputs.show([OutputInfo(k, v.size, v.format, v.summary or "", v.hash)
+                              for k, v in record.outputs.items()])
 
     def _set_busy(self, busy: bool) -> None:
         self._busy = busy

@@ -194,8 +194,12 @@ def composite(events: list[dict], error: str | None = None) -> dict:
             parts_text.clear()
         elif "stream" in ev:
             text = plain_text(_ANSI.sub("", ev["text"]))
-            css = "pipelite-run-stderr" if ev["stream"] == "stderr" else "pipelite-run-stdout"
-            parts_html.append(f'<pre class="{css}">{html.escape(text, quote=False)}</pre>')
+            if ev["stream"] == "stderr":  # shaded as JupyterLab shades a stderr stream
+                attrs = ('class="pipelite-run-stderr" style="background: '
+                         'var(--jp-rendermime-error-background, #fdd)"')
+            else:
+                attrs = 'class="pipelite-run-stdout"'
+            parts_html.append(f"<pre {attrs}>{html.escape(text, quote=False)}</pre>")
             parts_text.append(text.rstrip("\n"))
         elif "display" in ev:
             data = ev["display"].get("data") or {}

@@ -110,7 +110,7 @@ def test_run_button_runs_the_stage_with_its_upstreams_and_binds_its_outputs(sess
     assert session.runs == [(["total"], False)]
     assert [badge(panel, n) for n in STAGES] == ["fresh", "fresh", "fresh"]
     assert session.namespace["total"] == 20
-    assert "total (" in panel.row("total").outputs.value
+    assert "total (" in panel.row("total").outputs.text
     assert "ms" in panel.row("total").when.value or " s" in panel.row("total").when.value
 
 
@@ -212,12 +212,51 @@ def test_a_long_name_is_cut_with_its_whole_in_a_tooltip_and_many_outputs_collaps
     row = panel.row(long)
     assert f'<b class="pipelite-name-text" title="{long}">{long}</b>' in row.label.value
     assert "text-overflow: ellipsis" in panel.children[0].value  # the CSS that cuts it
-    summary = re.search(r"<summary>(.*?)</summary>", row.outputs.value)
-    assert summary and re.fullmatch(r"8 outputs · \d+ B", summary.group(1))
-    assert "<li><code>out_7</code> list of length 8, " in row.outputs.value
+    (toggle,) = row.outputs.line.children
+    assert re.fullmatch(r"▸ 8 outputs · \d+ B", toggle.description)
+    assert row.outputs.more.layout.display == "none"  # collapsed
+    toggle.click()
+    assert row.outputs.more.layout.display is None
+    assert toggle.description.startswith("▾ 8 outputs")
+    listed = [b.description for b in row.outputs.more.children]
+    assert len(listed) == 8 and re.fullmatch(r"out_7: list of length 8, \d+ B", listed[-1])
     short = panel.row("numbers")  # three outputs or fewer: listed as they are
     panel.row("numbers").run_button.click()
-    assert "<details" not in short.outputs.value and "numbers (" in short.outputs.value
+    assert [b.description for b in short.outputs.line.children] == [
+        f"numbers ({short.outputs.text.split('(')[1]}"]
+    assert short.outputs.more.children == ()
+
+
+def test_clicking_an_output_previews_it_and_a_second_click_hides_it(session, panels):
+    session.define("frame", "import numpy as np\nmatrix = np.arange(40.0).reshape(10, 4)\n"
+                            "label = 'x' * 5000")
+    panel = panels(session)
+    panel.row("frame").run_button.click()
+    outputs = panel.row("frame").outputs
+    matrix, label = outputs.line.children
+    matrix.click()
+    text = outputs.preview.value
+    assert outputs.preview.layout.display is None
+    assert "<code>matrix</code>: numpy.ndarray, shape (10, 4), dtype float64" in text
+    assert "[[ 0.  1.  2.  3.]" in text and "5 more rows" in text  # the first rows only
+    label.click()  # another output: the preview follows
+    assert "<code>label</code>: str, length 5000" in outputs.preview.value
+    assert len(outputs.preview.value) < 1000  # the repr is cut
+    label.click()
+    assert outputs.preview.layout.display == "none" and outputs.previewing is None
+
+
+def test_a_preview_of_a_table_shows_its_first_rows(session, panels):
+    pytest.importorskip("pandas")
+    session.define("table", "import pandas as pd\n"
+                            "df = pd.DataFrame({'a': range(100), 'b': ['<i>x</i>'] * 100})")
+    panel = panels(session)
+    panel.row("table").run_button.click()
+    panel.row("table").outputs.line.children[0].click()
+    text = panel.row("table").outputs.preview.value
+    assert "pandas.DataFrame, shape (100, 2), 2 columns" in text
+    assert text.count("<tr") == 1 + 5  # the header and the first five rows
+    assert "&lt;i&gt;x&lt;/i&gt;" in text and "<i>x</i>" not in text  # escaped
 
 
 def test_the_panel_sums_up_every_run_of_the_session_with_a_time(session, panels):
@@ -308,10 +347,10 @@ def test_after_a_restart_stages_known_only_from_the_store_are_listed_but_not_run
         row = panel.row(name)
         assert not row.defined and "pipelite-undefined" in classes(row)
         assert "not defined in this session" in row.label.value
-        shown = row.label.value + row.reason.value + row.when.value + row.outputs.value
+        shown = row.label.value + row.reason.value + row.when.value + row.outputs.text
         assert shown.count("not defined in this session") == 1  # said once, by the label
         assert row.run_button.disabled and row.force_button.disabled
-        assert "total (" in panel.row("total").outputs.value
+        assert "total (" in panel.row("total").outputs.text
     assert panel.run_all_button.disabled
     fresh_session.define("numbers", STAGES["numbers"])
     panel.refresh()

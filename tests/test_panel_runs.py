@@ -151,7 +151,7 @@ def test_each_row_shows_its_stage_done_while_the_run_goes_on(shell, panel):
     first = panel.row("first")
     assert first.state == "fresh"  # done, while the run goes on
     assert first.reason.layout.display == "none" and first.reason.value == ""
-    assert "base (" in first.outputs.value
+    assert "base (" in first.outputs.text
     assert "running" in panel.row("slow").when.value
     open(shell.user_ns["FLAG"], "w").close()
     panel.wait()
