@@ -2,11 +2,14 @@
 
 By default only stages are drawn, left to right, and each edge is labelled with the artifacts
 that flow along it (more than two collapse to "N artifacts"), with a legend of the state
-colours: a graph of ten stages stays readable at the width of a notebook's output. With
+colours. A pipeline more than ``MAX_LR_RANKS`` stages deep is drawn top to bottom instead: left
+to right, ten stages in a row need about 1,500 px, and a notebook's output (about 850 px) would
+shrink its text to 5 px; top to bottom, it keeps its size. With
 ``artifacts=True`` every artifact is a node of its own between its producer and its consumers.
 """
 from __future__ import annotations
 
+import graphlib
 import shutil
 import subprocess
 from typing import Sequence
@@ -17,6 +20,7 @@ from .present import STATE_COLOURS, STATES
 __all__ = ["render"]
 
 MAX_EDGE_NAMES = 2  # more artifacts on one edge are shown as "N artifacts"
+MAX_LR_RANKS = 5  # stages in a row, left to right, that fit a notebook's output legibly
 
 
 def render(statuses: Sequence, format: str = "mermaid", artifacts: bool = False) -> str:
@@ -56,6 +60,7 @@ class _Graph:
         self.ids = {s.name: f"s{i}" for i, s in enumerate(self.stages)}
         producer = {a: s.name for s in self.stages for a in s.produces}
         names: set[str] = set()
+        self.direction = "LR"
         self.nodes: list[tuple[str, str, str]] = []  # (id, label, class) of artifact nodes
         self.edges: list[tuple[str, str, str]] = []  # (from id, to id, label)
         if artifacts:
@@ -79,13 +84,14 @@ class _Graph:
                     flows.setdefault((p, s.name), []).append(a)
         for (p, c), arts in flows.items():
             self.edges.append((self.ids[p], self.ids[c], edge_label(arts)))
+        self.direction = "LR" if _depth(self.stages, flows) <= MAX_LR_RANKS else "TB"
         missing = sorted({a for a, _ in orphans})
         art = {a: f"m{i}" for i, a in enumerate(missing)}
         self.nodes = [(art[a], f"{a} (no producer)", "orphan") for a in missing]
         self.edges += [(art[a], self.ids[c], "") for a, c in orphans]
 
     def mermaid(self) -> str:
-        lines = ["flowchart LR"]
+        lines = [f"flowchart {self.direction}"]
         for s in self.stages:
             lines.append(f'    {self.ids[s.name]}["{s.name}"]:::{s.state}')
         for nid, label, cls in self.nodes:
@@ -104,8 +110,10 @@ class _Graph:
         return "\n".join(lines) + "\n"
 
     def dot(self) -> str:
-        lines = ["digraph pipelite {", "  rankdir=LR;", '  node [fontname="Helvetica"];',
-                 '  edge [fontname="Helvetica", fontsize=10];']
+        lines = ["digraph pipelite {", f"  rankdir={self.direction};",
+                 "  nodesep=0.3; ranksep=0.35;",
+                 '  node [fontname="Helvetica", fontsize=13];',
+                 '  edge [fontname="Helvetica", fontsize=11];']
         for s in self.stages:
             fill, stroke = STATE_COLOURS.get(s.state, STATE_COLOURS["missing"])
             lines.append(f'  "{self.ids[s.name]}" [label="{s.name}\\n({s.state})", shape=box, '
@@ -120,12 +128,29 @@ class _Graph:
                      'color="#bdbdbd";')
         for state in STATES:
             fill, stroke = STATE_COLOURS[state]
-            lines.append(f'    "legend_{state}" [label="{state}", shape=box, fontsize=10, '
+            lines.append(f'    "legend_{state}" [label="{state}", shape=box, fontsize=11, '
                          f'height=0.3, style="filled,rounded", fillcolor="{fill}", '
                          f'color="{stroke}"];')
-        # invisible edges keep the legend on one row, left to right
-        lines.append("    " + " -> ".join(f'"legend_{state}"' for state in STATES)
-                     + " [style=invis];")
+        # the legend on one row: a chain of invisible edges left to right, one rank top down
+        legend = [f'"legend_{state}"' for state in STATES]
+        lines.append("    " + " -> ".join(legend) + " [style=invis];")
+        if self.direction == "TB":  # (left to right, the chain alone makes the row)
+            lines.append("    { rank=same; " + "; ".join(legend) + "; }")
         lines.append("  }")
         lines.append("}")
         return "\n".join(lines) + "\n"
+
+
+def _depth(stages: Sequence, flows: dict[tuple[str, str], list[str]]) -> int:
+    """How many stages the longest chain of the graph holds (1 for stages with no edges)."""
+    before: dict[str, set[str]] = {s.name: set() for s in stages}
+    for p, c in flows:
+        before.setdefault(c, set()).add(p)
+    try:
+        order = list(graphlib.TopologicalSorter(before).static_order())
+    except graphlib.CycleError:  # status() reports the cycle; draw it top to bottom
+        return len(before)
+    depth: dict[str, int] = {}
+    for name in order:
+        depth[name] = 1 + max((depth[p] for p in before.get(name, ())), default=0)
+    return max(depth.values(), default=0)

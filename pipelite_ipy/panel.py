@@ -657,13 +657,17 @@ class PipelinePanel(widgets.VBox):
             self.refresh()
 
     def _session_summary(self) -> str:
-        """What every run seen by this panel computed: one cell at a time (Run All Cells)
-        adds up here, where "last run" shows only the last cell's."""
-        n = self._session_computed
+        """What every run of the session computed (the kernel's, counted from its start when
+        the session keeps count; else every run this panel saw): one cell at a time (Run All
+        Cells) adds up here, where "last run" shows only the last cell's."""
+        totals = getattr(self.session, "totals", None)
+        n, seconds, failed = (totals() if callable(totals) else
+                              (self._session_computed, self._session_seconds,
+                               self._session_failed))
         text = (f"this session: {n} stage{'s' if n != 1 else ''} computed in "
-                f"{_seconds(self._session_seconds)}")
-        if self._session_failed:
-            text += f", {self._session_failed} failed"
+                f"{_seconds(seconds)}")
+        if failed:
+            text += f", {failed} failed"
         return text
 
     def _progress(self, text: str, value: int, total: int) -> None:

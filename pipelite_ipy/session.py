@@ -6,6 +6,7 @@ import contextlib
 import contextvars
 import datetime as _dt
 import os
+import re
 import sys
 import threading
 import time
@@ -112,8 +113,9 @@ class _Frame:
         self._draw()
 
     def fail(self, exc: BaseException) -> None:
-        self.error = "".join(traceback.format_exception(type(exc), exc,
-                                                        user_frames(exc.__traceback__)))
+        text = "".join(traceback.format_exception(type(exc), exc,
+                                                  user_frames(exc.__traceback__)))
+        self.error = _cell_names(self.session.shell, text)
         self._draw(force=True)
 
     def close(self) -> None:
@@ -157,6 +159,7 @@ class PipeliteSession(Configurable):
         self._active = 0  # >0 while this session runs stages: then it reports progress
         self._current: str | None = None  # the stage whose own cell is running
         self._why: str | None = None  # why the cell's own stage ran (its started event)
+        self._computed, self._compute_seconds, self._failed = 0, 0.0, 0  # this kernel's runs
         self._unsubscribe: Callable[[], None] | None = subscribe(self._on_event)
         # Which stage each notebook cell defined, by the cell's id (JupyterLab and VS Code send
         # one with every execution; a terminal shell has none): a cell run again under a new
@@ -551,7 +554,16 @@ class PipeliteSession(Configurable):
         return {art: st for art, st in self.pipeline.producers().items() if st != exclude}
 
     # -- progress ----------------------------------------------------------------------------
+    def totals(self) -> tuple[int, float, int]:
+        """Stages computed in this kernel (any store), their compute time, and failures."""
+        return self._computed, self._compute_seconds, self._failed
+
     def _on_event(self, event: StageEvent) -> None:
+        if event.kind == "finished":
+            self._computed += 1
+            self._compute_seconds += event.duration or 0.0
+        elif event.kind == "failed":
+            self._failed += 1
         if event.store != self.pipeline.store.url:
             return
         run = self.background
@@ -588,6 +600,20 @@ class PipeliteSession(Configurable):
 
 
 _seconds = human_duration
+
+
+def _cell_names(shell: Any, text: str) -> str:
+    """A traceback's cell files named as IPython names them: ``Cell In[5], line 2``."""
+    compiler = getattr(shell, "compile", None)
+    name = getattr(compiler, "format_code_name", None)
+    if name is None:
+        return text
+
+    def label(match: Any) -> str:
+        known = name(match.group(1))
+        return f"{known[0]} {known[1]}, line" if known else match.group(0)
+
+    return re.sub(r'File "([^"]+)", line', label, text)
 
 
 def _stem(path: str) -> str:

@@ -2,8 +2,12 @@
 127.0.0.1, driven by Playwright through Debian's chromium.
 
 The demo notebook defines three stages (numbers -> scaled -> total; ``scaled`` reads the global
-``SCALE``) and shows the panel. The test runs every cell, changes ``SCALE`` in its cell, clicks
-Run on ``total`` in the panel and checks the value a later cell prints.
+``SCALE``), a 20 s stage it only defines (``slow``), and shows the panel. Another notebook in
+the same folder ran before and left stages in the shared store, one of them named ``numbers``
+too. The test runs every cell, checks the name warning and the collapsed group of the other
+notebook's stages, changes ``SCALE`` in its cell, clicks Run on ``total`` in the panel (its
+cell's output is replaced), checks the value a later cell prints, starts ``slow`` and cancels
+it, and measures the contrast of every text, in the light and in the dark theme.
 
 Screenshots go to tests/artifacts/browser/ (gitignored).
 """
@@ -141,12 +145,31 @@ class JupyterServer:
         self._log.close()
 
 
+OTHER_CELLS = ["%load_ext pipelite",
+               "%%stage numbers\nnumbers = [10, 20]",  # the same name as the demo's stage
+               "%%stage features\nfeatures = [n / 10 for n in numbers]",
+               "%%stage model\nmodel = sum(features)"]
+
+
+def run_other_notebook(folder: Path) -> None:
+    """Another notebook of the folder, run before (headless, as Jupyter would start its
+    kernel): its stages are in the shared store, with the notebook that defined them."""
+    from nbclient import NotebookClient
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook(cells=[new_code_cell(c) for c in OTHER_CELLS])
+    NotebookClient(nb, timeout=120, kernel_name="python3",
+                   resources={"metadata": {"path": str(folder)}}).execute(
+        env={**os.environ, "JPY_SESSION_NAME": str(folder / "other.ipynb")})
+
+
 @pytest.fixture(scope="module")
 def jupyter(tmp_path_factory):
     root = tmp_path_factory.mktemp("jupyter-root")
     for ui in ("lab", "nb7"):  # one store per interface: each notebook's kernel runs in its dir
         (root / ui).mkdir()
         shutil.copy(NOTEBOOK, root / ui / NOTEBOOK.name)
+        run_other_notebook(root / ui)
     server = JupyterServer(root)
     try:
         server.wait_until_up()
@@ -237,6 +260,74 @@ def open_notebook(page, jupyter: JupyterServer, route: str, notebook: str) -> No
     expect(page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')).to_have_count(1)
 
 
+# WCAG contrast of every visible text under the selectors, against the background it is drawn
+# on (backgrounds and opacities composed down the tree). Disabled buttons are exempt (WCAG
+# 1.4.3), and so is the graph (its colours are the state colours of the legend).
+CONTRAST_JS = """
+(selectors) => {
+  const parse = (c) => {
+    const m = c.match(/rgba?\\(([^)]+)\\)/);
+    if (!m) return null;
+    const p = m[1].split(',').map(Number);
+    return {r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1};
+  };
+  const over = (top, bottom) => ({r: top.r * top.a + bottom.r * (1 - top.a),
+    g: top.g * top.a + bottom.g * (1 - top.a), b: top.b * top.a + bottom.b * (1 - top.a), a: 1});
+  const lum = (c) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(c.r) + 0.7152 * f(c.g) + 0.0722 * f(c.b);
+  };
+  const ratio = (a, b) => { const x = lum(a), y = lum(b);
+    return (Math.max(x, y) + 0.05) / (Math.min(x, y) + 0.05); };
+  const background = (el) => {
+    const chain = [];
+    for (let e = el; e; e = e.parentElement) chain.unshift(e);
+    let bg = {r: 255, g: 255, b: 255, a: 1};
+    for (const e of chain) {
+      const c = parse(getComputedStyle(e).backgroundColor);
+      if (c && c.a > 0) bg = over(c, bg);
+    }
+    return bg;
+  };
+  const bad = []; let checked = 0;
+  for (const root of document.querySelectorAll(selectors)) {
+    const walk = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+    while (walk.nextNode()) {
+      const node = walk.currentNode, el = node.parentElement;
+      if (!node.textContent.trim() || !el.getClientRects().length) continue;
+      if (el.closest('button:disabled, svg, .pipelite-graph')) continue;
+      const style = getComputedStyle(el);
+      if (style.visibility === 'hidden') continue;
+      let opacity = 1;
+      for (let e = el; e; e = e.parentElement) opacity *= Number(getComputedStyle(e).opacity);
+      const bg = background(el), fg = parse(style.color);
+      const shown = over({...fg, a: fg.a * opacity}, bg);
+      const r = ratio(shown, bg); checked += 1;
+      if (r < 4.5) bad.push(`${r.toFixed(2)}:1 ${el.className || el.tagName} ` +
+                            `"${node.textContent.trim().slice(0, 40)}"`);
+    }
+  }
+  return {checked, bad};
+}
+"""
+
+
+def expect_readable(page, what: str) -> None:
+    found = page.evaluate(CONTRAST_JS, ".pipelite-panel, .pipelite-cell-badge, "
+                          ".pipelite-cell-run-output")
+    assert found["checked"] > 20, found  # it did look at the panel's texts
+    assert found["bad"] == [], f"text under 4.5:1 contrast ({what}): {found['bad']}"
+
+
+def use_theme(page, theme: str) -> None:
+    """Switch JupyterLab's theme from its Settings menu (no reload: outputs stay)."""
+    page.locator(".lm-MenuBar-itemLabel", has_text="Settings").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Theme").first.hover()
+    page.locator(".lm-Menu-itemLabel", has_text=theme).first.click()
+    light = "false" if "Dark" in theme else "true"
+    expect(page.locator(f'body[data-jp-theme-light="{light}"]')).to_have_count(1)
+
+
 def shot(page, locator, name: str) -> Path:
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / f"{name}.png"
@@ -245,7 +336,8 @@ def shot(page, locator, name: str) -> Path:
     return path
 
 
-def run_the_scenario(page, jupyter: JupyterServer, route: str, notebook: str, name: str) -> None:
+def run_the_scenario(page, jupyter: JupyterServer, route: str, notebook: str, name: str,
+                     dark: bool = False) -> None:
     open_notebook(page, jupyter, route, notebook)
     run_all_cells(page)
 
@@ -256,10 +348,35 @@ def run_the_scenario(page, jupyter: JupyterServer, route: str, notebook: str, na
     for stage in ("numbers", "scaled", "total"):
         expect_state(page, stage, "fresh")
         expect_cell_state(page, stage, "fresh")  # the badge on the stage's own cell
-    expect(panel.locator(".pipelite-counts")).to_have_text("3 fresh")
+    expect_state(page, "slow", "missing")  # only defined
+    expect(panel.locator(".pipelite-counts")).to_have_text("3 fresh 1 missing")
     expect(panel.locator(".pipelite-row-total .pipelite-outputs")).to_contain_text("total (")
     expect(panel.locator(".pipelite-row-scaled .pipelite-reason")).to_be_hidden()
-    expect(panel.locator(".pipelite-run-all")).to_be_disabled()
+
+    # another notebook of the folder uses the name `numbers` too: said before it ran
+    expect(code_cell(page, "%%stage numbers").locator(".jp-OutputArea")).to_contain_text(
+        "stage 'numbers' is also defined in other.ipynb")
+    # and its other stages are listed apart, collapsed, and not counted with this notebook's
+    group = panel.locator(".pipelite-group")
+    toggle = group.locator(".pipelite-group-toggle")
+    expect(toggle).to_have_text("▸ 2 stages from other.ipynb")
+    expect(group.locator(".pipelite-row-features")).to_be_hidden()
+    toggle.click()
+    expect(group.locator(".pipelite-row-features")).to_be_visible()
+    expect(group.locator(".pipelite-row-model .pipelite-undefined-tag")).to_have_text(
+        "not defined in this session")
+    toggle.click()
+    expect(group.locator(".pipelite-row-model")).to_be_hidden()
+
+    # clicking an output's name previews it
+    panel.locator(".pipelite-row-numbers .pipelite-output-numbers").click()
+    expect(panel.locator(".pipelite-row-numbers .pipelite-preview")).to_contain_text(
+        "numbers: list, length 4")
+    expect(panel.locator(".pipelite-row-numbers .pipelite-preview")).to_contain_text(
+        "[1, 2, 3, 4]")
+    expect_readable(page, f"{name}, light theme")
+    panel.locator(".pipelite-row-numbers .pipelite-output-numbers").click()
+    expect(panel.locator(".pipelite-row-numbers .pipelite-preview")).to_be_hidden()
 
     # a new value for the global that `scaled` reads: the panel notices after the cell runs
     scale_cell = code_cell(page, "SCALE = 2")
@@ -271,7 +388,7 @@ def run_the_scenario(page, jupyter: JupyterServer, route: str, notebook: str, na
         "global 'SCALE' changed")
     expect(panel.locator(".pipelite-row-total .pipelite-reason")).to_have_text(
         "upstream stage 'scaled' is stale: global 'SCALE' changed")
-    expect(panel.locator(".pipelite-run-all")).to_have_text("Run all stale (2)")
+    expect(panel.locator(".pipelite-run-all")).to_have_text("Run all stale (3)")
     # the cells' badges, updated in place by a cell that is not theirs
     expect_cell_state(page, "scaled", "stale", "global 'SCALE' changed")
     expect_cell_state(page, "total", "stale",
@@ -280,6 +397,8 @@ def run_the_scenario(page, jupyter: JupyterServer, route: str, notebook: str, na
     shot(page, panel, f"{name}-stale")
     shot(page, code_cell(page, "%%stage scaled"), f"{name}-cell-badge-stale")
 
+    total_cell = code_cell(page, "%%stage total")
+    expect(total_cell.locator(".jp-OutputArea")).to_contain_text("total is 20")
     panel.locator(".pipelite-row-total .pipelite-run").click()
     expect_state(page, "scaled", "fresh")
     expect_state(page, "total", "fresh")
@@ -288,6 +407,13 @@ def run_the_scenario(page, jupyter: JupyterServer, route: str, notebook: str, na
     expect(panel.locator(".pipelite-panel-error")).to_be_hidden()
     expect_cell_state(page, "scaled", "fresh")  # a panel run updates the cells' badges too
     expect_cell_state(page, "total", "fresh")
+    # and its output replaces what the stage's cell showed, under the badge
+    expect(total_cell.locator(".pipelite-cell-run-output")).to_have_text(re.compile(
+        r"^\s*total is 30\s*$"))
+    expect(total_cell.locator(".pipelite-cell-badge-note")).to_contain_text(
+        "output of the run from the panel at")
+    expect(total_cell.locator(".jp-OutputArea")).not_to_contain_text("total is 20")
+    shot(page, total_cell, f"{name}-cell-replaced")
 
     run_cell(page, last)
     expect(last.locator(".jp-OutputArea")).to_contain_text("RESULT total = 30 with SCALE = 3")
@@ -299,6 +425,22 @@ def run_the_scenario(page, jupyter: JupyterServer, route: str, notebook: str, na
     panel.locator(".pipelite-graph-toggle").click()
     expect(panel.locator(".pipelite-graph")).to_be_hidden()
 
+    # a 20 s stage: the clock ticks while it runs, and Cancel stops it; nothing is stored
+    progress = panel.locator(".pipelite-progress-text")
+    panel.locator(".pipelite-row-slow .pipelite-run").click()
+    expect_state(page, "slow", "running")
+    expect(progress).to_contain_text("slow")
+    ticking = progress.inner_text()
+    expect(progress).not_to_have_text(ticking)  # the elapsed time moved on
+    expect(panel.locator(".pipelite-row-slow .pipelite-when")).to_contain_text("running")
+    shot(page, panel, f"{name}-running")
+    panel.locator(".pipelite-cancel").click()
+    expect_state(page, "slow", "missing")  # as it was
+    expect(progress).to_contain_text("cancelled at")
+    expect(progress).to_contain_text("stage 'slow' was stopped; nothing was stored for it")
+    expect(panel.locator(".pipelite-cancel")).to_be_hidden()
+    expect(panel.locator(".pipelite-row-slow .pipelite-error")).to_be_hidden()
+
     # a stage that raises, run from the panel: the error shows in its row, the kernel lives on
     run_cell(page, scale_cell, 'SCALE = "x"')  # total = sum(["x", "xx", ...]) raises
     expect_state(page, "total", "stale")
@@ -307,17 +449,102 @@ def run_the_scenario(page, jupyter: JupyterServer, route: str, notebook: str, na
     expect_state(page, "scaled", "fresh")
     expect(panel.locator(".pipelite-row-total .pipelite-error")).to_contain_text(
         "last run failed: TypeError: unsupported operand type(s) for +: 'int' and 'str'")
-    expect(panel.locator(".pipelite-counts")).to_have_text("2 fresh 1 failed")
+    expect(panel.locator(".pipelite-counts")).to_have_text("2 fresh 1 missing 1 failed")
     expect_cell_state(page, "total", "failed",
                       "TypeError: unsupported operand type(s) for +: 'int' and 'str'")
+    # the stage's cell shows the traceback of that run, with the user's line
+    expect(total_cell.locator(".pipelite-run-error")).to_contain_text("total = sum(scaled)")
     shot(page, panel, f"{name}-failed")
     run_cell(page, last)
     expect(last.locator(".jp-OutputArea")).to_contain_text("RESULT total = 30 with SCALE = x")
+    expect_readable(page, f"{name}, light theme, after a failure")
+    if dark:
+        use_theme(page, "JupyterLab Dark")
+        try:
+            expect_readable(page, f"{name}, dark theme")
+            shot(page, panel, f"{name}-dark")
+            shot(page, total_cell, f"{name}-dark-cell")
+        finally:
+            use_theme(page, "JupyterLab Light")  # the setting is the server's: restore it
 
 
-def run_or_record(page, jupyter, route: str, notebook: str, name: str) -> None:
+TEN_STAGES = [
+    "%%stage load_data\nraw = list(range(100))\nlabels = [i % 2 for i in raw]",
+    "%%stage clean\nclean = [r for r in raw if r % 7]\nclean_labels = labels[:len(clean)]",
+    "%%stage split\ntrain_x, test_x = clean[:60], clean[60:]\n"
+    "train_y, test_y = clean_labels[:60], clean_labels[60:len(clean)]",
+    "%%stage features\ntrain_f = [x * 2 for x in train_x]\ntest_f = [x * 2 for x in test_x]\n"
+    "n_features = 1",
+    "%%stage scale\nlo = min(train_f) * n_features\nhi = max(train_f + test_f)\n"
+    "train_s = [(f - lo) / (hi - lo) for f in train_f]",
+    "%%stage tune\nbest_c = max([0.1, 1.0, 10.0], key=lambda c: sum(train_s) * c % 3)",
+    "%%stage train\nweights = [s * best_c for s in train_s]\nbias = sum(train_y) / 60",
+    "%%stage evaluate\nscore = sum(weights) / len(weights) + bias\n"
+    "test_size = len(test_f)",
+    "%%stage explain\nimportance = sorted(weights)[-5:]",
+    "%%stage report\nreport = f'score {score:.3f} on {test_size}; top {importance[-1]:.2f}'",
+]
+
+
+def test_a_ten_stage_graph_is_legible_in_the_panel(jupyter, page):
+    """Item 5: stages only, edges labelled with the artifacts they carry, fit to the output's
+    width, and text a person can read (11 px or more): ten stages deep, top to bottom."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    folder = jupyter.root / "ten"
+    folder.mkdir(exist_ok=True)
+    cells = ["%load_ext pipelite", *TEN_STAGES, "%pipelite panel"]
+    nb = new_notebook(cells=[new_code_cell(c) for c in cells])
+    nb.metadata["kernelspec"] = json.loads(NOTEBOOK.read_text())["metadata"]["kernelspec"]
+    nbformat.write(nb, folder / "ten.ipynb")
     try:
-        run_the_scenario(page, jupyter, route, notebook, name)
+        page.goto(jupyter.url("lab/tree/ten/ten.ipynb"))
+        expect(page.locator(".jp-Notebook .jp-CodeCell")).to_have_count(len(cells))
+        jupyter.wait_for_kernel("ten/ten.ipynb")
+        expect(page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')
+               ).to_have_count(1)
+        run_all_cells(page)
+        panel = page.locator(".pipelite-panel")
+        expect(panel.locator(".pipelite-counts")).to_have_text("10 fresh")
+        panel.locator(".pipelite-graph-toggle").click()
+        # an untrusted notebook shows an SVG output as an <img>: read the SVG from it
+        graph = panel.locator(".pipelite-graph svg, .pipelite-graph img").first
+        expect(graph).to_be_visible()
+        measured = graph.evaluate("""(el) => {
+            let svg = el, scale = 1;
+            if (el.tagName === 'IMG') {
+                const [head, data] = el.src.split(',');
+                const text = head.endsWith(';base64') ? atob(data) : decodeURIComponent(data);
+                svg = new DOMParser().parseFromString(text, 'image/svg+xml').documentElement;
+                // font sizes are in the viewBox's units, drawn at the image's width
+                scale = el.getBoundingClientRect().width / svg.viewBox.baseVal.width;
+            }
+            const texts = [...svg.querySelectorAll('text')];
+            const size = (t) => el.tagName === 'IMG'
+                ? parseFloat(t.getAttribute('font-size')) * scale
+                : t.getBoundingClientRect().height;
+            return {nodes: svg.querySelectorAll('g.node').length,
+                    width: el.getBoundingClientRect().width,
+                    panel: el.closest('.pipelite-panel').getBoundingClientRect().width,
+                    smallest: Math.min(...texts.map(size)),
+                    labels: texts.map(t => t.textContent)};
+        }""")
+        # stages only (and the legend's five states): no artifact nodes
+        assert measured["nodes"] == 10 + 5, measured
+        assert measured["width"] <= measured["panel"], measured  # fits the output's width
+        assert measured["smallest"] >= 10.5, measured  # legible: 11 px, and no shrinking
+        assert "3 artifacts" in measured["labels"], measured["labels"]  # split -> ...
+        shot(page, panel.locator(".pipelite-graph"), "graph-10-stages")
+    except BaseException:
+        page.screenshot(path=str(SHOTS / "graph-10-FAILED.png"))
+        raise
+
+
+def run_or_record(page, jupyter, route: str, notebook: str, name: str,
+                  dark: bool = False) -> None:
+    try:
+        run_the_scenario(page, jupyter, route, notebook, name, dark)
     except BaseException:
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS / f"{name}-FAILED.png"))
@@ -326,7 +553,7 @@ def run_or_record(page, jupyter, route: str, notebook: str, name: str) -> None:
 
 
 def test_the_panel_in_jupyterlab_runs_a_stale_stage_and_binds_its_value(jupyter, page):
-    run_or_record(page, jupyter, "lab/tree", f"lab/{NOTEBOOK.name}", "lab")
+    run_or_record(page, jupyter, "lab/tree", f"lab/{NOTEBOOK.name}", "lab", dark=True)
 
 
 def test_the_panel_in_the_notebook_7_interface(jupyter, page):

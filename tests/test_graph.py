@@ -81,6 +81,27 @@ def test_a_ten_stage_graph_has_ten_nodes_and_no_artifact_nodes(pipeline):
     assert text.count("3 artifacts") == 9
 
 
+def test_a_deep_pipeline_is_drawn_top_to_bottom_and_a_short_one_left_to_right(pipeline):
+    """Ten stages in a row, left to right, are too wide for a notebook's output: its text
+    would shrink to 5 px. Up to five stages deep, left to right; deeper, top to bottom."""
+    _chain([[f"d{i}"] for i in range(5)])
+    assert pipeline.graph().startswith("flowchart LR")
+    assert "rankdir=LR;" in pipeline.graph("dot")
+    _chain([[f"d{i}"] for i in range(6)])  # l5 reads l4: six deep
+    assert pipeline.graph().startswith("flowchart TB")
+    dot = pipeline.graph("dot")
+    assert "rankdir=TB;" in dot
+    assert '{ rank=same; "legend_fresh"; "legend_stale"' in dot  # the legend stays a row
+
+
+def test_many_stages_side_by_side_stay_left_to_right(pipeline):
+    for i in range(8):  # eight independent stages: one rank deep
+        fn = eval(f"lambda: {{'w{i}': {i}}}")  # noqa: S307 - test stages
+        fn.__name__ = fn.__qualname__ = f"w{i}"
+        stage(outputs=[f"w{i}"])(fn)
+    assert pipeline.graph().startswith("flowchart LR")
+
+
 def test_svg_output_uses_graphviz(pipeline, two_stages):
     svg = pipeline.graph("svg")
     assert "<svg" in svg and ">a</text>" in svg

@@ -192,9 +192,24 @@ def test_a_failing_panel_run_shows_its_traceback_in_the_cell(shell, panel):
     badge = [o.data for o in cap.outputs if o.update][-1]
     assert badge["text/plain"].startswith("[pipelite] risky: failed: ValueError: N too big")
     assert "raise ValueError('N too big')" in badge["text/plain"]  # the user's line
+    assert re.search(r"Cell In\[\d+\], line 3", badge["text/plain"])  # named as IPython does
     assert "pipelite/" not in badge["text/plain"]  # none of PipeLite's frames
     assert 'class="pipelite-run-error"' in badge["text/html"]
 
 
 def html_text(panel: PipelinePanel) -> str:
     return re.sub(r"<[^>]+>", "", panel.progress_text.value).replace("&#x27;", "'")
+
+
+def test_the_session_summary_counts_the_cells_run_before_the_panel_was_shown(shell):
+    """Run All Cells computes every stage cell, then reaches `%pipelite panel`: the panel's
+    summary counts the kernel's runs, not only those it saw."""
+    run_cell(shell, "%%stage a\nx = 1")
+    run_cell(shell, "%%stage b\ny = x + 1")
+    panel = PipelinePanel(pipelite_ipy.current_session(), shell=shell)
+    try:
+        panel.row("b").force_button.click()
+        panel.wait()
+        assert "this session: 3 stages computed in " in panel.progress_text.value
+    finally:
+        panel.close()
