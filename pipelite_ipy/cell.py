@@ -33,7 +33,7 @@ class CompiledCell:
         self.shell = shell
         self.source = source
         text = header + "\n" + source
-        self.filename = shell.compile.cache(text, shell.execution_count, raw_code=text)
+        self.filename = shell.compile.cache(text, _prompt_number(shell), raw_code=text)
         try:
             tree = ast.parse(source, filename=self.filename)
         except SyntaxError as exc:
@@ -74,6 +74,19 @@ class CompiledCell:
                 from IPython.display import display
 
                 display(value)
+
+
+def _prompt_number(shell: Any) -> int:
+    """The number IPython gave the running cell (``In[N]``), for tracebacks that say
+    ``Cell In[N]``. IPython compiles the whole cell, numbered, before the magic runs: its last
+    entry is this cell's number. ``execution_count`` may already be the next one (some IPython
+    versions count it before the cell runs), so it is only the fallback."""
+    numbers = getattr(getattr(shell, "compile", None), "_filename_map", None)
+    if isinstance(numbers, dict) and numbers:
+        last = next(reversed(numbers.values()))
+        if isinstance(last, int):
+            return last
+    return int(shell.execution_count)
 
 
 class _Tee:

@@ -737,3 +737,17 @@ def test_without_cell_ids_a_new_name_for_the_same_artifact_is_refused(ip):
     result, _ = run_in(ip, "%%stage prepare\nclean = [2]\n", None)
     assert isinstance(result.error_in_exec, pipelite.DuplicateProducerError)
     assert "prep" in REGISTRY
+
+
+def test_a_failing_stage_cells_traceback_names_its_own_prompt_number(ip):
+    ip.run_cell("x = 1", store_history=True)
+    from IPython.utils.capture import capture_output
+
+    with capture_output() as cap:
+        result = ip.run_cell("%%stage boom\ny = x + 1\nraise ValueError('no')",
+                             store_history=True)
+    assert f"Cell In[{result.execution_count}], line 3" in cap.stdout
+    # what IPython itself would name the cell, were it not a stage
+    with capture_output() as cap:
+        plain = ip.run_cell("raise ValueError('plain')", store_history=True)
+    assert f"Cell In[{plain.execution_count}], line 1" in cap.stdout

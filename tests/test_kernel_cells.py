@@ -3,6 +3,7 @@ metadata (``cellId``), which ipykernel hands to IPython (issue 10, item 7); runs
 the panel, stopped by Kernel -> Interrupt, and their output in the stage's cell (items 2, 3)."""
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -117,3 +118,16 @@ def test_a_panel_run_replaces_the_stage_cells_output_in_the_saved_notebook(tmp_p
     # the cell's own prints, display and stderr were emptied; its error cannot be (no id)
     assert [o["data"] for o in outputs[1:-1]] == [{"text/plain": ""}] * 3
     assert outputs[-1]["output_type"] == "error" and outputs[-1]["evalue"] == "three"
+
+
+def test_a_failing_stage_cells_traceback_names_its_own_prompt_number(tmp_path):
+    """`Cell In[3]` for the cell shown as [3] (issue 10, item 7), in a real kernel."""
+    nb = new_notebook(cells=[new_code_cell(c) for c in [
+        "%load_ext pipelite", "x = 1", "%%stage boom\ny = x + 1\nraise ValueError('no')"]])
+    NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    cell = nb.cells[2]
+    (error,) = [o for o in cell.outputs if o["output_type"] == "error"]
+    text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(error["traceback"]))  # no colours
+    assert f"Cell In[{cell.execution_count}], line 3" in text
+    assert f"Cell In[{cell.execution_count + 1}]" not in text
