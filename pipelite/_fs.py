@@ -98,6 +98,18 @@ class StoreFS(Protocol):
         """Whether something is at ``rel`` now (never an answer cached from before)."""
         ...
 
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        """Put ``data`` at ``rel`` only if nothing is there, in one step no other writer can
+        come between (``O_EXCL``; S3's ``If-None-Match: *``): True if this call created it,
+        False if it was there. See ``exclusive_create`` for how far that holds."""
+        ...
+
+    @property
+    def exclusive_create(self) -> bool:
+        """Whether ``create_exclusive`` is atomic against other machines on this filesystem
+        (False: it checks, then writes, and two writers may both succeed)."""
+        ...
+
     def stamp(self, rel: str) -> tuple | None:
         """A token for the version of the file at ``rel`` (None if absent): rewriting the file
         changes it where the filesystem can tell (a local file); elsewhere it only says the
@@ -271,6 +283,22 @@ class LocalFS(StoreFS):
                 remove_quietly(tmp)
                 raise
 
+    exclusive_create = True
+
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        path = self._abs(rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                         | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+
     def exists(self, rel: str) -> bool:
         # lexists without raising and catching an exception for the usual "no" (a failure
         # file, looked for on every check): a symbolic link counts, its target does not
@@ -363,6 +391,11 @@ class LocalFS(StoreFS):
         return [self.root]
 
 
+# filesystems whose "create" write is atomic against other writers: S3 (and moto) honour
+# If-None-Match: *, memory:// is one process's dict, local files use O_EXCL
+_EXCLUSIVE_PROTOCOLS = frozenset(("s3", "s3a", "memory", "file", "local"))
+
+
 class FsspecFS(StoreFS):
     """Any fsspec filesystem. Objects are cached locally by content hash for loading."""
 
@@ -395,6 +428,22 @@ class FsspecFS(StoreFS):
     def write_atomic(self, rel: str, data: bytes) -> None:
         # a single object PUT is atomic on object stores; memory:// and local are dict/rename
         self.fs.pipe_file(self.path(rel), data)
+
+    @property
+    def exclusive_create(self) -> bool:
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (
+            self.fs.protocol,)
+        return any(p in _EXCLUSIVE_PROTOCOLS for p in protocols)
+
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        path = self.path(rel)
+        try:
+            self.fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        finally:
+            self.fs.invalidate_cache(path)
+        return True
 
     def exists(self, rel: str) -> bool:
         self.fs.invalidate_cache(self.path(rel))

@@ -32,7 +32,9 @@ def parse_location(location: str | os.PathLike[str]) -> Location:
     path. Nothing is checked here (``check_store_location`` does that)."""
     loc = os.fspath(location)
     if "://" in loc and not loc.startswith("file://"):
-        return Location(True, loc)
+        # one store, one URL: s3://b/x/ is s3://b/x (its locks, cache and events are shared)
+        head, sep, rest = loc.rpartition("://")
+        return Location(True, head + sep + (rest.rstrip("/") or rest))
     return Location(False, loc.removeprefix("file://"))
 
 

@@ -43,6 +43,7 @@ from ._fs import StoreFS, open_fs
 from ._fs import fsync_file as _fsync_file
 from ._fs import remove_quietly as _remove_quietly
 from ._integrity import CHEAP_VERIFY_BYTES, check_content, sample_digest
+from ._lease import HEARTBEAT_EVERY, LEASE_TIMEOUT, Lease
 from ._location import Location, check_store_location, parse_location
 from ._records import (
     FORMAT_VERSION,
@@ -761,8 +762,16 @@ class Store:
         return ScrubReport(records, len(users), nbytes, tuple(damaged), tuple(missing))
 
     # -- locks ----------------------------------------------------------------------------------
-    def lock(self, stage: str, fingerprint: str) -> filelock.FileLock:
-        """A cross-process lock for computing one (stage, fingerprint) result."""
+    lease_timeout: float = LEASE_TIMEOUT  # seconds without a heartbeat: a claim is stale
+    lease_heartbeat: float = HEARTBEAT_EVERY
+
+    def lock(self, stage: str, fingerprint: str) -> filelock.FileLock | Lease:
+        """A lock for computing one (stage, fingerprint) result, across processes: a lock file
+        in a local store, a lease (a claim object with a heartbeat) in a remote one, so that
+        two machines, or two ``TMPDIR``s, sharing a bucket compute it once."""
+        if self._fs.local_root is None:
+            return Lease(self._fs, stage, fingerprint, timeout=self.lease_timeout,
+                         heartbeat=self.lease_heartbeat)
         folder = self._fs.lock_dir()
         os.makedirs(folder, exist_ok=True)
         return filelock.FileLock(os.path.join(folder, f"{stage}-{fingerprint}.lock"))

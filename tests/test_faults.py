@@ -305,24 +305,10 @@ def test_ctrl_c_during_a_save_stores_nothing(store_dir):
 
 
 # -- 5. stores other than a local directory ----------------------------------------------------
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """A real S3 API (moto) on loopback, with one bucket; stopped after the module."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    try:
-        import boto3
-
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                     aws_access_key_id="test", aws_secret_access_key="test"
-                     ).create_bucket(Bucket="pipelite-test")
-        yield endpoint
-    finally:
-        server.stop()
+@pytest.fixture
+def s3_endpoint(moto_s3):
+    """A real S3 API (moto, a server process on loopback: conftest.py), with one bucket."""
+    return moto_s3[0]
 
 
 def _s3_store(endpoint: str, prefix: str) -> Store:

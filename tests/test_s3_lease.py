@@ -1,0 +1,201 @@
+"""Compute-once across machines on an object store (issue 11, item 1): a lease in the store
+itself, against a moto S3 server on 127.0.0.1 (conftest.py's ``moto_s3``)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+import warnings
+
+import pytest
+
+from pipelite import Pipeline, PipeliteWarning, Store, stage
+from pipelite import _lease
+
+pytest.importorskip("s3fs")
+
+
+@pytest.fixture
+def s3_url(moto_s3):
+    return f"s3://pipelite-test/{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def options(moto_s3):
+    return moto_s3[1]
+
+
+def test_moto_honours_a_conditional_create(s3_url, options):
+    fs = Store(s3_url, storage_options=options)._fs
+    assert fs.exclusive_create
+    assert fs.create_exclusive("leases/x.json", b"first") is True
+    assert fs.create_exclusive("leases/x.json", b"second") is False  # If-None-Match: *
+    assert fs.read_bytes("leases/x.json") == b"first"
+
+
+def test_a_trailing_slash_names_the_same_store(s3_url, options):
+    assert Store(s3_url + "/", storage_options=options).url == s3_url
+    assert Store(s3_url + "//", storage_options=options).url == s3_url
+    assert Store("memory://x/").url == "memory://x"
+
+
+WORKER = textwrap.dedent("""
+    import json, sys, time
+    from pipelite import Pipeline, stage
+
+    url, options, log = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+
+    @stage(outputs="value")
+    def expensive():
+        with open(log, "a") as f:
+            f.write("computed\\n")
+        time.sleep(1.5)  # long enough for the other process to arrive and wait
+        return 42
+
+    result = Pipeline(store=url, storage_options=options).run("expensive")
+    print(json.dumps({"value": result["value"], "executed": result.executed}))
+""")
+
+
+def test_two_processes_with_their_own_temp_dirs_compute_a_stage_once(s3_url, options,
+                                                                      tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    log = tmp_path / "computed.log"
+    procs = []
+    for i in range(2):  # as two machines: nothing local in common
+        env = {**os.environ, "TMPDIR": str(tmp_path / f"tmp{i}"),
+               "XDG_CACHE_HOME": str(tmp_path / f"cache{i}")}
+        os.makedirs(env["TMPDIR"])
+        url = s3_url + ("/" if i else "")  # and one of them with a trailing slash
+        procs.append(subprocess.Popen(
+            [sys.executable, str(script), url, json.dumps(options), str(log)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    assert log.read_text() == "computed\n"  # once
+    assert sorted(o["executed"] == ["expensive"] for o in outs) == [False, True]
+    assert all(o["value"] == 42 for o in outs)  # the other loaded it
+    fs = Store(s3_url, storage_options=options)._fs
+    assert fs.listdir("leases") == []  # released
+
+
+def _claim(fs, rel: str, heartbeat: float, token: str = "someone-else") -> None:
+    fs.write_atomic(rel, json.dumps({"owner": "ghost@elsewhere:1", "token": token,
+                                     "started": heartbeat, "heartbeat": heartbeat}).encode())
+
+
+def _lease_rel(pipeline: Pipeline, name: str) -> str:
+    plan = pipeline.plan([name])
+    assert plan, "the stage is not stale"
+    st = pipeline.registry.get(name)
+    from pipelite.fingerprint import fingerprint_of
+
+    fp = fingerprint_of(st, st.resolve_params({}), {})
+    return f"leases/{name}-{fp.digest}.json"
+
+
+def test_a_stale_lease_is_taken_over(s3_url, options):
+    @stage(outputs="v")
+    def work():
+        return 7
+
+    pipeline = Pipeline(store=Store(s3_url, storage_options=options))
+    pipeline.store.lease_timeout = 5.0
+    rel = _lease_rel(pipeline, "work")
+    _claim(pipeline.store._fs, rel, heartbeat=time.time() - 3600)  # its owner died an hour ago
+    t0 = time.monotonic()
+    assert pipeline.run("work").executed == ["work"]
+    assert time.monotonic() - t0 < 30  # taken over, not waited out
+    assert pipeline.store._fs.read_bytes(rel) is None  # and released
+
+
+def test_a_live_lease_is_waited_for_then_the_stage_runs(s3_url, options, monkeypatch):
+    started = threading.Event()
+
+    @stage(outputs="v")
+    def work():
+        started.set()
+        return 8
+
+    pipeline = Pipeline(store=Store(s3_url, storage_options=options))
+    rel = _lease_rel(pipeline, "work")
+    fs = pipeline.store._fs
+    _claim(fs, rel, heartbeat=time.time())  # someone computes it right now
+    waiting = threading.Event()
+    real_sleep = time.sleep
+
+    def sleep(seconds):  # the lease's wait: tell the test it is waiting
+        waiting.set()
+        real_sleep(min(seconds, 0.05))
+
+    monkeypatch.setattr(_lease.time, "sleep", sleep)
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(r=pipeline.run("work")))
+    runner.start()
+    assert waiting.wait(30)
+    assert not started.is_set()  # it waits for the other owner instead of computing
+    fs.delete(rel)  # the other owner gives up (without a result)
+    runner.join(60)
+    assert result["r"].executed == ["work"] and started.is_set()
+
+
+def test_an_owner_renews_its_lease_so_a_slow_stage_is_not_taken_over(s3_url, options):
+    release = threading.Event()
+
+    @stage(outputs="v")
+    def slow():
+        release.wait(30)
+        return 9
+
+    store = Store(s3_url, storage_options=options)
+    store.lease_timeout, store.lease_heartbeat = 1.0, 0.2
+    pipeline = Pipeline(store=store)
+    rel = _lease_rel(pipeline, "slow")
+    runner = threading.Thread(target=pipeline.run, args=("slow",))
+    runner.start()
+    deadline = time.monotonic() + 30
+    while store._fs.read_bytes(rel) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    first = json.loads(store._fs.read_bytes(rel))
+    other = _lease.Lease(store._fs, "slow", rel.split("-", 1)[1][:-5], timeout=1.0)
+    claim = None
+    for _ in range(3):  # across several lease timeouts, the claim stays fresh and its own
+        time.sleep(1.0)
+        claim = json.loads(store._fs.read_bytes(rel))
+        assert claim["token"] == first["token"] and not other._stale(claim)
+    assert claim is not None and claim["heartbeat"] > first["heartbeat"]
+    release.set()
+    runner.join(30)
+    assert store._fs.read_bytes(rel) is None
+
+
+def test_a_store_without_conditional_create_says_so_once(monkeypatch):
+    from pipelite._fs import FsspecFS
+
+    monkeypatch.setattr(FsspecFS, "exclusive_create", property(lambda self: False))
+
+    @stage(outputs="a")
+    def one():
+        return 1
+
+    @stage(outputs="b")
+    def two(a):
+        return a + 1
+
+    url = f"memory://pipelite-{uuid.uuid4().hex}"
+    with pytest.warns(PipeliteWarning, match="has no conditional create") as caught:
+        Pipeline(store=url).run("two")
+    assert sum("conditional create" in str(w.message) for w in caught) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PipeliteWarning)
+        Pipeline(store=url).run("two", force=True)
