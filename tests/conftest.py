@@ -91,7 +91,8 @@ def moto_s3():
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto server did not start (exit {proc.poll()})")
+                    raise RuntimeError(
+                        f"moto server did not start (exit {proc.poll()})") from None
                 time.sleep(0.1)
         import boto3
 

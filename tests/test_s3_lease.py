@@ -14,8 +14,7 @@ import warnings
 
 import pytest
 
-from pipelite import Pipeline, PipeliteWarning, Store, stage
-from pipelite import _lease
+from pipelite import Pipeline, PipeliteWarning, Store, _lease, stage
 
 pytest.importorskip("s3fs")
 
