@@ -1,5 +1,6 @@
-"""Compute-once across machines on an object store (issue 11, item 1): a lease in the store
-itself, against a moto S3 server on 127.0.0.1 (conftest.py's ``moto_s3``)."""
+"""Object stores keep the local store's promises (issue 11), against a moto S3 server on
+127.0.0.1 (conftest.py's ``moto_s3``): compute-once through a lease in the store itself, the
+local copy of an object checked like a local file, ..."""
 from __future__ import annotations
 
 import json
@@ -198,3 +199,37 @@ def test_a_store_without_conditional_create_says_so_once(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error", PipeliteWarning)
         Pipeline(store=url).run("two", force=True)
+
+
+# -- the local copy of a remote object is checked like a local file (item 2) -----------------
+def _cached_copy(store: Store, artifact: str) -> str:
+    info = next(rec.outputs[artifact] for rec in
+                (store.latest(st) for st in store.stages()) if rec and artifact in rec.outputs)
+    rel = store._object_rel(info)
+    return os.path.join(store._fs._cache, rel)
+
+
+@pytest.mark.parametrize("n", [1_000, 600_000], ids=["small-hashed-whole", "large-sampled"])
+def test_a_damaged_local_copy_is_fetched_again_never_returned(s3_url, options, tmp_path,
+                                                             monkeypatch, n):
+    np = pytest.importorskip("numpy")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    @stage(outputs="arr")
+    def make():
+        return np.arange(n, dtype=np.float64)
+
+    store = Store(s3_url, storage_options=options)
+    pipeline = Pipeline(store=store)
+    pipeline.run("make")
+    assert pipeline.load("arr")[-1] == n - 1  # the local copy exists now
+    cached = _cached_copy(store, "arr")
+    with open(cached, "r+b") as f:  # damage the local copy's last bytes (the store's are fine)
+        f.seek(-8, os.SEEK_END)
+        f.write(b"\xff" * 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PipeliteWarning)  # no false "corrupt" warning
+        fresh = Pipeline(store=Store(s3_url, storage_options=options))
+        value = fresh.load("arr")
+    assert value[-1] == n - 1  # the right bytes, fetched again
+    assert fresh.run("make").executed == []  # nothing recomputed, the record stands
