@@ -415,6 +415,8 @@ class FsspecFS(StoreFS):
                             "pipelite")
         os.makedirs(base, mode=0o700, exist_ok=True)
         self._cache = os.path.join(base, key)
+        self.cache_limit = cache_limit_from_env()  # bytes of local copies kept (LRU)
+        self._cached_bytes: int | None = None  # what the cache holds, once counted
 
     def path(self, rel: str) -> str:
         return f"{self.root}/{check_rel(rel)}"
@@ -504,10 +506,12 @@ class FsspecFS(StoreFS):
         cached = os.path.join(self._cache, rel)
         os.makedirs(os.path.dirname(cached), exist_ok=True)
         os.replace(local_tmp, cached)
+        self._added_to_cache(cached)
 
     def local_copy(self, rel: str, expected_hash: str, verify: bool = False) -> str:
         cached = os.path.join(self._cache, check_rel(rel))
         if os.path.exists(cached):
+            _touch(cached)  # recently used: the last to be evicted
             if not verify:
                 return cached
             try:
@@ -528,7 +532,94 @@ class FsspecFS(StoreFS):
             remove_quietly(tmp)
             raise CorruptArtifactError(self.path(rel), "its content hash does not match")
         os.replace(tmp, cached)
+        self._added_to_cache(cached)
         return cached
+
+    # -- the local cache: its size limit and what gc removes from it ----------------------------
+    def _cache_files(self) -> list[tuple[float, int, str]]:
+        """(last used, size, path) of every cached object copy."""
+        out = []
+        objects = os.path.join(self._cache, "objects")
+        for folder, _dirs, files in os.walk(objects):
+            for name in files:
+                path = os.path.join(folder, name)
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    continue
+                out.append((st.st_mtime, st.st_size, path))
+        return out
+
+    def _added_to_cache(self, path: str) -> None:
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            return
+        if self._cached_bytes is None:
+            self._cached_bytes = sum(size for _, size, _ in self._cache_files())
+        else:
+            self._cached_bytes += size
+        if self._cached_bytes > self.cache_limit:
+            self.trim_cache(keep=path)
+
+    def trim_cache(self, keep: str | None = None) -> int:
+        """Delete the least recently used local copies until the cache is within its limit
+        (``keep``, the copy just fetched, stays whatever its size); returns the bytes freed."""
+        files = sorted(self._cache_files())
+        total = sum(size for _, size, _ in files)
+        freed = 0
+        for _used, size, path in files:
+            if total - freed <= self.cache_limit:
+                break
+            if path == keep:
+                continue
+            remove_quietly(path)
+            freed += size
+        self._cached_bytes = total - freed
+        return freed
+
+    def gc_local(self, referenced: set[str], now: float, grace: float) -> int:
+        """Remove local copies of objects no record names any more (deleted here or by another
+        machine's gc), and downloads abandoned for ``grace`` seconds; the bytes freed."""
+        freed = 0
+        for used, size, path in self._cache_files():
+            rel = os.path.relpath(path, self._cache).replace(os.sep, "/")
+            partial = path.endswith(".part")
+            if (partial and now - used >= grace) or (not partial and rel not in referenced):
+                remove_quietly(path)
+                freed += size
+        for folder in (os.path.join(self._cache, "tmp"),):
+            for name in os.listdir(folder) if os.path.isdir(folder) else ():
+                path = os.path.join(folder, name)
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    continue
+                if now - st.st_mtime >= grace:
+                    remove_quietly(path)
+                    freed += st.st_size
+        self._cached_bytes = None
+        return freed
+
+    def abort_uploads(self, now: float, grace: float) -> int:
+        """Abort multipart uploads under the store's root started ``grace`` seconds ago or
+        more (an interrupted upload of a large object: invisible in listings, but billed);
+        the number aborted. Only S3 has them."""
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (
+            self.fs.protocol,)
+        if not any(p in ("s3", "s3a") for p in protocols):
+            return 0
+        bucket, _, prefix = self.root.partition("/")
+        aborted = 0
+        for upload in self.fs.list_multipart_uploads(bucket):
+            key, started = upload.get("Key", ""), upload.get("Initiated")
+            if not key.startswith(prefix + "/" if prefix else ""):
+                continue  # another store's, or not a store's at all: not ours
+            age = now - started.timestamp() if hasattr(started, "timestamp") else 0.0
+            if age >= grace:
+                self.fs.abort_mpu(bucket, key, upload["UploadId"])
+                aborted += 1
+        return aborted
 
     def lock_dir(self) -> str:
         return os.path.join(self._cache, "locks")
@@ -552,6 +643,28 @@ def _mtime_of(info: dict) -> float | None:
             except ValueError:
                 continue
     return None
+
+
+DEFAULT_CACHE_LIMIT = 5 * 2**30  # bytes of local copies of a remote store's objects
+
+
+def cache_limit_from_env() -> int:
+    """``PIPELITE_CACHE_LIMIT`` (bytes, or with a unit: ``500M``, ``5G``), else 5 GiB."""
+    text = os.environ.get("PIPELITE_CACHE_LIMIT", "").strip().upper().removesuffix("B")
+    if not text:
+        return DEFAULT_CACHE_LIMIT
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(text[-1:], 1)
+    try:
+        return max(0, int(float(text[:-1] if scale != 1 else text) * scale))
+    except ValueError:
+        return DEFAULT_CACHE_LIMIT
+
+
+def _touch(path: str) -> None:
+    try:
+        os.utime(path)
+    except OSError:
+        pass
 
 
 def remove_quietly(path: str) -> None:

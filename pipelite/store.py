@@ -39,7 +39,7 @@ import filelock
 import xxhash
 
 from ._fs import TMP_NAME as _TMP_NAME
-from ._fs import StoreFS, open_fs
+from ._fs import FsspecFS, StoreFS, open_fs
 from ._fs import fsync_file as _fsync_file
 from ._fs import remove_quietly as _remove_quietly
 from ._integrity import CHEAP_VERIFY_BYTES, check_content, sample_digest
@@ -140,10 +140,14 @@ class GcReport:
     records: int
     objects: int
     bytes: int
+    uploads: int = 0  # interrupted multipart uploads aborted (S3)
 
     def __str__(self) -> str:
-        return (f"removed {self.records} record(s) and {self.objects} object(s), "
+        text = (f"removed {self.records} record(s) and {self.objects} object(s), "
                 f"freeing {human_bytes(self.bytes)}")
+        if self.uploads:
+            text += f"; aborted {self.uploads} interrupted upload(s)"
+        return text
 
 
 @dataclass(frozen=True)
@@ -767,6 +771,20 @@ class Store:
         return ScrubReport(records, len(users), nbytes, tuple(damaged), tuple(missing))
 
     # -- locks ----------------------------------------------------------------------------------
+    @property
+    def cache_limit(self) -> int | None:
+        """Bytes of local copies a remote store keeps (least recently used go first; default
+        5 GiB, or ``PIPELITE_CACHE_LIMIT``); None for a local store, which needs none."""
+        return self._fs.cache_limit if isinstance(self._fs, FsspecFS) else None
+
+    @cache_limit.setter
+    def cache_limit(self, limit: int) -> None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise InvalidArgumentError(f"cache_limit={limit!r}: a number of bytes, 0 or more")
+        if isinstance(self._fs, FsspecFS):
+            self._fs.cache_limit = limit
+            self._fs.trim_cache()
+
     lease_timeout: float = LEASE_TIMEOUT  # seconds without a heartbeat: a claim is stale
     lease_heartbeat: float = HEARTBEAT_EVERY
 
@@ -831,6 +849,10 @@ class Store:
                 self._fs.delete(rel)
                 removed_objects += 1
                 freed += size
+        uploads = 0
+        if isinstance(self._fs, FsspecFS):  # a remote store: its uploads and local copies
+            uploads = self._fs.abort_uploads(now, grace)
+            freed += self._fs.gc_local(referenced, now, grace)
         # leftovers of interrupted writes (records' temporary files are local-only)
         for stage in self.stages() if self._fs.local_root is not None else ():
             for name in self._fs.listdir(f"records/{stage}"):
@@ -852,7 +874,7 @@ class Store:
                 else:
                     freed += self._gc_leftover(rel, now, grace)
             freed += self._gc_locks(now, grace)
-        return GcReport(removed_records, removed_objects, freed)
+        return GcReport(removed_records, removed_objects, freed, uploads)
 
     def _gc_stat(self, rel: str, now: float) -> tuple[float, int, str] | None:
         """(age in seconds, size, kind: "file", "dir", "link" or "other") of a store path, or

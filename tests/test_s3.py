@@ -233,3 +233,85 @@ def test_a_damaged_local_copy_is_fetched_again_never_returned(s3_url, options, t
         value = fresh.load("arr")
     assert value[-1] == n - 1  # the right bytes, fetched again
     assert fresh.run("make").executed == []  # nothing recomputed, the record stands
+
+
+# -- gc on an object store (item 3) ----------------------------------------------------------
+def _boto(moto_s3):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=moto_s3[0], region_name="us-east-1",
+                        aws_access_key_id="test", aws_secret_access_key="test")
+
+
+def test_gc_never_deletes_a_fresh_upload_no_record_names_yet(s3_url, options):
+    store = Store(s3_url, storage_options=options)
+    info = store.save_value([1, 2, 3], stage="writer")  # a writer's object, its record to come
+    report = store.gc()
+    assert report.objects == 0
+    assert store._fs.exists(store._object_rel(info))
+    assert store.gc(grace=0).objects == 1  # unreferenced and old enough (grace 0): collected
+    assert not store._fs.exists(store._object_rel(info))
+
+
+def test_gc_aborts_interrupted_multipart_uploads_of_this_store_only(s3_url, options, moto_s3):
+    s3 = _boto(moto_s3)
+    prefix = s3_url.split("/", 3)[3]
+    mine = s3.create_multipart_upload(Bucket="pipelite-test", Key=f"{prefix}/objects/ab/x.npy")
+    theirs = s3.create_multipart_upload(Bucket="pipelite-test", Key="elsewhere/objects/y.npy")
+    store = Store(s3_url, storage_options=options)
+    # moto dates every upload 2010: the grace rule is checked at the upload's own time
+    (upload,) = [u for u in s3.list_multipart_uploads(Bucket="pipelite-test")["Uploads"]
+                 if u["UploadId"] == mine["UploadId"]]
+    started = upload["Initiated"].timestamp()
+    assert store._fs.abort_uploads(started + 60, grace=3600) == 0  # maybe still uploading
+    report = store.gc(grace=0)
+    assert report.uploads == 1 and "aborted 1 interrupted upload(s)" in str(report)
+    left = {u["UploadId"] for u in
+            s3.list_multipart_uploads(Bucket="pipelite-test").get("Uploads", [])}
+    assert mine["UploadId"] not in left and theirs["UploadId"] in left
+    s3.abort_multipart_upload(Bucket="pipelite-test", Key="elsewhere/objects/y.npy",
+                              UploadId=theirs["UploadId"])
+
+
+def test_gc_drops_local_copies_of_objects_another_machine_deleted(s3_url, options, tmp_path,
+                                                                  monkeypatch):
+    @stage(outputs="v")
+    def make():
+        return list(range(1000))
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "here"))
+    here = Pipeline(store=Store(s3_url, storage_options=options))
+    here.run("make")
+    cached = _cached_copy(here.store, "v")
+    assert os.path.exists(cached)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "there"))
+    there = Store(s3_url, storage_options=options)
+    there.invalidate("make")
+    there.gc(grace=0)  # the other machine deletes the object
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "here"))
+    Store(s3_url, storage_options=options).gc(grace=0)
+    assert not os.path.exists(cached)  # this machine's copy of it goes too
+
+
+def test_the_local_cache_keeps_to_its_size_limit_least_recently_used_first(
+        s3_url, options, tmp_path, monkeypatch):
+    np = pytest.importorskip("numpy")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIPELITE_CACHE_LIMIT", "150K")
+    for i in range(3):
+        fn = eval(f"lambda: {{'a{i}': np.full(8000, {i}.0)}}",  # noqa: S307 - test stages
+                  {"np": np})
+        fn.__name__ = fn.__qualname__ = f"s{i}"
+        stage(outputs=[f"a{i}"])(fn)
+    pipeline = Pipeline(store=Store(s3_url, storage_options=options))
+    assert pipeline.store.cache_limit == 150 * 1024
+    pipeline.run()  # three 64 KiB arrays: more than the limit
+    files = pipeline.store._fs._cache_files()
+    assert sum(size for _, size, _ in files) <= 150 * 1024
+    reader = Pipeline(store=Store(s3_url, storage_options=options))
+    assert [float(reader.load(f"a{i}")[0]) for i in range(3)] == [0.0, 1.0, 2.0]
+    assert float(reader.load("a0")[0]) == 0.0  # evicted copies are fetched again
+    assert sum(size for _, size, _ in reader.store._fs._cache_files()) <= 150 * 1024
+    assert Store("memory://x").cache_limit is not None  # remote: it has one
+    with pytest.raises(Exception, match="a number of bytes"):
+        reader.store.cache_limit = -1
