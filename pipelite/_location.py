@@ -131,3 +131,33 @@ def _check_protocols(url: str) -> None:
             raise StoreLocationError(
                 f"store {url}: the '{protocol}' filesystem is not installed ({detail}): "
                 f"{hint}") from None
+
+
+def parse_storage_options(pairs: Any) -> dict[str, Any]:
+    """``["key=KEY", "client_kwargs.endpoint_url=http://127.0.0.1:9000", "anon=true"]`` as
+    fsspec ``storage_options``: a dotted key makes nested mappings, a value is read as JSON
+    when it is JSON (``true``, ``3``, ``{"a": 1}``), else kept as text. The same for
+    ``%pipelite store URL --option`` and ``pipelite --storage-option``."""
+    import json
+
+    options: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, text = str(pair).partition("=")
+        if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+            raise StoreLocationError(
+                f"storage option {pair!r} is not KEY=VALUE: e.g. key=AKIA..., "
+                f"client_kwargs.endpoint_url=http://127.0.0.1:9000")
+        try:
+            value: Any = json.loads(text)
+        except ValueError:
+            value = text
+        *parents, last = key.strip().split(".")
+        where = options
+        for part in parents:
+            inner = where.setdefault(part, {})
+            if not isinstance(inner, dict):
+                raise StoreLocationError(f"storage option {pair!r}: {part!r} is given a value "
+                                         f"and nested options both")
+            where = inner
+        where[last] = value
+    return options

@@ -7,7 +7,7 @@ import re
 import sys
 from typing import Sequence
 
-from ._location import parse_location
+from ._location import parse_location, parse_storage_options
 from .errors import PipeliteError, StoreLocationError
 from .present import human_bytes, status_table
 
@@ -19,10 +19,10 @@ _EMPTY_STORE = ("pipelite: error: --store is empty: give the store's directory o
                 "or leave --store out for ./.pipelite")
 
 
-def _pipeline(store: str):
+def _pipeline(store: str, options: dict | None = None):
     from .pipeline import Pipeline
 
-    return Pipeline(store=store)
+    return Pipeline(store=store, storage_options=options or None)
 
 
 def _check_store_exists(store: str) -> None:
@@ -38,11 +38,18 @@ def _parser() -> argparse.ArgumentParser:
     # --store is accepted before the command (pipelite --store P status) and after it
     # (pipelite status --store P). SUPPRESS keeps a subcommand from overwriting the global
     # value with its own default when --store is not given after the command.
+    option_help = ("an fsspec storage option for a remote store, KEY=VALUE (repeat it; a dotted "
+                   "KEY nests: client_kwargs.endpoint_url=http://...). S3 also reads the "
+                   "usual AWS_* variables")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", default=argparse.SUPPRESS, help=store_help)
+    common.add_argument("--storage-option", dest="storage_options", action="append",
+                        default=argparse.SUPPRESS, metavar="KEY=VALUE", help=option_help)
     parser = argparse.ArgumentParser(
         prog="pipelite", description="Inspect a PipeLite store or run a notebook's stages.")
     parser.add_argument("--store", default=None, help=store_help)
+    parser.add_argument("--storage-option", dest="storage_options", action="append",
+                        default=[], metavar="KEY=VALUE", help=option_help)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("status", parents=[common],
                    help="list the stages in the store and their last results")
@@ -252,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = DEFAULT_STORE if store_arg is None else store_arg
     try:
         _check_store_exists(store)
-        pipe = _pipeline(store)
+        pipe = _pipeline(store, parse_storage_options(args.storage_options))
         if args.command == "status":
             statuses = pipe.status()
             print(status_table(statuses, in_session=False) if statuses

@@ -69,8 +69,36 @@ def _user_facing(method):
             return method(*args, **kwargs)
         except PipeliteError as exc:
             raise at_the_call(exc) from exc.__cause__
+        except Exception as exc:
+            missing = _credentials_error(exc, args[0] if args else None)
+            if missing is None:
+                raise
+            raise at_the_call(missing) from None
 
     return call
+
+
+_NO_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError")
+
+
+def _credentials_error(exc: BaseException, pipeline: Any) -> StoreLocationError | None:
+    """A one-line ``StoreLocationError`` for an object store's missing credentials (botocore's
+    ``NoCredentialsError``, somewhere in the chain), naming what to set; None otherwise."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if type(seen).__name__ in _NO_CREDENTIALS:
+            break
+        seen = seen.__cause__ or seen.__context__
+    else:
+        return None
+    store = getattr(getattr(pipeline, "store", None), "url", "the store")
+    return StoreLocationError(
+        f"no credentials for {store} ({type(seen).__name__}: {seen}): set AWS_ACCESS_KEY_ID "
+        f"and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or give them as storage options: "
+        f"Pipeline(storage_options={{'key': ..., 'secret': ...}}), %pipelite store URL "
+        f"--option key=... --option secret=..., or pipelite --storage-option key=...")
 
 
 class Pipeline:

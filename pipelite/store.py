@@ -44,7 +44,7 @@ from ._fs import fsync_file as _fsync_file
 from ._fs import remove_quietly as _remove_quietly
 from ._integrity import CHEAP_VERIFY_BYTES, check_content, sample_digest
 from ._lease import HEARTBEAT_EVERY, LEASE_TIMEOUT, Lease
-from ._location import Location, check_store_location, parse_location
+from ._location import Location, check_store_location, parse_location, parse_storage_options
 from ._records import (
     FORMAT_VERSION,
     BadRecord,
@@ -70,6 +70,7 @@ from .stage import _STAGE_NAME, MAX_NAME_LENGTH
 
 __all__ = ["Store", "GcReport", "ScrubReport", "ResultRecord", "OutputRecord", "InputRecord",
            "FailureRecord", "FORMAT_VERSION", "Location", "parse_location",
+           "parse_storage_options",
            "check_store_location"]
 
 def _record_text(record: dict) -> str:

@@ -25,7 +25,7 @@ from pipelite.present import (
     status_table,
     user_frames,
 )
-from pipelite.store import check_store_location, parse_location
+from pipelite.store import check_store_location, parse_location, parse_storage_options
 
 from .cell import CellSyntaxError
 from .session import PipeliteSession
@@ -62,6 +62,9 @@ def _pipelite_parser() -> MagicArgumentParser:
                    help="results to keep per stage (default 1)")
     p = add("store", "show the store, or switch to the store at PATH")
     p.add_argument("path", nargs="?", metavar="PATH", help="a directory or an fsspec URL")
+    p.add_argument("--option", dest="options", action="append", metavar="KEY=VALUE",
+                   help="an fsspec storage option (repeat it; client_kwargs.endpoint_url=... "
+                        "nests)")
     add("panel", "show the interactive pipeline panel (ipywidgets)")
     return parser
 
@@ -327,6 +330,14 @@ class PipeliteMagics(Magics):
 
     def _cmd_store(self, args: Any) -> None:
         note = ""
+        options = None
+        if args.options:
+            try:
+                options = parse_storage_options(args.options)
+            except PipeliteError as exc:
+                raise UsageError(f"%pipelite store: {exc}") from None
+        if args.path is None and options is not None:
+            self.session.storage_options = options
         if args.path is not None:
             path = _unquoted(args.path)
             if not path.strip():
@@ -345,10 +356,13 @@ class PipeliteMagics(Magics):
                 note = "" if existed else " (a new, empty store)"
             else:
                 try:  # an unknown or uninstalled protocol: say so before switching
-                    check_store_location(path)
+                    check_store_location(path, options)
                 except PipeliteError as exc:
                     raise UsageError(f"%pipelite store: {exc}") from None
-            self.session.store = path
+            with self.session.hold_trait_notifications():
+                if options is not None:
+                    self.session.storage_options = options
+                self.session.store = path
         print(f"[pipelite] store: {self.pipeline.store.url}{note}")
 
     def _cmd_panel(self, args: Any) -> None:

@@ -15,7 +15,7 @@ import uuid
 import warnings
 from typing import Any, Callable, Iterator
 
-from traitlets import Bool, Unicode, observe
+from traitlets import Bool, Dict, Unicode, observe
 from traitlets.config import Configurable
 
 from pipelite import (
@@ -148,6 +148,10 @@ class PipeliteSession(Configurable):
                     "URL. Relative paths are resolved against the working directory at the "
                     "time it is set.").tag(config=True)
 
+    storage_options = Dict(help="fsspec storage options for a remote store (credentials, "
+                           "client_kwargs={'endpoint_url': ...}); %pipelite store URL --option "
+                           "KEY=VALUE sets them too").tag(config=True)
+
     badges = Bool(None, allow_none=True, help="Show a state badge at the top of each %%stage "
                   "cell's output, kept current as states change (default: in a notebook "
                   "kernel, not in a terminal)").tag(config=True)
@@ -155,7 +159,7 @@ class PipeliteSession(Configurable):
     def __init__(self, shell: Any, **kwargs: Any):
         super().__init__(parent=shell, **kwargs)
         self.shell = shell
-        self.pipeline = Pipeline(store=self.store)
+        self.pipeline = Pipeline(store=self.store, storage_options=self._options_for(self.store))
         self._active = 0  # >0 while this session runs stages: then it reports progress
         self._current: str | None = None  # the stage whose own cell is running
         self._why: str | None = None  # why the cell's own stage ran (its started event)
@@ -178,11 +182,21 @@ class PipeliteSession(Configurable):
         self._warned_collisions: set[tuple[str, str]] = set()  # (stage, other notebook)
         self.shell.events.register("post_run_cell", self._after_cell)
 
-    @observe("store")
+    @observe("store", "storage_options")
     def _store_changed(self, change: dict) -> None:
         old = getattr(self, "pipeline", None)  # config is applied before __init__ ends
-        self.pipeline = Pipeline(store=change["new"], params=old.params if old else None,
-                                 registry=old.registry if old else None)
+        if old is None:
+            return  # __init__ makes the first pipeline, with both traits set
+        self.pipeline = Pipeline(store=self.store, params=old.params, registry=old.registry,
+                                 storage_options=self._options_for(self.store),
+                                 executor=old.executor)  # the cluster stays
+
+    def _options_for(self, store: str) -> dict | None:
+        """The storage options, for a remote store only (a local path takes none)."""
+        from pipelite.store import parse_location
+
+        return dict(self.storage_options) if self.storage_options and \
+            parse_location(store).is_remote else None
 
     def close(self) -> None:
         """Stop listening to stage events (the extension is being unloaded)."""

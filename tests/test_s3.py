@@ -315,3 +315,102 @@ def test_the_local_cache_keeps_to_its_size_limit_least_recently_used_first(
     assert Store("memory://x").cache_limit is not None  # remote: it has one
     with pytest.raises(Exception, match="a number of bytes"):
         reader.store.cache_limit = -1
+
+
+# -- storage options: the magic, IPython config, the CLI, AWS_* (item 5) ---------------------
+def _flags(endpoint: str) -> list[str]:
+    return ["key=test", "secret=test", f"client_kwargs.endpoint_url={endpoint}",
+            "client_kwargs.region_name=us-east-1"]
+
+
+def test_storage_options_are_parsed_from_key_value_pairs():
+    from pipelite.store import parse_storage_options
+
+    assert parse_storage_options(["key=K", "anon=false", "client_kwargs.endpoint_url=http://h:1",
+                                  "config_kwargs.retries={\"max_attempts\": 2}"]) == {
+        "key": "K", "anon": False, "client_kwargs": {"endpoint_url": "http://h:1"},
+        "config_kwargs": {"retries": {"max_attempts": 2}}}
+    for bad in ("novalue", "=x", "a..b=1"):
+        with pytest.raises(Exception, match="is not KEY=VALUE"):
+            parse_storage_options([bad])
+
+
+def test_the_store_magic_takes_storage_options(ip, s3_url, moto_s3):
+    import pipelite_ipy
+
+    opts = " ".join(f"--option {f}" for f in _flags(moto_s3[0]))
+    ip.run_line_magic("pipelite", f"store {s3_url} {opts}")
+    session = pipelite_ipy.current_session()
+    assert session.pipeline.store.url == s3_url
+    assert session.storage_options["client_kwargs"]["endpoint_url"] == moto_s3[0]
+    result = ip.run_cell("%%stage remote\nanswer = 41 + 1")
+    assert result.success, result.error_in_exec
+    assert session.pipeline.store.records_of("remote")  # written to the bucket
+    from IPython.core.error import UsageError
+
+    with pytest.raises(UsageError, match="is not KEY=VALUE"):
+        ip.run_line_magic("pipelite", f"store {s3_url} --option nonsense")
+
+
+def test_ipython_config_gives_the_store_and_its_storage_options(ip, s3_url, moto_s3):
+    import pipelite_ipy
+    from pipelite.store import parse_storage_options
+
+    ip.run_line_magic("unload_ext", "pipelite")
+    ip.config.PipeliteSession.store = s3_url
+    ip.config.PipeliteSession.storage_options = parse_storage_options(_flags(moto_s3[0]))
+    ip.run_line_magic("load_ext", "pipelite")
+    session = pipelite_ipy.current_session()
+    assert session.pipeline.store.url == s3_url
+    result = ip.run_cell("%%stage configured\nv = 1")
+    assert result.success, result.error_in_exec
+    assert session.pipeline.store.records_of("configured")
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "pipelite.cli", *args], capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+@pytest.fixture
+def filled(s3_url, options):
+    @stage(outputs="x")
+    def filled_stage():
+        return 1
+
+    Pipeline(store=Store(s3_url, storage_options=options)).run("filled_stage")
+    return s3_url
+
+
+def _no_aws_env(tmp_path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+               AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_EC2_METADATA_DISABLED="true")
+    return env
+
+
+def test_the_cli_takes_storage_options(filled, moto_s3, tmp_path):
+    flags = [a for f in _flags(moto_s3[0]) for a in ("--storage-option", f)]
+    done = _cli("status", "--store", filled, *flags, env=_no_aws_env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "filled_stage" in done.stdout
+
+
+def test_the_cli_reads_the_usual_aws_variables(filled, moto_s3, tmp_path):
+    env = _no_aws_env(tmp_path)
+    env.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
+               AWS_ENDPOINT_URL=moto_s3[0], AWS_DEFAULT_REGION="us-east-1")
+    done = _cli("status", "--store", filled, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "filled_stage" in done.stdout
+
+
+def test_no_credentials_is_one_line_naming_what_to_set(filled, moto_s3, tmp_path):
+    env = _no_aws_env(tmp_path)
+    env["AWS_ENDPOINT_URL"] = moto_s3[0]
+    done = _cli("status", "--store", filled, env=env)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and "botocore" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"pipelite: error: no credentials for {filled}")
+    assert "AWS_ACCESS_KEY_ID" in line and "--storage-option" in line
