@@ -112,11 +112,12 @@ class Runner:
 
     def _run(self, targets: list[str], force: bool, params: Params | None) -> RunResult:
         __tracebackhide__ = True
-        self.graph = Graph(self.registry, self.store)  # a retry sees the store anew
         # One memo of digests for the whole run, valid while no user code runs: emptied when a
         # stage executes here, refilled by the check after it (which must see in-place changes)
         memo: dict = {}
-        first = check(self.graph, targets, self.base, params, memo=memo)
+        with self.store.metadata_snapshot():  # a remote store: its records read in bulk
+            self.graph = Graph(self.registry, self.store)  # a retry sees the store anew
+            first = check(self.graph, targets, self.base, params, memo=memo)
         order = first.order
         total = sum(1 for n in order
                     if first[n].state != "fresh" or (force and n in targets))

@@ -8,6 +8,8 @@ a filesystem only moves bytes, under one root, by store-relative paths made of p
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import json
 import os
 import re
 import stat as _stat
@@ -391,6 +393,9 @@ class LocalFS(StoreFS):
         return [self.root]
 
 
+_MD5_ETAG = re.compile(r"[0-9a-f]{32}")  # a single-part S3 object's ETag: its content's MD5
+BULK_METADATA = True  # snapshots on (benchmarks turn it off to measure the difference)
+
 # filesystems whose "create" write is atomic against other writers: S3 (and moto) honour
 # If-None-Match: *, memory:// is one process's dict, local files use O_EXCL
 _EXCLUSIVE_PROTOCOLS = frozenset(("s3", "s3a", "memory", "file", "local"))
@@ -421,7 +426,106 @@ class FsspecFS(StoreFS):
     def path(self, rel: str) -> str:
         return f"{self.root}/{check_rel(rel)}"
 
+    # -- metadata in bulk: one listing, parallel reads ------------------------------------------
+    _snap: dict[str, bytes | None] | None = None  # rel -> its bytes, while a snapshot is on
+    _snap_prefix = "records/"
+    _snap_depth = 0
+
+    def snapshot_begin(self, prefix: str = "records") -> None:
+        """Read every metadata file under ``prefix`` at once: one recursive listing (1,000
+        keys a request on S3), then all of them fetched in parallel (``fs.cat`` of many
+        paths). Until ``snapshot_end``, reads, stamps and listings under ``prefix`` are
+        answered from it: a check of 500 stages makes a few requests instead of ~2,000.
+        A file written meanwhile by another process is not seen (the state is the listing's,
+        a moment old); nothing else changes."""
+        self._snap_depth += 1
+        if self._snap_depth > 1 or not BULK_METADATA:
+            return
+        base = self.path(prefix)
+        try:
+            self.fs.invalidate_cache(base)
+            found = self.fs.find(base, detail=True)
+        except (FileNotFoundError, OSError):
+            found = {}
+        start = len(self.root) + 1
+        etags: dict[str, str] = {}
+        snap: dict[str, bytes | None] = {}
+        for path, info in found.items():
+            if not path.startswith(self.root + "/"):
+                continue
+            rel = path[start:]
+            snap[rel] = None
+            etag = str(info.get("ETag") or "").strip('"')
+            if _MD5_ETAG.fullmatch(etag):
+                etags[rel] = etag
+        # what the index remembers, for the files whose ETag (the MD5 of their content, on
+        # S3) is the one listed now and matches the content it holds: read no further
+        remembered = self._read_index(prefix)
+        for rel, etag in etags.items():
+            text = remembered.get(rel)
+            if isinstance(text, str):
+                data = text.encode()
+                if hashlib.md5(data, usedforsecurity=False).hexdigest() == etag:
+                    snap[rel] = data
+        missing = [self.path(rel) for rel, data in snap.items() if data is None]
+        if missing:
+            try:
+                fetched = self.fs.cat(missing, on_error="omit")
+            except (FileNotFoundError, OSError):
+                fetched = {}
+            for path, content in fetched.items():
+                rel = path[start:] if path.startswith(self.root + "/") else ""
+                if rel in snap and isinstance(content, bytes):
+                    snap[rel] = content
+            if etags:
+                self._write_index(prefix, {rel: snap[rel] for rel in etags
+                                           if snap.get(rel) is not None})
+        self._snap_prefix = prefix.rstrip("/") + "/"
+        self._snap = snap
+
+    def _index_rel(self, prefix: str) -> str:
+        return f"index/{prefix.strip('/')}.json"
+
+    def _read_index(self, prefix: str) -> dict[str, Any]:
+        """The last snapshot's file contents, ``{rel: text}``: a cache, trusted for a file
+        only when its MD5 is the ETag the listing gives now (anything else is read again)."""
+        try:
+            data = self.fs.cat_file(self.path(self._index_rel(prefix)))
+            index = json.loads(data)
+        except (FileNotFoundError, OSError, ValueError):
+            return {}
+        files = index.get("files") if isinstance(index, dict) else None
+        return files if isinstance(files, dict) else {}
+
+    def _write_index(self, prefix: str, contents: dict[str, bytes | None]) -> None:
+        files = {}
+        for rel, data in contents.items():
+            try:
+                files[rel] = data.decode() if data is not None else None
+            except UnicodeDecodeError:
+                continue  # not text: not worth remembering
+        try:  # best effort: two writers race harmlessly, the ETag check keeps it honest
+            self.fs.pipe_file(self.path(self._index_rel(prefix)),
+                              json.dumps({"files": files}).encode())
+        except OSError:
+            pass
+
+    def snapshot_end(self) -> None:
+        self._snap_depth = max(0, self._snap_depth - 1)
+        if self._snap_depth == 0:
+            self._snap = None
+
+    def _snapped(self, rel: str) -> bool:
+        return self._snap is not None and rel.startswith(self._snap_prefix)
+
     def read_bytes(self, rel: str) -> bytes | None:
+        snap = self._snap
+        if snap is not None and rel.startswith(self._snap_prefix):
+            if rel not in snap:
+                return None
+            data = snap[rel]
+            if data is not None:
+                return data
         try:
             return self.fs.cat_file(self.path(rel))
         except (FileNotFoundError, OSError):
@@ -430,6 +534,8 @@ class FsspecFS(StoreFS):
     def write_atomic(self, rel: str, data: bytes) -> None:
         # a single object PUT is atomic on object stores; memory:// and local are dict/rename
         self.fs.pipe_file(self.path(rel), data)
+        if self._snap is not None and self._snapped(rel):
+            self._snap[rel] = data  # this process's own writes stay visible
 
     @property
     def exclusive_create(self) -> bool:
@@ -448,6 +554,10 @@ class FsspecFS(StoreFS):
         return True
 
     def exists(self, rel: str) -> bool:
+        snap = self._snap
+        if snap is not None and rel.startswith(self._snap_prefix):
+            folder = rel.rstrip("/") + "/"
+            return rel in snap or any(k.startswith(folder) for k in snap)
         self.fs.invalidate_cache(self.path(rel))
         return self.fs.exists(self.path(rel))
 
@@ -465,6 +575,11 @@ class FsspecFS(StoreFS):
                         "dir" if info.get("type") == "directory" else "file")
 
     def listdir(self, rel: str) -> list[str]:
+        snap = self._snap
+        if snap is not None and (rel.rstrip("/") + "/").startswith(self._snap_prefix):
+            folder = rel.rstrip("/") + "/"
+            return sorted({k[len(folder):].split("/", 1)[0] for k in snap
+                           if k.startswith(folder)})
         try:
             self.fs.invalidate_cache(self.path(rel))
             return [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.path(rel),
@@ -473,6 +588,8 @@ class FsspecFS(StoreFS):
             return []
 
     def delete(self, rel: str) -> None:
+        if self._snap is not None and self._snapped(rel):
+            self._snap.pop(rel, None)
         try:
             self.fs.rm_file(self.path(rel))
         except (FileNotFoundError, OSError):

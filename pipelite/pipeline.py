@@ -162,10 +162,11 @@ class Pipeline:
                graph: Graph | None = None) -> Check:
         """The verdict of every stage ``targets`` need (all stages, registered or known from
         the store, when None: then a cycle marks its stages stale instead of raising)."""
-        graph = graph or self._graph()
-        if targets is None:
-            return check(graph, graph.names(), self.params, params, cut_cycles=True)
-        return check(graph, targets, self.params, params)
+        with self.store.metadata_snapshot():  # a remote store: its records read in bulk
+            graph = graph or self._graph()
+            if targets is None:
+                return check(graph, graph.names(), self.params, params, cut_cycles=True)
+            return check(graph, targets, self.params, params)
 
     def _check_param_stages(self, params: Mapping[str, Any] | None) -> None:
         """Parameters for a stage nobody knows are a typo, not something to ignore."""

@@ -24,6 +24,7 @@ opened, renamed or deleted.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -33,7 +34,7 @@ import stat as _stat
 import time
 import uuid
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import filelock
 import xxhash
@@ -287,6 +288,20 @@ class Store:
             return None
         self._records[rel] = (stamp, rec)
         return rec
+
+    @contextlib.contextmanager
+    def metadata_snapshot(self) -> Iterator[None]:
+        """Within it, a remote store answers record reads from one listing and one parallel
+        fetch of ``records/`` (see ``FsspecFS.snapshot_begin``); a local store needs none."""
+        fs = self._fs
+        if not isinstance(fs, FsspecFS):
+            yield
+            return
+        fs.snapshot_begin("records")
+        try:
+            yield
+        finally:
+            fs.snapshot_end()
 
     def local_dirs(self) -> list[str]:
         """Local folders the store owns (its root, or its download cache): what a stage reads

@@ -414,3 +414,77 @@ def test_no_credentials_is_one_line_naming_what_to_set(filled, moto_s3, tmp_path
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith(f"pipelite: error: no credentials for {filled}")
     assert "AWS_ACCESS_KEY_ID" in line and "--storage-option" in line
+
+
+# -- metadata in bulk (item 4) ---------------------------------------------------------------
+def _many(n: int, fail: str | None = None) -> None:
+    for i in range(n):
+        body = f"raise ValueError('boom {i}')" if f"m{i}" == fail else f"return {{'o{i}': {i}}}"
+        src = f"def m{i}():\n    {body}\n"
+        ns: dict = {}
+        exec(src, ns)  # noqa: S102 - generated test stages
+        stage(outputs=[f"o{i}"])(ns[f"m{i}"])
+
+
+def _s3_requests(store: Store) -> list[str]:
+    fs = store._fs.fs
+    fs.connect()
+    seen: list[str] = []
+    fs.s3.meta.events.register("before-send.s3",
+                               lambda request, **_: seen.append(request.method))
+    return seen
+
+
+def _states(pipeline: Pipeline) -> list[tuple]:
+    return [(s.name, s.state, s.reasons, s.defined, tuple(o.hash for o in s.outputs))
+            for s in pipeline.status()]
+
+
+def test_a_status_of_many_stages_reads_the_store_in_a_few_requests(s3_url, options,
+                                                                   monkeypatch):
+    from pipelite import _fs
+
+    _many(50, fail="m7")
+    with pytest.raises(ValueError):
+        Pipeline(store=Store(s3_url, storage_options=options)).run()
+    Pipeline(store=Store(s3_url, storage_options=options)).run(
+        [f"m{i}" for i in range(50) if i != 7])
+    Pipeline(store=Store(s3_url, storage_options=options)).status()  # writes the index
+    pipeline = Pipeline(store=Store(s3_url, storage_options=options))
+    seen = _s3_requests(pipeline.store)
+    bulk = _states(pipeline)
+    assert len(seen) <= 5, seen  # a listing and the index: not ~4 per stage
+    monkeypatch.setattr(_fs, "BULK_METADATA", False)
+    plain = Pipeline(store=Store(s3_url, storage_options=options))
+    seen = _s3_requests(plain.store)
+    assert _states(plain) == bulk  # the same answer, file by file
+    assert len(seen) > 100
+    assert dict((n, s) for n, s, *_ in bulk)["m7"] == "failed"
+
+
+def test_the_index_is_trusted_only_where_the_listing_vouches_for_it(s3_url, options):
+    _many(3)
+    Pipeline(store=Store(s3_url, storage_options=options)).run()
+    truth = _states(Pipeline(store=Store(s3_url, storage_options=options)))  # index written
+    fs = Store(s3_url, storage_options=options)._fs
+    index = json.loads(fs.read_bytes("index/records.json"))
+    forged = dict(index["files"])
+    for rel, text in forged.items():  # another content under each file's name
+        if rel.endswith(".json"):
+            forged[rel] = text.replace('"size": ', '"size": 1')  # claims other sizes
+    fs.write_atomic("index/records.json", json.dumps({"files": forged}).encode())
+    assert _states(Pipeline(store=Store(s3_url, storage_options=options))) == truth
+    fs.write_atomic("index/records.json", b"not json")
+    assert _states(Pipeline(store=Store(s3_url, storage_options=options))) == truth
+
+
+def test_a_record_written_after_the_index_is_seen(s3_url, options):
+    _many(2)
+    Pipeline(store=Store(s3_url, storage_options=options)).run("m0")
+    first = dict((n, s) for n, s, *_ in _states(
+        Pipeline(store=Store(s3_url, storage_options=options))))
+    assert first == {"m0": "fresh", "m1": "missing"}
+    Pipeline(store=Store(s3_url, storage_options=options)).run("m1")  # another process, later
+    later = dict((n, s) for n, s, *_ in _states(
+        Pipeline(store=Store(s3_url, storage_options=options))))
+    assert later == {"m0": "fresh", "m1": "fresh"}
