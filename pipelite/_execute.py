@@ -30,6 +30,7 @@ from .errors import (
     PipeliteError,
     RunCancelled,
     StageOutputError,
+    StageSubmitError,
     limit_error,
 )
 from .fingerprint import Fingerprint, fingerprint_of, warn_user
@@ -220,8 +221,12 @@ class Runner:
                     error = exc
                     break
                 index = len(executed) + len(running) + 1
-                self._submit(st, fp, resolved, upstream, forced, index, max(total, index),
-                             finished, _why(first, name, forced))
+                try:
+                    self._submit(st, fp, resolved, upstream, forced, index, max(total, index),
+                                 finished, _why(first, name, forced))
+                except StageSubmitError as exc:  # in-flight stages end first, as for an error
+                    error = exc
+                    break
                 running[name] = (st, index)
             if not running:
                 if error is not None:
@@ -232,7 +237,13 @@ class Runner:
             memo.clear()  # a thread of this process may have run user code
             ran_here = True
             try:
-                rec, ran = future.result()
+                try:
+                    rec, ran = future.result()
+                except Exception as exc:
+                    sending = submit_error(st, {}, exc, only_pickling=True)
+                    if sending is None:
+                        raise
+                    raise sending from exc  # it could not be sent (pickled) to the worker
                 if ran:
                     self.registry.learn_outputs(st, rec.outputs)
             except BaseException as exc:  # noqa: BLE001 - re-raised once in-flight work ends
@@ -331,9 +342,76 @@ class Runner:
         events.emit("started", st.name, url, index, total, reason=reason)
         # dask would otherwise dedupe "identical" calls by key: every submission is a new run
         extra = {"pure": False} if _is_dask(self.executor) else {}
-        future = self.executor.submit(compute_locked, self.store, st, fp, params, upstream,
-                                      forced, **extra)
+        try:
+            future = self.executor.submit(compute_locked, self.store, st, fp, params,
+                                          upstream, forced, **extra)
+        except Exception as exc:  # noqa: BLE001 - a shut-down pool, an unpicklable global
+            RUNNING.discard((url, st.name))  # not left "running" forever
+            err = submit_error(st, params, exc)
+            assert err is not None  # (only_pickling=False always gives one)
+            events.emit("failed", st.name, url, index, total, error=str(err))
+            raise err from exc
         future.add_done_callback(lambda f, name=st.name: finished.put((name, f)))
+
+
+def _is_pickling_error(exc: BaseException) -> bool:
+    import pickle
+
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return isinstance(exc, pickle.PicklingError) or "pickl" in text or "serializ" in text
+
+
+def _unsendable(st: Stage, params: dict) -> str | None:
+    """What of the stage cannot be pickled, in words: a global its code reads, a parameter,
+    or the stage itself; None if everything pickles (then the pool itself refused)."""
+    import cloudpickle
+
+    def fails(value: Any) -> bool:
+        try:
+            cloudpickle.dumps(value)
+        except Exception:  # noqa: BLE001 - any failure means it cannot be sent
+            return True
+        return False
+
+    for fn in st.code_objects():
+        code = getattr(fn, "__code__", None)
+        namespace = getattr(fn, "__globals__", {})
+        for name in getattr(code, "co_names", ()):
+            if name in namespace and fails(namespace[name]):
+                value = namespace[name]
+                return f"global '{name}' ({type(value).__name__})"
+        cells = getattr(fn, "__closure__", None) or ()
+        for name, cell in zip(getattr(code, "co_freevars", ()), cells, strict=False):
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            if fails(value):
+                return f"closure variable '{name}' ({type(value).__name__})"
+    for key, value in params.items():
+        if fails(value):
+            return f"parameter '{key}' ({type(value).__name__})"
+    return f"the stage itself ({type(st).__name__})" if fails(st) else None
+
+
+def submit_error(st: Stage, params: dict, exc: BaseException,
+                 only_pickling: bool = False) -> PipeliteError | None:
+    """The ``StageSubmitError`` for a stage an executor would not take: naming the stage and
+    the object that could not be sent. ``only_pickling``: None unless it is a pickling error
+    (a stage's own error, raised on the worker, is not this)."""
+    if only_pickling and not _is_pickling_error(exc):
+        return None
+    what = _unsendable(st, params) if _is_pickling_error(exc) else None
+    if only_pickling and what is None:
+        return None
+    if what is not None:
+        return StageSubmitError(
+            f"stage '{st.name}' could not be sent to the executor: its {what} cannot be "
+            f"pickled ({type(exc).__name__}: {exc}). Make it an input, a parameter, or create "
+            f"it inside the stage; or run without an executor")
+    return StageSubmitError(
+        f"stage '{st.name}' could not be sent to the executor ({type(exc).__name__}: {exc}): "
+        f"is it shut down? Give the Pipeline a running executor, or executor=None")
 
 
 def _input_hashes(upstream: Upstream) -> dict[str, str]:

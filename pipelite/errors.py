@@ -12,6 +12,7 @@ from; "also" names its other base::
             DuplicateProducerError
             CycleError
         StageNotDefinedError
+        StageSubmitError
         MissingInputError
         ParameterError
         StageOutputError
@@ -89,6 +90,11 @@ class ParameterError(PipeliteError):
 
 class StageOutputError(PipeliteError):
     """A stage returned something that does not match its declared outputs."""
+
+
+class StageSubmitError(PipeliteError):
+    """An executor would not take a stage: it is shut down, or something the stage needs
+    cannot be pickled to be sent to a worker (the message names it)."""
 
 
 class StageNotDefinedError(PipeliteError):

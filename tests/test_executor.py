@@ -86,3 +86,67 @@ def test_stages_run_on_a_dask_local_cluster_and_workers_write_the_shared_store(s
     again = Pipeline(store_dir).run("total")
     assert again.executed == [] and again["total"] == 130
     assert len(worker_pids) == 2
+
+
+# -- a stage the executor will not take (issue 11) -------------------------------------------
+def test_a_shut_down_pool_fails_the_stage_instead_of_leaving_it_running(store_dir):
+    from pipelite import StageSubmitError
+
+    @stage(outputs="v")
+    def one():
+        return 1
+
+    pool = ThreadPoolExecutor(1)
+    pool.shutdown()
+    pipeline = Pipeline(store_dir, executor=pool)
+    with pytest.raises(StageSubmitError, match=r"stage 'one' could not be sent to the "
+                                               r"executor \(RuntimeError: cannot schedule"):
+        pipeline.run("one")
+    (status,) = pipeline.status()
+    assert status.state == "missing"  # not "running" forever
+
+
+NOTEBOOK_CELL = """
+import threading
+LOCK = threading.Lock()  # a global no pickle can send to another process
+
+def locked():
+    with LOCK:
+        return {"v": 1}
+"""
+
+
+def test_an_unpicklable_global_of_a_notebook_stage_names_itself_on_a_dask_cluster(store_dir):
+    """A notebook's functions live in __main__: they are sent by value, with the globals they
+    read. One that cannot be pickled fails the stage, named, instead of leaving it running."""
+    distributed = pytest.importorskip("distributed")
+    from pipelite import StageSubmitError
+
+    namespace: dict = {"__name__": "__main__"}
+    exec(NOTEBOOK_CELL, namespace)  # noqa: S102 - as a notebook cell would define it
+    stage(outputs="v")(namespace["locked"])
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, host="127.0.0.1") as cluster, \
+            distributed.Client(cluster) as client:
+        pipeline = Pipeline(store_dir, executor=client)
+        with pytest.raises(StageSubmitError, match="stage 'locked' could not be sent to the "
+                                                   "executor: its global 'LOCK' \\(lock\\) "
+                                                   "cannot be pickled"):
+            pipeline.run("locked")
+        assert [s.state for s in pipeline.status()] == ["missing"]  # not left running
+
+
+def test_an_unpicklable_closure_variable_is_named_too(store_dir):
+    from pipelite._execute import submit_error
+
+    lock = threading.Lock()
+
+    @stage(outputs="v")
+    def guarded():
+        with lock:
+            return 1
+
+    from pipelite import REGISTRY
+
+    err = submit_error(REGISTRY.get("guarded"), {}, TypeError("cannot pickle '_thread.lock'"))
+    assert "its closure variable 'lock' (lock) cannot be pickled" in str(err)

@@ -42,6 +42,7 @@ PIPELITE = [
     "StageEvent",
     "StageNotDefinedError",
     "StageOutputError",
+    "StageSubmitError",
     "StageStatus",
     "StaleArtifactError",
     "Store",
