@@ -5,6 +5,8 @@ import argparse
 import os
 import re
 import sys
+import time
+from dataclasses import replace
 from typing import Sequence
 
 from ._location import parse_location, parse_storage_options
@@ -77,10 +79,11 @@ def _parser() -> argparse.ArgumentParser:
                     "With STAGE names, every %%stage cell is only defined and just those stages "
                     "(and whatever they need) run; other cells (imports, helpers) run as usual. "
                     "The store is the notebook's own (./.pipelite beside it) unless --store "
-                    "is given.")
+                    "is given; --store wins over a %%pipelite store line in the notebook.")
     run.add_argument("notebook", metavar="NOTEBOOK.ipynb")
     run.add_argument("stages", nargs="*", metavar="STAGE")
-    run.add_argument("--force", action="store_true", help="recompute the named stages")
+    run.add_argument("--force", action="store_true",
+                     help="recompute the named stages (every stage, without STAGE names)")
     run.add_argument("--output", metavar="PATH",
                      help="also write the executed notebook, with its outputs, to PATH")
     run.add_argument("--timeout", type=int, default=None, metavar="SECONDS",
@@ -96,11 +99,16 @@ def prepare_notebook(nb, stages: Sequence[str], store: str | None, force: bool =
     nb = nbformat.from_dict(nb)
     cells = []
     for cell in nb.cells:
-        if cell.cell_type == "code" and stages and cell.source.lstrip().startswith("%%stage"):
+        if cell.cell_type == "code" and cell.source.lstrip().startswith("%%stage"):
             first, _, rest = cell.source.lstrip().partition("\n")
-            if "--define" not in first.split():
+            words = first.split()
+            if stages and "--define" not in words:
                 first += " --define"
+            elif not stages and force and "--force" not in words and "--define" not in words:
+                first += " --force"  # pipelite run NB --force: every stage recomputes
             cell.source = first + "\n" + rest
+        if cell.cell_type == "code" and store:
+            cell.source = _store_overridden(cell.source, store)
         cells.append(cell)
     setup = "%load_ext pipelite" + (f"\n%pipelite store {store}" if store else "")
     nb.cells = [nbformat.v4.new_code_cell(setup)] + cells
@@ -108,6 +116,20 @@ def prepare_notebook(nb, stages: Sequence[str], store: str | None, force: bool =
         nb.cells.append(nbformat.v4.new_code_cell(
             "%pipelite run " + " ".join(stages) + (" --force" if force else "")))
     return nb
+
+
+_STORE_LINE = re.compile(r"^(\s*)%pipelite\s+store\s+(?!-)(\S.*)$", re.MULTILINE)
+
+
+def _store_overridden(source: str, store: str) -> str:
+    """A ``%pipelite store PATH`` line of the notebook, when ``pipelite run --store`` is
+    given: the command line wins, and the line says so in its place."""
+    def note(match: re.Match) -> str:
+        said = f"%pipelite store {match.group(2).strip()}"
+        message = f"[pipelite] {said} ignored: pipelite run --store {store} wins"
+        return f"{match.group(1)}print({message!r})"
+
+    return _STORE_LINE.sub(note, source)
 
 
 def _stage_outputs(nb) -> set[str]:
@@ -130,6 +152,31 @@ def _stage_outputs(nb) -> set[str]:
     return names
 
 
+def _failed_since(location: str, since: float) -> list[tuple[str, str]]:
+    """(stage, error) of every stage of the store whose last run failed after ``since``."""
+    import datetime as dt
+
+    from .store import Store
+
+    try:
+        store = Store(location)
+        stages = store.stages()
+    except (PipeliteError, OSError):
+        return []
+    out = []
+    for name in stages:
+        failure = store.failure(name)
+        if failure is None or failure.started is None:
+            continue
+        try:
+            when = dt.datetime.fromisoformat(failure.started).timestamp()
+        except ValueError:
+            continue
+        if when >= since - 1:
+            out.append((name, (failure.error or "").splitlines()[0] if failure.error else ""))
+    return out
+
+
 def _report_cell_errors(runnable, notebook: str) -> bool:
     """After a targeted run (errors allowed): warn about plain cells that failed, and fail on
     an error in the setup, a ``%%stage`` cell or the final ``%pipelite run`` cell."""
@@ -145,6 +192,9 @@ def _report_cell_errors(runnable, notebook: str) -> bool:
         if error is None:
             continue
         plain = 0 < index < last and not cell.source.lstrip().startswith("%%stage")
+        text = "\n".join(error.get("traceback") or ()) + str(error.get("evalue", ""))
+        if re.search(r"PipeLite: stage '[^']+' failed", text):
+            plain = False  # a stage failed in it: that fails the command, whatever the cell
         if not plain:
             exc = CellExecutionError.from_cell_and_msg(cell, error)
             print(f"pipelite: a cell of {notebook} failed:\n{exc}", file=sys.stderr)
@@ -187,6 +237,13 @@ def _run_notebook(args: argparse.Namespace) -> int:
         is_remote, path = parse_location(store)
         if not is_remote:
             store = os.path.abspath(os.path.expanduser(path))
+    if args.output:
+        folder = os.path.dirname(os.path.abspath(args.output))
+        if not os.path.isdir(folder):  # before the notebook runs, not after
+            print(f"pipelite: error: cannot write the executed notebook to {args.output}: "
+                  f"its folder {folder} does not exist", file=sys.stderr)
+            return 2
+    started = time.time()
     runnable = prepare_notebook(nb, args.stages, store, args.force)
     # With STAGE names the %%stage cells only define their stages, so a plain cell that reads
     # a stage output (print(train_data.shape)) cannot run: keep going, and judge afterwards.
@@ -210,6 +267,13 @@ def _run_notebook(args: argparse.Namespace) -> int:
                 return 2  # noqa: B012 - the write failing is the error to report
     if targeted and not _report_cell_errors(runnable, args.notebook):
         return 1
+    if targeted:  # a stage that failed in a plain cell (a cell that ran it) fails the command
+        where = store or os.path.join(os.path.dirname(path), ".pipelite")
+        failed = _failed_since(where, started)
+        if failed:
+            for name, error in failed:
+                print(f"pipelite: stage '{name}' failed: {error}", file=sys.stderr)
+            return 1
     for cell in runnable.cells:
         for out in cell.get("outputs", []):
             text = _printed(out)
@@ -265,7 +329,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(status_table(statuses, in_session=False) if statuses
                   else f"no stages yet in {pipe.store.url}")
         elif args.command == "graph":
-            print(pipe.graph(args.format, artifacts=args.artifacts), end="")
+            from .graph import render
+
+            # the states status shows: a stage known from the store only is "stored"
+            statuses = [replace(s, state="stored") if s.state == "fresh" and not s.defined
+                        else s for s in pipe.status()]
+            print(render(statuses, args.format, artifacts=args.artifacts), end="")
         elif args.command == "gc":
             print(pipe.gc(keep=args.keep))
         elif args.command == "trust":

@@ -20,6 +20,9 @@ from .present import STATE_COLOURS, STATES
 __all__ = ["render"]
 
 MAX_EDGE_NAMES = 2  # more artifacts on one edge are shown as "N artifacts"
+# the command line shows a stage known from the store only as "stored" (it cannot tell whether
+# code it has not loaded changed): drawn in the fresh colours, and named so in the legend
+_COLOURS = {**STATE_COLOURS, "stored": STATE_COLOURS["fresh"]}
 MAX_LR_RANKS = 5  # stages in a row, left to right, that fit a notebook's output legibly
 
 
@@ -57,6 +60,9 @@ class _Graph:
 
     def __init__(self, statuses: Sequence, artifacts: bool):
         self.stages = list(statuses)
+        # the states of the legend: every state, and "stored" when the command line uses it
+        self.legend = list(STATES) + (["stored"] if any(s.state == "stored"
+                                                        for s in self.stages) else [])
         self.ids = {s.name: f"s{i}" for i, s in enumerate(self.stages)}
         producer = {a: s.name for s in self.stages for a in s.produces}
         names: set[str] = set()
@@ -100,9 +106,9 @@ class _Graph:
             lines.append(f'    {a} -->|"{label}"| {b}' if label else f"    {a} --> {b}")
         lines.append('    subgraph legend["states"]')
         lines.append("        direction LR")
-        lines += [f'        legend_{state}["{state}"]:::{state}' for state in STATES]
+        lines += [f'        legend_{state}["{state}"]:::{state}' for state in self.legend]
         lines.append("    end")
-        for state, (fill, stroke) in STATE_COLOURS.items():
+        for state, (fill, stroke) in _COLOURS.items():
             lines.append(f"    classDef {state} fill:{fill},stroke:{stroke},color:#000")
         lines.append("    classDef artifact fill:#ffffff,stroke:#9e9e9e,color:#333")
         lines.append("    classDef orphan fill:#ffffff,stroke:#c62828,color:#333,"
@@ -115,7 +121,7 @@ class _Graph:
                  '  node [fontname="Helvetica", fontsize=13];',
                  '  edge [fontname="Helvetica", fontsize=11];']
         for s in self.stages:
-            fill, stroke = STATE_COLOURS.get(s.state, STATE_COLOURS["missing"])
+            fill, stroke = _COLOURS.get(s.state, STATE_COLOURS["missing"])
             lines.append(f'  "{self.ids[s.name]}" [label="{s.name}\\n({s.state})", shape=box, '
                          f'style="filled,rounded", fillcolor="{fill}", color="{stroke}"];')
         for nid, label, cls in self.nodes:
@@ -126,13 +132,13 @@ class _Graph:
             lines.append(f'  "{a}" -> "{b}"' + (f' [label="{label}"]' if label else "") + ";")
         lines.append('  subgraph cluster_legend { label="states"; fontname="Helvetica"; '
                      'color="#bdbdbd";')
-        for state in STATES:
-            fill, stroke = STATE_COLOURS[state]
+        for state in self.legend:
+            fill, stroke = _COLOURS[state]
             lines.append(f'    "legend_{state}" [label="{state}", shape=box, fontsize=11, '
                          f'height=0.3, style="filled,rounded", fillcolor="{fill}", '
                          f'color="{stroke}"];')
         # the legend on one row: a chain of invisible edges left to right, one rank top down
-        legend = [f'"legend_{state}"' for state in STATES]
+        legend = [f'"legend_{state}"' for state in self.legend]
         lines.append("    " + " -> ".join(legend) + " [style=invis];")
         if self.direction == "TB":  # (left to right, the chain alone makes the row)
             lines.append("    { rank=same; " + "; ".join(legend) + "; }")

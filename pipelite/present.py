@@ -100,7 +100,8 @@ def status_table(statuses: Sequence[StageStatus], in_session: bool = True) -> st
         state, why = s.state, "; ".join(s.reasons) or "-"
         if not in_session and not s.defined:
             state = "stored" if state == "fresh" else state
-            why = "-"
+            # a failure is worth its line; other reasons need the code, which is not here
+            why = (s.error or "-").splitlines()[0] if state == "failed" else "-"
         rows.append((
             s.name + ("" if s.defined or not in_session else " *"),
             state,

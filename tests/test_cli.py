@@ -247,3 +247,69 @@ def test_cli_run_executes_a_notebook_with_the_same_cache(tmp_path):
     assert all(name in status for name in ("gen", "double", "other"))
     bad = pipelite("run", "missing.ipynb")
     assert bad.returncode == 2 and "no notebook at missing.ipynb" in bad.stderr
+
+
+# -- issue 11: the command line's promises ---------------------------------------------------
+def test_run_force_without_stage_names_recomputes_every_stage(tmp_path):
+    _notebook(tmp_path / "demo.ipynb",
+              "%%stage a\nopen('calls.log', 'a').write('a\\n')\nx = 1",
+              "%%stage b\nopen('calls.log', 'a').write('b\\n')\ny = x + 1")
+    assert _pipelite(tmp_path, "run", "demo.ipynb").returncode == 0
+    assert _pipelite(tmp_path, "run", "demo.ipynb").returncode == 0  # fresh: loaded
+    assert (tmp_path / "calls.log").read_text().split() == ["a", "b"]
+    done = _pipelite(tmp_path, "run", "demo.ipynb", "--force")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "calls.log").read_text().split() == ["a", "b", "a", "b"]
+
+
+def test_run_output_into_a_missing_folder_is_refused_before_the_notebook_runs(tmp_path):
+    _notebook(tmp_path / "demo.ipynb", "%%stage a\nopen('calls.log', 'a').write('a\\n')\nx = 1")
+    done = _pipelite(tmp_path, "run", "demo.ipynb", "--output", "no/such/folder/out.ipynb")
+    assert done.returncode == 2
+    assert "its folder" in done.stderr and "does not exist" in done.stderr
+    assert not (tmp_path / "calls.log").exists()  # nothing ran
+
+
+def test_a_stage_failing_in_a_plain_cell_fails_a_targeted_run(tmp_path):
+    """`pipelite run NB STAGE`: plain cells that fail are skipped with a note, but a stage
+    that fails makes the command exit 1, whatever cell ran it."""
+    _notebook(tmp_path / "demo.ipynb",
+              "%%stage broken\nvalue = 1 / 0",
+              "%%stage fine\nok = 1",
+              "import pipelite_ipy\npipelite_ipy.current_session().run(['broken'])")
+    done = _pipelite(tmp_path, "run", "demo.ipynb", "fine")
+    assert done.returncode == 1
+    assert "pipelite: stage 'broken' failed: ZeroDivisionError: division by zero" in done.stderr
+
+
+def test_the_command_lines_store_wins_over_the_notebooks(tmp_path):
+    _notebook(tmp_path / "demo.ipynb",
+              "%pipelite store ./in-notebook\nimport os",
+              "%%stage a\nx = 1")
+    done = _pipelite(tmp_path, "run", "demo.ipynb", "--store", "cli-store")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "cli-store" / "records" / "a").is_dir()
+    assert not (tmp_path / "in-notebook").exists()
+
+
+def test_status_shows_a_failed_stage_with_its_errors_first_line(store_dir, capsys):
+    @stage(outputs="v")
+    def shaky():
+        raise ValueError("the source is down\nmore detail")
+
+    with pytest.raises(ValueError):
+        Pipeline(store=str(store_dir)).run("shaky")
+    assert main(["status", "--store", str(store_dir)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("shaky"))
+    assert "failed" in line and line.endswith("ValueError: the source is down")
+    assert main(["graph", "--store", str(store_dir)]) == 0
+    assert ":::failed" in capsys.readouterr().out  # the same state in the graph
+
+
+def test_the_graph_says_stored_where_status_does(stored, capsys):
+    assert main(["status", "--store", str(stored)]) == 0
+    assert " stored " in capsys.readouterr().out
+    assert main(["graph", "--store", str(stored)]) == 0
+    text = capsys.readouterr().out
+    assert ":::stored" in text and ":::fresh" not in text.split("subgraph")[0]
+    assert 'legend_stored["stored"]:::stored' in text
