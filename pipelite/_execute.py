@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from dataclasses import replace
 from typing import Any, Callable, Iterator, Mapping
 
@@ -31,6 +32,7 @@ from .errors import (
     RunCancelled,
     StageOutputError,
     StageSubmitError,
+    StoreLocationError,
     limit_error,
 )
 from .fingerprint import Fingerprint, fingerprint_of, warn_user
@@ -200,6 +202,8 @@ class Runner:
         at once."""
         __tracebackhide__ = True
         url = self.store.url
+        if total and _is_dask(self.executor):
+            check_workers_see(self.store, self.executor)
         ran_here = False  # once a stage ran, a stage fresh before may no longer be
         sorter = graphlib.TopologicalSorter({n: self.graph.deps(n) for n in first.order})
         sorter.prepare()
@@ -352,6 +356,43 @@ class Runner:
             events.emit("failed", st.name, url, index, total, error=str(err))
             raise err from exc
         future.add_done_callback(lambda f, name=st.name: finished.put((name, f)))
+
+
+_SEEN_BY: set[tuple[int, str]] = set()  # (executor, store) pairs whose workers see the store
+
+
+def read_probe(path: str) -> bytes | None:
+    """On a worker: the probe file's bytes, or None if this machine has no such file."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def check_workers_see(store: Store, executor: Any) -> None:
+    """Before a cluster runs stages on a local-path store: a probe file written here must be
+    readable by a worker, or the workers write results nobody here can see (and read inputs
+    that are not there). Raises ``StoreLocationError`` saying so; checked once per executor
+    and store. An object store (s3://...) is the same for everyone: not checked."""
+    root = store._fs.local_root
+    key = (id(executor), store.url)
+    if root is None or key in _SEEN_BY:
+        return
+    token = uuid.uuid4().hex.encode()
+    rel = f"tmp/probe-{token.decode()}"
+    store._fs.write_atomic(rel, token)
+    try:
+        seen = executor.submit(read_probe, store._fs.path(rel), pure=False).result()
+    finally:
+        store._fs.delete(rel)
+    if seen != token:
+        raise StoreLocationError(
+            f"the executor's workers cannot see the store {store.url}: it is a folder of "
+            f"this machine, and a probe file written there was not found by a worker. Use a "
+            f"store they share: a network filesystem path mounted at the same place, or an "
+            f"object store URL (Pipeline(store='s3://bucket/prefix'))")
+    _SEEN_BY.add(key)
 
 
 def _is_pickling_error(exc: BaseException) -> bool:

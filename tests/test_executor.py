@@ -150,3 +150,27 @@ def test_an_unpicklable_closure_variable_is_named_too(store_dir):
 
     err = submit_error(REGISTRY.get("guarded"), {}, TypeError("cannot pickle '_thread.lock'"))
     assert "its closure variable 'lock' (lock) cannot be pickled" in str(err)
+
+
+def _hide_probes() -> None:
+    """On a worker: behave as a machine that does not have the client's folders."""
+    import pipelite._execute as ex
+
+    ex.read_probe = lambda path: None
+
+
+def test_a_local_store_the_workers_cannot_see_is_said_before_anything_runs(store_dir):
+    distributed = pytest.importorskip("distributed")
+    from pipelite import REGISTRY, StoreLocationError
+
+    for fn in (square, cube, total):
+        REGISTRY.add(fn.__pipelite_stage__)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, host="127.0.0.1") as cluster, \
+            distributed.Client(cluster) as client:
+        client.run(_hide_probes)
+        pipeline = Pipeline(store_dir, executor=client)
+        with pytest.raises(StoreLocationError, match="workers cannot see the store"):
+            pipeline.run("total")
+        assert {s.state for s in pipeline.status()} == {"missing"}  # nothing ran
+        assert not list((store_dir / "tmp").glob("probe-*"))  # the probe is cleaned up
