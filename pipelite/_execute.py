@@ -246,6 +246,7 @@ class Runner:
                 except Exception as exc:
                     sending = submit_error(st, {}, exc, only_pickling=True)
                     if sending is None:
+                        _note_worker_frames(exc, st)
                         raise
                     raise sending from exc  # it could not be sent (pickled) to the worker
                 if ran:
@@ -395,6 +396,52 @@ def check_workers_see(store: Store, executor: Any) -> None:
     _SEEN_BY.add(key)
 
 
+def _local_code(st: Stage, name: str, lineno: int) -> Any:
+    """The code object, among the stage's functions and what they reach, that has function
+    ``name`` and line ``lineno``: cloudpickle sends notebook code without its file name
+    ("<dynamic-code>"), so a worker's frame is found again here, by name and line."""
+    import inspect
+
+    seen: set[int] = set()
+    todo: list[Any] = []
+    for fn in st.code_objects():
+        code = getattr(fn, "__code__", None)
+        if code is not None:
+            todo.append(code)
+        for value in getattr(fn, "__globals__", {}).values():
+            if inspect.isfunction(value):
+                todo.append(value.__code__)
+    while todo:
+        code = todo.pop()
+        if id(code) in seen:
+            continue
+        seen.add(id(code))
+        if code.co_name == name and lineno in {line for *_, line in code.co_lines()}:
+            return code
+        todo.extend(c for c in code.co_consts if inspect.iscode(c))
+    return None
+
+
+def _note_worker_frames(exc: BaseException, st: Stage) -> None:
+    """Add to an error raised on a worker where it happened in the user's code: the file (or
+    notebook cell) and line, with the line as this process knows it (linecache)."""
+    import linecache
+
+    frames = getattr(exc, "__pipelite_frames__", None)
+    if not frames or not hasattr(exc, "add_note"):
+        return
+    lines = ["Where it failed, on the worker (most recent call last):"]
+    for filename, lineno, name in frames:
+        if filename.startswith("<") and lineno:
+            code = _local_code(st, name, lineno)
+            filename = code.co_filename if code is not None else filename
+        lines.append(f'  File "{filename}", line {lineno}, in {name}')
+        text = linecache.getline(filename, lineno).strip() if lineno else ""
+        if text:
+            lines.append(f"    {text}")
+    exc.add_note("\n".join(lines))
+
+
 def _is_pickling_error(exc: BaseException) -> bool:
     import pickle
 
@@ -518,11 +565,22 @@ def as_removed(store: Store, info: OutputRecord, exc: CorruptArtifactError
 def compute_locked(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: Upstream,
                    forced: bool) -> tuple[ResultRecord, bool]:
     """On an executor's worker: compute once per (stage, fingerprint) across processes."""
-    with stage_lock(store, st.name, fp.digest):
-        rec = stored(store, st.name, fp, forced)
-        if rec is not None:
-            return rec, False
-        return compute(store, st, fp, params, upstream, None), True
+    try:
+        with stage_lock(store, st.name, fp.digest):
+            rec = stored(store, st.name, fp, forced)
+            if rec is not None:
+                return rec, False
+            return compute(store, st, fp, params, upstream, None), True
+    except BaseException as exc:
+        # where it failed, as the worker saw it: the client maps it back to the cell or file
+        # (a traceback sent back by Dask names notebook code "<dynamic-code>", without lines)
+        frames = traceback.extract_tb(user_frames(exc.__traceback__))
+        try:
+            exc.__pipelite_frames__ = [  # type: ignore[attr-defined]
+                (f.filename, f.lineno, f.name) for f in frames]
+        except (AttributeError, TypeError):  # an exception type that takes no attributes
+            pass
+        raise
 
 
 def compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: Upstream,

@@ -28,7 +28,7 @@ from pipelite.present import (
 from pipelite.store import check_store_location, parse_location, parse_storage_options
 
 from .cell import CellSyntaxError
-from .session import PipeliteSession
+from .session import PipeliteSession, _cell_names
 
 __all__ = ["PipeliteMagics", "StatusTable"]
 
@@ -127,7 +127,9 @@ def _present(exc: BaseException, shell: Any) -> None:
         stb = shell.InteractiveTB.structured_traceback(type(exc), exc, tb, tb_offset=0)
         # older IPythons do not show PEP 678 notes, where PipeLite says nothing was stored
         shown = "\n".join(stb[-2:])
-        return stb + [n for n in getattr(exc, "__notes__", ()) if n not in shown]
+        # a note may name a notebook cell by its file (a worker's frames): as IPython does
+        return stb + [_cell_names(shell, n) for n in getattr(exc, "__notes__", ())
+                      if n not in shown]
 
     try:
         shown._render_traceback_ = render

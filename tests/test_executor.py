@@ -174,3 +174,33 @@ def test_a_local_store_the_workers_cannot_see_is_said_before_anything_runs(store
             pipeline.run("total")
         assert {s.state for s in pipeline.status()} == {"missing"}  # nothing ran
         assert not list((store_dir / "tmp").glob("probe-*"))  # the probe is cleaned up
+
+
+FAILING_CELL = '''
+def helper(x):
+    return x / 0
+
+def broken():
+    return {"v": helper(1)}
+'''
+
+
+def test_a_notebook_stage_failing_on_a_worker_says_where_in_the_cell(store_dir):
+    """cloudpickle sends notebook code as "<dynamic-code>", so Dask's traceback has neither
+    the cell nor its lines: the error's note maps the worker's frames back to them."""
+    import linecache
+
+    distributed = pytest.importorskip("distributed")
+    cell = "/tmp/ipykernel_0/4242.py"  # as ipykernel names a cell's code
+    linecache.cache[cell] = (len(FAILING_CELL), None, FAILING_CELL.splitlines(True), cell)
+    namespace: dict = {"__name__": "__main__"}
+    exec(compile(FAILING_CELL, cell, "exec"), namespace)  # noqa: S102 - a notebook cell
+    stage(outputs="v")(namespace["broken"])
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, host="127.0.0.1") as cluster, \
+            distributed.Client(cluster) as client:
+        with pytest.raises(ZeroDivisionError) as caught:
+            Pipeline(store_dir, executor=client).run("broken")
+    note = "\n".join(caught.value.__notes__)
+    assert f'File "{cell}", line 6, in broken\n    return {{"v": helper(1)}}' in note
+    assert f'File "{cell}", line 3, in helper\n    return x / 0' in note
