@@ -11,6 +11,17 @@ import pytest
 from pipelite import Pipeline, stage
 
 
+@pytest.fixture(autouse=True)
+def main_module_with_a_spec(monkeypatch):
+    """Dask starts workers with multiprocessing, which reads ``__main__.__spec__``; an IPython
+    shell made earlier in the session (the magics' tests) leaves a ``__main__`` without one."""
+    import sys
+
+    main = sys.modules["__main__"]
+    if not hasattr(main, "__spec__"):
+        monkeypatch.setattr(main, "__spec__", None, raising=False)
+
+
 @pytest.mark.filterwarnings("ignore:closure 'barrier'")  # a Barrier has no content to hash
 def test_independent_stages_overlap_on_a_thread_pool(store_dir):
     # both stages wait for each other: this only finishes if they run at the same time
