@@ -488,3 +488,16 @@ def test_a_record_written_after_the_index_is_seen(s3_url, options):
     later = dict((n, s) for n, s, *_ in _states(
         Pipeline(store=Store(s3_url, storage_options=options))))
     assert later == {"m0": "fresh", "m1": "fresh"}
+
+
+def test_switching_the_store_keeps_the_sessions_executor(ip, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pipelite_ipy
+
+    session = pipelite_ipy.current_session()
+    with ThreadPoolExecutor(2) as pool:
+        session.pipeline.executor = pool
+        ip.run_line_magic("pipelite", f"store {tmp_path / 'other'}")
+        assert session.pipeline.store.url == str(tmp_path / "other")
+        assert session.pipeline.executor is pool  # the cluster stays
