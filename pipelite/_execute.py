@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import graphlib
+import os
 import queue
+import subprocess
 import sys
 import threading
 import time
@@ -41,7 +44,7 @@ from .present import user_frames
 from .stage import REQUIRED, Stage
 from .store import FailureRecord, InputRecord, OutputRecord, ResultRecord, Store
 
-__all__ = ["RunResult", "Runner", "compute", "compute_locked"]
+__all__ = ["RunResult", "Runner", "compute", "compute_locked", "run_facts"]
 
 Upstream = dict[str, tuple[str, ResultRecord]]  # input artifact -> (producer, its record)
 
@@ -83,11 +86,21 @@ class Runner:
         self.registry = graph.registry
         self.base = base
         self.executor = executor
+        self.run_id: str | None = None  # one per run() call, in every record it writes
+        self._facts: dict[str, Any] | None = None  # the run's provenance, once a stage runs
+
+    def facts(self) -> dict[str, Any]:
+        """The run's part of each record's provenance (its id, the git commit): worked out
+        once, when the first stage is about to run; a run of fresh stages never needs it."""
+        if self._facts is None:
+            self._facts = run_facts(self.run_id or uuid.uuid4().hex)
+        return self._facts
 
     def run(self, targets: list[str], force: bool, params: Params | None) -> RunResult:
         """Run ``targets`` and what they need. A stored input found corrupt (or deleted by
         another process) while loading is dropped and the run planned again."""
         __tracebackhide__ = True
+        self.run_id, self._facts = uuid.uuid4().hex, None
         last: CorruptInput | None = None
         reread: set[tuple[str, str]] = set()
         for _attempt in range(4):
@@ -323,7 +336,7 @@ class Runner:
             try:
                 events.emit("started", st.name, url, index, total, reason=reason)
                 rec = compute(self.store, st, fp, params, upstream, self.registry.learn_outputs,
-                              memo, keep)
+                              memo, keep, run=self.facts())
             except CorruptInput:
                 raise
             except RunCancelled as exc:
@@ -349,7 +362,7 @@ class Runner:
         extra = {"pure": False} if _is_dask(self.executor) else {}
         try:
             future = self.executor.submit(compute_locked, self.store, st, fp, params,
-                                          upstream, forced, **extra)
+                                          upstream, forced, self.facts(), **extra)
         except Exception as exc:  # noqa: BLE001 - a shut-down pool, an unpicklable global
             RUNNING.discard((url, st.name))  # not left "running" forever
             err = submit_error(st, params, exc)
@@ -563,14 +576,16 @@ def as_removed(store: Store, info: OutputRecord, exc: CorruptArtifactError
 
 
 def compute_locked(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: Upstream,
-                   forced: bool) -> tuple[ResultRecord, bool]:
-    """On an executor's worker: compute once per (stage, fingerprint) across processes."""
+                   forced: bool, run: Mapping[str, Any] | None = None
+                   ) -> tuple[ResultRecord, bool]:
+    """On an executor's worker: compute once per (stage, fingerprint) across processes.
+    ``run``: the client's ``Runner.facts()`` (its run id and git commit)."""
     try:
         with stage_lock(store, st.name, fp.digest):
             rec = stored(store, st.name, fp, forced)
             if rec is not None:
                 return rec, False
-            return compute(store, st, fp, params, upstream, None), True
+            return compute(store, st, fp, params, upstream, None, run=run), True
     except BaseException as exc:
         # where it failed, as the worker saw it: the client maps it back to the cell or file
         # (a traceback sent back by Dask names notebook code "<dynamic-code>", without lines)
@@ -585,12 +600,15 @@ def compute_locked(store: Store, st: Stage, fp: Fingerprint, params: dict, upstr
 
 def compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: Upstream,
             learn: Callable[[Stage, Any], None] | None, memo: dict | None = None,
-            keep: dict[str, Any] | None = None) -> ResultRecord:
+            keep: dict[str, Any] | None = None, *,
+            run: Mapping[str, Any] | None = None) -> ResultRecord:
     """Load the inputs, run the stage, store its outputs, commit the record (last).
 
     ``memo``, the run's digests, is emptied before the stage's code runs and refilled by the
     check after it. ``keep``, a dict, gets the outputs as computed, once the record is
-    committed (the caller may return them instead of reading the files back)."""
+    committed (the caller may return them instead of reading the files back). ``run``: the
+    run's provenance (``run_facts``; a run of its own when None), completed here with this
+    process's user, host and installed distributions."""
     __tracebackhide__ = True
     inputs = {i: load_input(store, p, rec, rec.outputs[i]) for i, (p, rec) in upstream.items()}
     started = _dt.datetime.now(_dt.timezone.utc)
@@ -640,6 +658,7 @@ def compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: Up
         parts=fp.parts,
         versions=_versions(),
         observed=observed or None,
+        provenance=provenance(run),
     )
     try:
         record = store.write_result(record)
@@ -676,6 +695,75 @@ def _store_after_run(store: Store, st: Stage, fp: Fingerprint, params: dict,
             f"its result is stored for the state before and after the run. If that state "
             f"matters to the result, pass it as a parameter or an artifact instead")
     return record
+
+
+# -- provenance: who ran a result, where, from what (never part of the fingerprint) ---------
+_GIT_TIMEOUT = 3.0  # seconds per git command: a slow repository costs at most this, once a run
+
+
+def _git(*args: str) -> str | None:
+    """What ``git ARGS`` prints in the current directory; None if it fails or git is absent."""
+    try:
+        done = subprocess.run(
+            ["git", *args], capture_output=True, text=True, timeout=_GIT_TIMEOUT,
+            stdin=subprocess.DEVNULL, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def git_facts() -> dict[str, Any]:
+    """``git_commit`` and ``git_dirty`` (tracked files changed) of the work tree the current
+    directory is in; empty outside a git work tree, without commits, or without git."""
+    head = _git("rev-parse", "--is-inside-work-tree", "--verify", "HEAD")
+    lines = head.split() if head else []
+    if len(lines) != 2 or lines[0] != "true":
+        return {}
+    out: dict[str, Any] = {"git_commit": lines[1]}
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    if status is not None:
+        out["git_dirty"] = bool(status.strip())
+    return out
+
+
+def run_facts(run_id: str) -> dict[str, Any]:
+    """A run's part of its records' provenance: its id and, in a git work tree, the commit."""
+    return {"run_id": run_id, **git_facts()}
+
+
+@functools.lru_cache(maxsize=1)
+def process_facts() -> tuple[tuple[str, str], ...]:
+    """This process's part of the provenance (once per process): user, host, and a digest of
+    the installed distributions (``name==version``, sorted)."""
+    import getpass
+    import importlib.metadata
+    import socket
+
+    import xxhash
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name (a container, an odd platform)
+        user = "?"
+    try:
+        host = socket.gethostname()
+    except OSError:
+        host = "?"
+    names = set()
+    for dist in importlib.metadata.distributions():
+        try:
+            names.add(f"{dist.metadata['Name']}=={dist.version}")
+        except Exception:  # noqa: BLE001 - a broken installation's metadata: skip it
+            continue
+    digest = xxhash.xxh3_64_hexdigest("\n".join(sorted(names)).encode())
+    return (("user", user), ("host", host), ("distributions", digest))
+
+
+def provenance(run: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A record's ``provenance``: the run's facts (a run of its own when None) and this
+    process's. Cheap after the first stage of a process: both are worked out once."""
+    facts = dict(run) if run is not None else run_facts(uuid.uuid4().hex)
+    return {**facts, **dict(process_facts())}
 
 
 def _versions() -> dict[str, str]:

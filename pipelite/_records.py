@@ -92,6 +92,18 @@ def _str_map(v: Any, what: str) -> dict[str, str]:
     return dict(v)
 
 
+def _provenance(v: Any) -> dict[str, Any] | None:
+    """Who ran a result, where, from which commit (``_execute.provenance``): a flat map of
+    text to text, a flag or nothing; anything else (a list, a nested map) is not ours."""
+    if v is None:
+        return None
+    _need(isinstance(v, dict), "its provenance is not a map")
+    for k, x in v.items():
+        _need(isinstance(k, str) and (x is None or isinstance(x, (str, bool))),
+              "its provenance is not a map of text")
+    return dict(v)
+
+
 def _unknown(data: Mapping[str, Any], known: frozenset[str]) -> dict[str, Any]:
     """Keys PipeLite does not write (a newer version's): kept, so the JSON round-trips."""
     if data.keys() <= known:  # the usual case, checked at C speed
@@ -274,17 +286,26 @@ class ResultRecord:
     versions: dict[str, str] | None = None  # Python, PipeLite and library versions
     observed: dict[str, Any] | None = None  # files, modules, listings read while it ran
     same_result_as: str | None = None  # stored for the state after its run: the first digest
+    # run id, user, host, git commit, distributions digest: never part of the fingerprint
+    provenance: dict[str, Any] | None = None
     signature: str | None = None  # HMAC under the writer's key (see ``_trust``)
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     _KEYS = frozenset(("format_version", "stage", "kind", "origin", "fingerprint", "started",
                        "duration", "save_duration", "params", "inputs", "outputs", "attachments",
-                       "parts", "versions", "observed", "same_result_as", "signature"))
+                       "parts", "versions", "observed", "same_result_as", "provenance",
+                       "signature"))
 
     @property
     def started_at(self) -> _dt.datetime:
         return _dt.datetime.fromisoformat(self.started)
+
+    @property
+    def run_id(self) -> str | None:
+        """The id of the run that computed it (``Runner.run``); None for older records."""
+        value = (self.provenance or {}).get("run_id")
+        return value if isinstance(value, str) else None
 
     def objects(self) -> list[OutputRecord]:
         """Every object the record names (outputs and attachments)."""
@@ -302,7 +323,7 @@ class ResultRecord:
         if self.attachments is not None:
             out["attachments"] = {k: v.to_json() for k, v in self.attachments.items()}
         out["parts"] = self.parts
-        for key in ("versions", "observed", "same_result_as", "signature"):
+        for key in ("versions", "observed", "same_result_as", "provenance", "signature"):
             _put(out, key, getattr(self, key))
         out.update(self.extra)
         return out
@@ -343,6 +364,7 @@ class ResultRecord:
             versions=versions,
             observed=_observed(data["observed"]) if "observed" in data else None,
             same_result_as=_optional_text(data, "same_result_as", "same_result_as is not text"),
+            provenance=_provenance(data.get("provenance")),
             signature=_optional_text(data, "signature", "its signature is not text"),
             format_version=version,
             extra=_unknown(data, cls._KEYS),

@@ -10,8 +10,8 @@ from dataclasses import replace
 from typing import Sequence
 
 from ._location import parse_location, parse_storage_options
-from .errors import PipeliteError, StoreLocationError
-from .present import human_bytes, status_table
+from .errors import PipeliteError, StoreLocationError, UnknownStageError
+from .present import human_bytes, log_text, status_table
 
 __all__ = ["main"]
 
@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     gc = sub.add_parser("gc", parents=[common],
                         help="delete all but the newest results per stage")
     gc.add_argument("--keep", type=int, default=1, help="results to keep per stage (default 1)")
+    log = sub.add_parser("log", parents=[common],
+                         help="a stage's stored results, newest first: run id, time, who ran "
+                              "it where, git commit, and what changed since the one before")
+    log.add_argument("stage", metavar="STAGE")
     t = sub.add_parser("trust", parents=[common],
                        help="sign every record of a store with your key: accept its pickles "
                             "and replayed outputs as if you had written them")
@@ -295,6 +299,22 @@ def _printed(output: dict) -> str:
     return ""
 
 
+def _log(pipe, stage: str) -> str:
+    """What ``pipelite log STAGE`` prints; an unknown stage is an error naming the known."""
+    import difflib
+
+    records = pipe.store.records_of(stage)
+    if not records:
+        known = pipe.store.stages()
+        if stage not in known:
+            hint = difflib.get_close_matches(stage, known, n=1)
+            raise UnknownStageError(
+                f"no stage '{stage}' in {pipe.store.url}"
+                + (f"; did you mean '{hint[0]}'?" if hint
+                   else f"; stages stored: {', '.join(known) or 'none'}"))
+    return log_text(stage, records)
+
+
 def _progress_bar(width: int = 30):
     """A progress callback for ``Store.scrub``: a bar redrawn in place on a terminal, nothing
     when stderr is not one (a log gets the summary only)."""
@@ -335,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             statuses = [replace(s, state="stored") if s.state == "fresh" and not s.defined
                         else s for s in pipe.status()]
             print(render(statuses, args.format, artifacts=args.artifacts), end="")
+        elif args.command == "log":
+            print(_log(pipe, args.stage))
         elif args.command == "gc":
             print(pipe.gc(keep=args.keep))
         elif args.command == "trust":

@@ -200,7 +200,9 @@ class Pipeline:
         graph = self._graph()
         stage_name = graph.stage_name(name)
         verdict = self._check([stage_name], graph=graph)[stage_name]
-        return explain_text(status_of(verdict), getattr(verdict.stage, "blind_spots", ()))
+        shown = verdict.record if verdict.record is not None else verdict.latest
+        return explain_text(status_of(verdict), getattr(verdict.stage, "blind_spots", ()),
+                            shown.provenance if shown is not None else None)
 
     @_user_facing
     def plan(self, target: Any = None, *, force: bool = False,
@@ -256,10 +258,13 @@ class Pipeline:
 
     # -- results ------------------------------------------------------------------------------
     @_user_facing
-    def load(self, artifact: Any, *, verify: bool = False) -> Any:
+    def load(self, artifact: Any, *, version: str | None = None, verify: bool = False) -> Any:
         """The stored value of an artifact (a name or an ``Artifact`` class), if it is fresh.
 
         Numpy arrays come back read-only and memory-mapped. ``verify=True`` rehashes the file.
+        ``version``: a run id (``pipelite log STAGE`` lists them), or a unique prefix of at
+        least 6 characters: the value that run stored, from the producer's history, with no
+        freshness check. History lasts until ``gc(keep=N)`` keeps only the newest N results.
         """
         __tracebackhide__ = True
         if not _is_bool(verify):
@@ -277,6 +282,8 @@ class Pipeline:
                 + (f"; did you mean '{hint[0]}'?" if hint else
                    f"; known artifacts: {', '.join(known) or 'none'}")
             )
+        if version is not None:
+            return self._load_version(name, producer, version, verify)
         for attempt in range(2):
             verdict = self._check([producer], graph=graph)[producer]
             record = verdict.record
@@ -304,6 +311,31 @@ class Pipeline:
                 self.store.quarantine(info)
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _load_version(self, name: str, producer: str, version: Any, verify: bool) -> Any:
+        """``name`` as stored by the producer's run ``version`` (an id or a prefix of it)."""
+        if not isinstance(version, str) or len(version) < 6:
+            raise InvalidArgumentError(
+                f"load(version={short_repr(version)}): version is a run id, or a unique prefix "
+                f"of at least 6 characters of one (pipelite log {producer} lists them)")
+        history = self.store.records_of(producer)  # newest first
+        ids = list(dict.fromkeys(r.run_id for r in history if r.run_id))
+        found = [i for i in ids if i.startswith(version)]
+        if len(found) != 1:
+            listed = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+            why = (f"{len(found)} runs of stage '{producer}' start with '{version}': give "
+                   f"more of it" if found else
+                   f"no stored result of stage '{producer}' has run id '{version}'")
+            raise InvalidArgumentError(
+                f"load('{name}', version='{version}'): {why}; "
+                + (f"stored runs, newest first: {listed}" if ids else
+                   "none of its stored results has a run id (stored before PipeLite kept one)"))
+        record = next((r for r in history if r.run_id == found[0] and name in r.outputs),
+                      None)
+        if record is None:
+            raise UnknownArtifactError(
+                f"run '{found[0]}' of stage '{producer}' did not produce artifact '{name}'")
+        return self.store.load_value(record.outputs[name], verify=verify, record=record)
 
     @_user_facing
     def attachment(self, stage: Any, name: str, *, record: ResultRecord | None = None) -> Any:

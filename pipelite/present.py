@@ -13,9 +13,10 @@ import datetime as _dt
 import os
 import sys
 import types
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 if TYPE_CHECKING:
+    from ._records import ResultRecord
     from .pipeline import StageStatus
 
 __all__ = [
@@ -26,6 +27,9 @@ __all__ = [
     "local_time",
     "status_table",
     "explain_text",
+    "provenance_text",
+    "changed_parts",
+    "log_text",
     "user_frames",
     "calling_frames",
     "error_view",
@@ -119,11 +123,13 @@ def status_table(statuses: Sequence[StageStatus], in_session: bool = True) -> st
     return "\n".join(line.rstrip() for line in lines)
 
 
-def explain_text(status: StageStatus, blind_spots: Iterable[str] = ()) -> str:
+def explain_text(status: StageStatus, blind_spots: Iterable[str] = (),
+                 provenance: Mapping[str, Any] | None = None) -> str:
     """Why a stage is in its state, in words: what ``Pipeline.explain`` returns.
 
     ``blind_spots`` are what PipeLite cannot see in the stage's code (a shell command in a
-    cell), listed after the reasons."""
+    cell), listed after the reasons. ``provenance``: of the current (or last) stored result,
+    shown as ``run: ID on USER@HOST, git COMMIT (dirty)``."""
     s = status
     lines = [f"stage '{s.name}' is {s.state}" + ("" if s.defined else
                                                " (not defined in this session)")]
@@ -136,10 +142,80 @@ def explain_text(status: StageStatus, blind_spots: Iterable[str] = ()) -> str:
     if s.last_run:
         lines.append(f"last run: {local_time(s.last_run, full=True)}, took "
                      f"{human_duration(s.duration or 0.0)}")
+    if provenance:
+        lines.append(f"run: {provenance_text(provenance)}")
     if s.outputs:
         lines.append("outputs: " + ", ".join(f"{o.name} ({o.summary}, {human_bytes(o.size)})"
                                               for o in s.outputs))
     return "\n".join(lines)
+
+
+def provenance_text(provenance: Mapping[str, Any] | None) -> str:
+    """A record's provenance in one line: ``ID on USER@HOST, git 1a2b3c4d5e6f (dirty)``."""
+    p = provenance or {}
+    if not p:
+        return "unknown (recorded before PipeLite kept provenance)"
+    text = f"{p.get('run_id') or '?'} on {p.get('user') or '?'}@{p.get('host') or '?'}"
+    commit = p.get("git_commit")
+    if isinstance(commit, str):
+        text += f", git {commit[:12]}" + (" (dirty)" if p.get("git_dirty") else "")
+    return text
+
+
+_PART_LABELS = (("helpers", "helper"), ("globals", "global"), ("params", "parameter"),
+                ("inputs", "input"), ("env", "environment variable"))
+
+
+def changed_parts(older: Mapping[str, Any], newer: Mapping[str, Any]) -> list[str]:
+    """The names of the fingerprint parts (``ResultRecord.parts``) that differ between two
+    results: ``code``, ``global 'EPOCHS'``, ``parameter 'n'``, ``input 'x'``..."""
+    out: list[str] = []
+    if older.get("code") != newer.get("code"):
+        out.append("code")
+    for key, label in _PART_LABELS:
+        b, n = older.get(key) or {}, newer.get(key) or {}
+        if not (isinstance(b, Mapping) and isinstance(n, Mapping)):
+            continue
+        for k in sorted(set(b) | set(n)):
+            if b.get(k) != n.get(k):
+                out.append(k if " " in k else f"{label} '{k}'")
+    labelled = {"code", "reach", *(key for key, _ in _PART_LABELS)}
+    for key in sorted((set(older) | set(newer)) - labelled):
+        if older.get(key) != newer.get(key):
+            out.append(key)
+    # "reach" digests all the code and globals reached: named only when nothing else says it
+    if not out and older.get("reach") != newer.get("reach"):
+        out.append("code it reaches")
+    return out
+
+
+def log_text(stage: str, records: Sequence[ResultRecord]) -> str:
+    """The stored results of ``stage`` (``records`` newest first), one block each: what
+    ``pipelite log STAGE`` prints. Each block says what changed since the next older one."""
+    if not records:
+        return f"stage '{stage}' has no stored results"
+    blocks = []
+    for i, rec in enumerate(records):
+        p = rec.provenance or {}
+        lines = [f"run {rec.run_id or '-'}  (result {rec.fingerprint[:12]})",
+                 f"  time:     {local_time(rec.started, full=True)}, took "
+                 f"{human_duration(rec.duration)}"]
+        if p:
+            lines.append(f"  by:       {p.get('user') or '?'}@{p.get('host') or '?'}")
+            commit = p.get("git_commit")
+            if isinstance(commit, str):
+                lines.append(f"  git:      {commit}" + (" (dirty)" if p.get("git_dirty") else ""))
+        else:
+            lines.append("  by:       unknown (recorded before PipeLite kept provenance)")
+        if rec.params:
+            lines.append("  params:   " + ", ".join(f"{k}={v}" for k, v in rec.params.items()))
+        if i + 1 < len(records):
+            changed = changed_parts(records[i + 1].parts, rec.parts)
+            lines.append("  changed:  " + (", ".join(changed) if changed else "nothing"))
+        else:
+            lines.append("  changed:  (oldest stored result)")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 # -- tracebacks: the user's frames, not PipeLite's -----------------------------------------
