@@ -305,3 +305,16 @@ def test_load_a_version_lists_at_most_five_runs_newest_first(pipeline):
     assert text.endswith(", ".join(ids[:5]) + ", ...")
     assert ids[5] not in text and ids[6] not in text
     assert pipeline.load("z", version=ids[-1]) == 0
+
+
+def test_distributions_are_named_from_their_folders_or_their_metadata():
+    from types import SimpleNamespace
+
+    from pipelite._execute import _distribution, process_facts
+
+    assert _distribution(SimpleNamespace(_path="/site/Foo.Bar-1.2.dist-info")) == "foo_bar==1.2"
+    egg = SimpleNamespace(_path="/src/thing.egg-info", metadata={"Name": "The-Thing"},
+                          version="0.3")
+    assert _distribution(egg) == "the_thing==0.3"
+    assert _distribution(SimpleNamespace(metadata={}, version="1")) is None  # broken: skipped
+    assert process_facts() is process_facts()  # once per process
