@@ -108,7 +108,8 @@ class _Graph:
         lines.append("        direction LR")
         lines += [f'        legend_{state}["{state}"]:::{state}' for state in self.legend]
         lines.append("    end")
-        for state, (fill, stroke) in _COLOURS.items():
+        for state in self.legend:
+            fill, stroke = _COLOURS[state]
             lines.append(f"    classDef {state} fill:{fill},stroke:{stroke},color:#000")
         lines.append("    classDef artifact fill:#ffffff,stroke:#9e9e9e,color:#333")
         lines.append("    classDef orphan fill:#ffffff,stroke:#c62828,color:#333,"

@@ -142,7 +142,8 @@ def test_pipeline_explain_is_the_explain_text_of_the_stage_status(pipeline):
 
     pipeline.run("numbers")
     [s] = pipeline.status()
-    assert pipeline.explain("numbers") == explain_text(s)
+    provenance = pipeline.record("numbers").provenance
+    assert pipeline.explain("numbers") == explain_text(s, provenance=provenance)
 
 
 def test_the_command_line_prints_the_status_table(store_dir, capsys):
