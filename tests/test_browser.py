@@ -248,7 +248,8 @@ def run_all_cells(page) -> None:
 
 
 def open_notebook(page, jupyter: JupyterServer, route: str, notebook: str) -> None:
-    page.goto(jupyter.url(f"{route}/{notebook}"))
+    # "reset": JupyterLab would otherwise reopen the notebooks an earlier test left open
+    page.goto(jupyter.url(f"{route}/{notebook}") + ("&reset" if route.startswith("lab") else ""))
     expect(page.locator(".jp-Notebook .jp-CodeCell").first).to_be_visible()
     # every cell is in the page (a notebook may render its cells progressively)
     cells = json.loads(NOTEBOOK.read_text())["cells"]
@@ -499,7 +500,7 @@ def test_a_ten_stage_graph_is_legible_in_the_panel(jupyter, page):
     nb.metadata["kernelspec"] = json.loads(NOTEBOOK.read_text())["metadata"]["kernelspec"]
     nbformat.write(nb, folder / "ten.ipynb")
     try:
-        page.goto(jupyter.url("lab/tree/ten/ten.ipynb"))
+        page.goto(jupyter.url("lab/tree/ten/ten.ipynb") + "&reset")
         expect(page.locator(".jp-Notebook .jp-CodeCell")).to_have_count(len(cells))
         jupyter.wait_for_kernel("ten/ten.ipynb")
         expect(page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')
