@@ -12,39 +12,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 
 
 def start_moto() -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-    import boto3
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+    from tests.helpers import start_moto as start  # the tests' fixture starts it the same way
 
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                 aws_access_key_id="test", aws_secret_access_key="test"
-                 ).create_bucket(Bucket="pipelite-bench")
-    return proc, endpoint
+    return start("pipelite-bench")
 
 
 def define(n: int) -> None:

@@ -70,35 +70,12 @@ def moto_s3():
     Yields ``(endpoint, storage_options)``; the bucket ``pipelite-test`` exists. Each test uses
     its own prefix in it."""
     import signal
-    import socket
     import subprocess
-    import sys
-    import time
-    import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                             "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
+    from tests.helpers import start_moto
+
+    proc, endpoint = start_moto("pipelite-test")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"moto server did not start (exit {proc.poll()})") from None
-                time.sleep(0.1)
-        import boto3
-
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                     aws_access_key_id="test", aws_secret_access_key="test"
-                     ).create_bucket(Bucket="pipelite-test")
         yield endpoint, {"key": "test", "secret": "test",
                          "client_kwargs": {"endpoint_url": endpoint,
                                            "region_name": "us-east-1"}}

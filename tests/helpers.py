@@ -50,3 +50,37 @@ def printed(cell) -> str:
                 "pipelite-cell-badge" not in o["data"].get("text/html", ""):
             out.append(o["data"].get("text/plain", ""))
     return "".join(out)
+
+
+def start_moto(bucket: str):
+    """A moto S3 server process on 127.0.0.1 with ``bucket``: ``(process, endpoint)``. The
+    caller stops it by its PID. (The ``moto_s3`` fixture and ``benchmarks/bench_s3.py``.)"""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                             "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto server did not start (exit {proc.poll()})") from None
+            time.sleep(0.1)
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                 aws_access_key_id="test", aws_secret_access_key="test"
+                 ).create_bucket(Bucket=bucket)
+    return proc, endpoint
