@@ -493,7 +493,7 @@ def _unsendable(st: Stage, params: dict) -> str | None:
     for key, value in params.items():
         if fails(value):
             return f"parameter '{key}' ({type(value).__name__})"
-    return f"the stage itself ({type(st).__name__})" if fails(st) else None
+    return "the stage itself" if fails(st) else None
 
 
 def submit_error(st: Stage, params: dict, exc: BaseException,
@@ -506,6 +506,12 @@ def submit_error(st: Stage, params: dict, exc: BaseException,
     what = _unsendable(st, params) if _is_pickling_error(exc) else None
     if only_pickling and what is None:
         return None
+    if what is not None and what.startswith("the stage itself"):
+        return StageSubmitError(
+            f"stage '{st.name}' could not be sent to the executor: the stage itself "
+            f"({type(st).__name__}) cannot be pickled ({type(exc).__name__}: {exc}). A "
+            f"notebook cell's stage runs in its kernel only for now: run it without an "
+            f"executor")
     if what is not None:
         return StageSubmitError(
             f"stage '{st.name}' could not be sent to the executor: its {what} cannot be "

@@ -215,3 +215,14 @@ def test_a_notebook_stage_failing_on_a_worker_says_where_in_the_cell(store_dir):
     note = "\n".join(caught.value.__notes__)
     assert f'File "{cell}", line 6, in broken\n    return {{"v": helper(1)}}' in note
     assert f'File "{cell}", line 3, in helper\n    return x / 0' in note
+
+
+def test_a_cell_stage_is_said_to_run_in_its_kernel_only(store_dir):
+    from pipelite import CellStage
+    from pipelite._execute import submit_error
+
+    cell = CellStage("cell", "x = 1", {"LOCK": threading.Lock()})
+    err = submit_error(cell, {}, TypeError("Could not serialize object"))
+    assert str(err).startswith("stage 'cell' could not be sent to the executor: the stage "
+                               "itself (CellStage) cannot be pickled")
+    assert "runs in its kernel only for now: run it without an executor" in str(err)
