@@ -716,7 +716,9 @@ class PipelinePanel(widgets.VBox):
         self.cancel_button.disabled = False
         self.cancel_button.description = "Cancel"
         self.cancel_button.layout.display = None
-        self._background = start(target, force, on_done=lambda run: self._ended(run, target))
+        self._background = start(target, force, on_done=lambda run: self._ended(run, target),
+                                 start=False)
+        self._background.start()  # kept first: a short run may end before start() returns
         if wait:
             self.wait()
             return self._last_ok

@@ -320,7 +320,7 @@ class PipeliteSession(Configurable):
 
     def start_run(self, names: list[str] | None, force: bool = False, *,
                   on_done: Callable[[BackgroundRun], None] | None = None,
-                  label: str = "from the panel") -> BackgroundRun:
+                  label: str = "from the panel", start: bool = True) -> BackgroundRun:
         """Run stages in a thread (the panel's buttons): the kernel stays free, so a Cancel
         click or Kernel -> Interrupt can stop it (``BackgroundRun.cancel``). A stage of a cell
         shows its output under that cell's badge."""
@@ -339,7 +339,9 @@ class PipeliteSession(Configurable):
 
         run = BackgroundRun(work, done, shell=self.shell)
         self.background = run
-        return run.start()
+        # start=False: the caller keeps the run before it starts (a short run may end, and
+        # call on_done, before start() returns)
+        return run.start() if start else run
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:

@@ -213,3 +213,24 @@ def test_the_session_summary_counts_the_cells_run_before_the_panel_was_shown(she
         assert "this session: 3 stages computed in " in panel.progress_text.value
     finally:
         panel.close()
+
+
+def test_a_run_that_ends_before_start_returns_leaves_no_run_behind(shell, panel, monkeypatch):
+    """A short run may end, and report, before the thread's start() returns: the panel
+    must not then keep it as its running run (Cancel shown, wait() on it, busy)."""
+    from pipelite_ipy import _background
+
+    real_start = _background.BackgroundRun.start
+
+    def start_and_finish(self):
+        real_start(self)
+        self.thread.join()  # the run is over before start() returns
+        return self
+
+    monkeypatch.setattr(_background.BackgroundRun, "start", start_and_finish)
+    run_cell(shell, "%%stage quick --define\nq = 1")
+    panel.refresh()
+    assert panel.run(["quick"], wait=False)
+    assert panel._background is None
+    assert panel.row("quick").state == "fresh"
+    assert panel.cancel_button.layout.display == "none"
