@@ -742,20 +742,13 @@ def run_facts(run_id: str) -> dict[str, Any]:
 def process_facts() -> tuple[tuple[str, str], ...]:
     """This process's part of the provenance (once per process): user, host, and a digest of
     the installed distributions (``name==version``, sorted)."""
-    import getpass
     import importlib.metadata
-    import socket
 
     import xxhash
 
-    try:
-        user = getpass.getuser()
-    except Exception:  # noqa: BLE001 - no login name (a container, an odd platform)
-        user = "?"
-    try:
-        host = socket.gethostname()
-    except OSError:
-        host = "?"
+    from ._lease import user_and_host
+
+    user, host = user_and_host()
     found = (_distribution(d) for d in importlib.metadata.distributions())
     names = {n for n in found if n is not None}
     digest = xxhash.xxh3_64_hexdigest("\n".join(sorted(names)).encode())

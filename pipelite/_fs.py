@@ -538,10 +538,13 @@ class FsspecFS(StoreFS):
             self._snap[rel] = data  # this process's own writes stay visible
 
     @property
+    def _protocols(self) -> tuple[str, ...]:
+        protocol = self.fs.protocol
+        return tuple(protocol) if isinstance(protocol, (tuple, list)) else (protocol,)
+
+    @property
     def exclusive_create(self) -> bool:
-        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (
-            self.fs.protocol,)
-        return any(p in _EXCLUSIVE_PROTOCOLS for p in protocols)
+        return any(p in _EXCLUSIVE_PROTOCOLS for p in self._protocols)
 
     def create_exclusive(self, rel: str, data: bytes) -> bool:
         path = self.path(rel)
@@ -705,16 +708,16 @@ class FsspecFS(StoreFS):
             if (partial and now - used >= grace) or (not partial and rel not in referenced):
                 remove_quietly(path)
                 freed += size
-        for folder in (os.path.join(self._cache, "tmp"),):
-            for name in os.listdir(folder) if os.path.isdir(folder) else ():
-                path = os.path.join(folder, name)
-                try:
-                    st = os.lstat(path)
-                except FileNotFoundError:
-                    continue
-                if now - st.st_mtime >= grace:
-                    remove_quietly(path)
-                    freed += st.st_size
+        tmp = os.path.join(self._cache, "tmp")
+        for name in os.listdir(tmp) if os.path.isdir(tmp) else ():
+            path = os.path.join(tmp, name)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if now - st.st_mtime >= grace:
+                remove_quietly(path)
+                freed += st.st_size
         self._cached_bytes = None
         return freed
 
@@ -722,9 +725,7 @@ class FsspecFS(StoreFS):
         """Abort multipart uploads under the store's root started ``grace`` seconds ago or
         more (an interrupted upload of a large object: invisible in listings, but billed);
         the number aborted. Only S3 has them."""
-        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (
-            self.fs.protocol,)
-        if not any(p in ("s3", "s3a") for p in protocols):
+        if not any(p in ("s3", "s3a") for p in self._protocols):
             return 0
         bucket, _, prefix = self.root.partition("/")
         aborted = 0

@@ -34,12 +34,23 @@ SETTLE = 0.5  # seconds a taker waits before reading back whose claim won
 _WARNED: set[str] = set()  # stores already told they have no conditional create
 
 
-def _owner() -> str:
+def user_and_host() -> tuple[str, str]:
+    """Who runs this process, and where ("?" for what cannot be told): a lease's owner, and
+    a record's provenance."""
     try:
         user = getpass.getuser()
-    except Exception:  # noqa: BLE001 - no user name (a container without passwd entry)
+    except Exception:  # noqa: BLE001 - no login name (a container without passwd entry)
         user = "?"
-    return f"{user}@{socket.gethostname()}:{os.getpid()}"
+    try:
+        host = socket.gethostname()
+    except OSError:
+        host = "?"
+    return user, host
+
+
+def _owner() -> str:
+    user, host = user_and_host()
+    return f"{user}@{host}:{os.getpid()}"
 
 
 class Lease:

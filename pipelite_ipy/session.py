@@ -77,6 +77,7 @@ class _Frame:
     (replacing what the cell showed), as it comes; the same interface as ``LiveOutput``."""
 
     REDRAW_EVERY = 0.25
+    error: str | None = None  # the traceback, when the run failed
 
     def __init__(self, session: "PipeliteSession", name: str, view: _CellView, label: str):
         self.session = session
@@ -120,8 +121,6 @@ class _Frame:
 
     def close(self) -> None:
         self._draw(force=True)
-
-    error: str | None = None  # the traceback, when the run failed
 
     def _draw(self, force: bool = False) -> None:
         now = time.monotonic()
