@@ -106,7 +106,10 @@ class Runner:
         reread: set[tuple[str, str]] = set()
         for _attempt in range(4):
             try:
-                return self._run(targets, force, params)
+                # a remote store's records read in bulk, once, and this run's own writes kept
+                # in that snapshot: what a stage finds under its lock is read anew
+                with self.store.metadata_snapshot():
+                    return self._run(targets, force, params)
             except CorruptInput as bad:
                 last = bad
                 key = (bad.stage, bad.record.fingerprint)
@@ -132,9 +135,8 @@ class Runner:
         # One memo of digests for the whole run, valid while no user code runs: emptied when a
         # stage executes here, refilled by the check after it (which must see in-place changes)
         memo: dict = {}
-        with self.store.metadata_snapshot():  # a remote store: its records read in bulk
-            self.graph = Graph(self.registry, self.store)  # a retry sees the store anew
-            first = check(self.graph, targets, self.base, params, memo=memo)
+        self.graph = Graph(self.registry, self.store)  # a retry sees the store anew
+        first = check(self.graph, targets, self.base, params, memo=memo)
         order = first.order
         total = sum(1 for n in order
                     if first[n].state != "fresh" or (force and n in targets))
@@ -330,7 +332,7 @@ class Runner:
         url = self.store.url
         with stage_lock(self.store, st.name, fp.digest):
             # another process may have computed it while we waited for the lock
-            rec = stored(self.store, st.name, fp, forced)
+            rec = stored(self.store, st.name, fp, forced, fresh=True)
             if rec is not None:
                 return rec, False
             RUNNING.add((url, st.name))
@@ -589,7 +591,7 @@ def compute_locked(store: Store, st: Stage, fp: Fingerprint, params: dict, upstr
     ``run``: the client's ``Runner.facts()`` (its run id and git commit)."""
     try:
         with stage_lock(store, st.name, fp.digest):
-            rec = stored(store, st.name, fp, forced)
+            rec = stored(store, st.name, fp, forced, fresh=True)
             if rec is not None:
                 return rec, False
             return compute(store, st, fp, params, upstream, None, run=run), True
@@ -670,7 +672,7 @@ def compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: Up
     try:
         record = store.write_result(record)
     except BaseException:  # no record, so no result: its objects would only take space
-        if store.record(st.name, fp.digest, cached=False) is None:  # (a warning raised as an
+        if store.record(st.name, fp.digest, cached=False, fresh=True) is None:  # (a warning as an
             store.discard_objects(created)  # error comes after the commit: keep them then)
         raise
     record = _store_after_run(store, st, fp, params, upstream, record, memo)

@@ -215,30 +215,33 @@ def _upstream_reason(name: str, up: Verdict) -> str:
     return text if root == name else f"{text} (via '{name}')"
 
 
-def stored(store: Store, name: str, fp: Fingerprint, forced: bool) -> ResultRecord | None:
+def stored(store: Store, name: str, fp: Fingerprint, forced: bool, fresh: bool = False
+           ) -> ResultRecord | None:
     """The stored result for this fingerprint, unless forced, its last run there failed, or
-    a file, module or directory it observed has changed since."""
+    a file, module or directory it observed has changed since. ``fresh``: the record as the
+    store has it now (under the stage's lock: another machine may have stored it since this
+    run's metadata snapshot)."""
     if forced:
         return None
     failure = store.failure(name)
     if failure is not None and failure.fingerprint == fp.digest:
         return None  # its last run at this fingerprint failed: try again
-    return checked_record(store, name, fp.digest)[0]
+    return checked_record(store, name, fp.digest, fresh)[0]
 
 
-def checked_record(store: Store, name: str, digest: str
+def checked_record(store: Store, name: str, digest: str, fresh: bool = False
                    ) -> tuple[ResultRecord | None, tuple[ResultRecord, list[str]] | None]:
     """The stored record for (stage, fingerprint) if its observed dependencies (files read,
     modules imported, directories listed while it ran) are unchanged; else (None, (record,
     reasons)). The one place every freshness check (status, explain, plan, run, load, and
     executor workers) validates observed dependencies."""
-    rec = store.record(name, digest)
+    rec = store.record(name, digest, fresh=fresh)
     if rec is None or not rec.observed:
         return rec, None
     reasons = _observe.changes(rec.observed)
     if reasons:
         # another process may have rerun it since this process cached the record
-        again = store.record(name, digest, cached=False)
+        again = store.record(name, digest, cached=False, fresh=True)
         if again is not None and again is not rec and again != rec:
             rec = again
             reasons = _observe.changes(rec.observed)

@@ -14,6 +14,7 @@ import os
 import re
 import stat as _stat
 import sys
+import threading
 import uuid
 from typing import Any, NamedTuple, Protocol
 
@@ -86,8 +87,9 @@ class StoreFS(Protocol):
         to open it)."""
         ...
 
-    def read_bytes(self, rel: str) -> bytes | None:
-        """The whole content of the file, or None if absent."""
+    def read_bytes(self, rel: str, fresh: bool = False) -> bytes | None:
+        """The whole content of the file, or None if absent. ``fresh``: as the store has it
+        now, never from a metadata snapshot (``FsspecFS.snapshot_begin``)."""
         ...
 
     def write_atomic(self, rel: str, data: bytes) -> None:
@@ -247,8 +249,8 @@ class LocalFS(StoreFS):
     def path(self, rel: str) -> str:
         return self._abs(rel)
 
-    def read_bytes(self, rel: str) -> bytes | None:
-        path = self._abs(rel)
+    def read_bytes(self, rel: str, fresh: bool = False) -> bytes | None:
+        path = self._abs(rel)  # (always fresh: a local store keeps no snapshot)
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except (FileNotFoundError, NotADirectoryError):
@@ -422,14 +424,32 @@ class FsspecFS(StoreFS):
         self._cache = os.path.join(base, key)
         self.cache_limit = cache_limit_from_env()  # bytes of local copies kept (LRU)
         self._cached_bytes: int | None = None  # what the cache holds, once counted
+        self._snaps = {}
+        # s3fs asks for an object's size (a HEAD) before reading it, to split big reads: a
+        # metadata file is small, so it is read in one GET
+        self._s3 = "s3" in self._protocols and hasattr(self.fs, "call_s3")
+        self._small_read: dict[str, Any] = {"max_concurrency": 1} if self._s3 else {}
 
     def path(self, rel: str) -> str:
         return f"{self.root}/{check_rel(rel)}"
 
+    def __getstate__(self) -> dict[str, Any]:
+        # sent to a worker without the client's snapshot (a run holds one while it runs)
+        state = self.__dict__.copy()
+        state["_snaps"] = {}
+        return state
+
     # -- metadata in bulk: one listing, parallel reads ------------------------------------------
-    _snap: dict[str, bytes | None] | None = None  # rel -> its bytes, while a snapshot is on
     _snap_prefix = "records/"
-    _snap_depth = 0
+    _snaps: dict[int, list[Any]]  # thread id -> [depth, {rel: its bytes} or None]
+
+    @property
+    def _snap(self) -> dict[str, bytes | None] | None:
+        """This thread's snapshot (rel -> its bytes, None until fetched), while one is on. A
+        snapshot belongs to the thread that took it: a run in a background thread (the
+        panel's) holds one for its whole length, and a status() elsewhere reads anew."""
+        entry = self._snaps.get(threading.get_ident())
+        return None if entry is None else entry[1]
 
     def snapshot_begin(self, prefix: str = "records") -> None:
         """Read every metadata file under ``prefix`` at once: one recursive listing (1,000
@@ -438,8 +458,12 @@ class FsspecFS(StoreFS):
         answered from it: a check of 500 stages makes a few requests instead of ~2,000.
         A file written meanwhile by another process is not seen (the state is the listing's,
         a moment old); nothing else changes."""
-        self._snap_depth += 1
-        if self._snap_depth > 1 or not BULK_METADATA:
+        entry = self._snaps.get(threading.get_ident())
+        if entry is not None:
+            entry[0] += 1
+            return
+        if not BULK_METADATA:
+            self._snaps[threading.get_ident()] = [1, None]
             return
         base = self.path(prefix)
         try:
@@ -470,7 +494,7 @@ class FsspecFS(StoreFS):
         missing = [self.path(rel) for rel, data in snap.items() if data is None]
         if missing:
             try:
-                fetched = self.fs.cat(missing, on_error="omit")
+                fetched = self.fs.cat(missing, on_error="omit", **self._small_read)
             except (FileNotFoundError, OSError):
                 fetched = {}
             for path, content in fetched.items():
@@ -481,7 +505,7 @@ class FsspecFS(StoreFS):
                 self._write_index(prefix, {rel: snap[rel] for rel in etags
                                            if snap.get(rel) is not None})
         self._snap_prefix = prefix.rstrip("/") + "/"
-        self._snap = snap
+        self._snaps[threading.get_ident()] = [1, snap]
 
     def _index_rel(self, prefix: str) -> str:
         return f"index/{prefix.strip('/')}.json"
@@ -490,7 +514,7 @@ class FsspecFS(StoreFS):
         """The last snapshot's file contents, ``{rel: text}``: a cache, trusted for a file
         only when its MD5 is the ETag the listing gives now (anything else is read again)."""
         try:
-            data = self.fs.cat_file(self.path(self._index_rel(prefix)))
+            data = self.fs.cat_file(self.path(self._index_rel(prefix)), **self._small_read)
             index = json.loads(data)
         except (FileNotFoundError, OSError, ValueError):
             return {}
@@ -511,31 +535,41 @@ class FsspecFS(StoreFS):
             pass
 
     def snapshot_end(self) -> None:
-        self._snap_depth = max(0, self._snap_depth - 1)
-        if self._snap_depth == 0:
-            self._snap = None
+        me = threading.get_ident()
+        entry = self._snaps.get(me)
+        if entry is not None:
+            entry[0] -= 1
+            if entry[0] <= 0:
+                del self._snaps[me]
 
-    def _snapped(self, rel: str) -> bool:
-        return self._snap is not None and rel.startswith(self._snap_prefix)
-
-    def read_bytes(self, rel: str) -> bytes | None:
+    def read_bytes(self, rel: str, fresh: bool = False) -> bytes | None:
         snap = self._snap
-        if snap is not None and rel.startswith(self._snap_prefix):
+        snapped = snap is not None and rel.startswith(self._snap_prefix)
+        if snapped and not fresh:
+            assert snap is not None
             if rel not in snap:
                 return None
             data = snap[rel]
             if data is not None:
                 return data
         try:
-            return self.fs.cat_file(self.path(rel))
+            data = self.fs.cat_file(self.path(rel), **self._small_read)
         except (FileNotFoundError, OSError):
-            return None
+            data = None
+        if snapped and fresh:  # what is there now: the snapshot knows it too
+            assert snap is not None
+            if data is None:
+                snap.pop(rel, None)
+            else:
+                snap[rel] = data
+        return data
 
     def write_atomic(self, rel: str, data: bytes) -> None:
         # a single object PUT is atomic on object stores; memory:// and local are dict/rename
         self.fs.pipe_file(self.path(rel), data)
-        if self._snap is not None and self._snapped(rel):
-            self._snap[rel] = data  # this process's own writes stay visible
+        snap = self._snap
+        if snap is not None and rel.startswith(self._snap_prefix):
+            snap[rel] = data  # this thread's own writes stay visible
 
     @property
     def _protocols(self) -> tuple[str, ...]:
@@ -591,8 +625,9 @@ class FsspecFS(StoreFS):
             return []
 
     def delete(self, rel: str) -> None:
-        if self._snap is not None and self._snapped(rel):
-            self._snap.pop(rel, None)
+        snap = self._snap
+        if snap is not None and rel.startswith(self._snap_prefix):
+            snap.pop(rel, None)
         try:
             self.fs.rm_file(self.path(rel))
         except (FileNotFoundError, OSError):
@@ -610,8 +645,13 @@ class FsspecFS(StoreFS):
         remove_quietly(os.path.join(self._cache, check_rel(rel)))
 
     def size(self, rel: str) -> int | None:
+        path = self.path(rel)
         try:
-            return self.fs.size(self.path(rel))
+            if self._s3:  # one HEAD; fs.size would also list the key as a folder when absent
+                bucket, key, _ = self.fs.split_path(path)
+                return int(self.fs.call_s3("head_object", Bucket=bucket, Key=key)
+                           ["ContentLength"])
+            return self.fs.size(path)
         except (FileNotFoundError, OSError):
             return None
 

@@ -112,6 +112,20 @@ SMALL_CACHE_FILES = 4096
 _IMMUTABLE_SCALARS = frozenset({int, float, complex, bool, str, bytes, type(None)})
 
 
+def _parse_json(data: bytes) -> Any:
+    """A record file's JSON; ``BadRecord`` if it is not JSON at all."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        raise BadRecord(f"it is not JSON ({type(exc).__name__})") from None
+
+
+def _content_stamp(data: bytes) -> tuple:
+    """A remote record's version, from its bytes (an object store has no cheap stamp: the
+    record is fetched whole, one request, and parsed again only if its bytes changed)."""
+    return (len(data), xxhash.xxh3_64_intdigest(data))
+
+
 def _is_committed_record(name: str) -> bool:
     """A file of a stage's record folder that a writer has committed (not a temporary one)."""
     return name in ("LATEST", "FAILED.json") or (
@@ -245,12 +259,7 @@ class Store:
     def _read_json(self, rel: str) -> Any:
         """The JSON in ``rel``, or None if absent; ``BadRecord`` if it is not JSON at all."""
         data = self._fs.read_bytes(rel)
-        if data is None:
-            return None
-        try:
-            return json.loads(data)
-        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
-            raise BadRecord(f"it is not JSON ({type(exc).__name__})") from None
+        return None if data is None else _parse_json(data)
 
     def _report(self, rel: str, why: str, stamp: Any = None) -> None:
         """Say once per version of the file that a record is corrupt and ignored."""
@@ -263,25 +272,35 @@ class Store:
         warn_user(f"ignoring the corrupt record {self._fs.root}/{rel}: {why}. Its stage will "
                   f"recompute; delete the file to make this warning go away")
 
-    def record(self, stage: str, fingerprint: str, *, cached: bool = True
-               ) -> ResultRecord | None:
+    def record(self, stage: str, fingerprint: str, *, cached: bool = True,
+               fresh: bool = False) -> ResultRecord | None:
         """The stored record of ``stage`` for ``fingerprint``, or None (also when the record is
         malformed: reported once, and ignored).
 
         Records are cached in memory while their file is unchanged (local stores compare
         inode, size and mtime: a record rewritten by another process is read again);
-        ``cached=False`` reads the file regardless."""
+        ``cached=False`` reads the file regardless. ``fresh``: as the store has it now, not as
+        a metadata snapshot taken earlier in this run saw it (a remote store; a local one is
+        always read as it is now)."""
         rel = self._record_rel(stage, fingerprint)
         stamp = None
         try:
-            stamp = self._fs.stamp(rel)
+            data = None
+            if self._fs.local_root is None:  # an object store: one GET says whether and what
+                data = self._fs.read_bytes(rel, fresh=fresh)
+                stamp = None if data is None else _content_stamp(data)
+            else:
+                stamp = self._fs.stamp(rel)
             if stamp is None:
                 self._records.pop(rel, None)
                 return None
             hit = self._records.get(rel)
             if cached and hit is not None and hit[0] == stamp:
                 return hit[1]
-            rec = ResultRecord.from_json(self._read_json(rel), stage, fingerprint)
+            if data is None:
+                data = self._fs.read_bytes(rel)
+            rec = ResultRecord.from_json(None if data is None else _parse_json(data),
+                                         stage, fingerprint)
         except (BadRecord, UnsafeStorePathError) as exc:
             self._records.pop(rel, None)
             self._report(rel, str(exc), stamp)
@@ -418,7 +437,7 @@ class Store:
             if err is not None:
                 raise err from exc
             raise
-        stamp = self._fs.stamp(rel)
+        stamp = self._fs.stamp(rel) if self._fs.local_root is not None else _content_stamp(data)
         if stamp is not None:
             self._records[rel] = (stamp, record)
         # the record is the commit point: failing the LATEST hint (latest() then lists the

@@ -3,8 +3,10 @@
 local copy of an object checked like a local file, ..."""
 from __future__ import annotations
 
+import collections
 import json
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -15,7 +17,7 @@ import warnings
 
 import pytest
 
-from pipelite import Pipeline, PipeliteWarning, Store, _lease, stage
+from pipelite import Pipeline, PipeliteWarning, Store, _lease, events, stage
 
 pytest.importorskip("s3fs")
 
@@ -488,6 +490,79 @@ def test_a_record_written_after_the_index_is_seen(s3_url, options):
     later = dict((n, s) for n, s, *_ in _states(
         Pipeline(store=Store(s3_url, storage_options=options))))
     assert later == {"m0": "fresh", "m1": "fresh"}
+
+
+def test_a_first_run_makes_a_few_requests_a_stage(s3_url, options):
+    """Metadata reads in a run: the records come from the run's one snapshot, a record or a
+    claim is read in one GET (s3fs would first HEAD it for its size), an object's size in one
+    HEAD (fs.size would also list the key as a folder when it is absent)."""
+    _many(20)
+    pipeline = Pipeline(store=Store(s3_url, storage_options=options))
+    seen = _s3_requests(pipeline.store)
+    pipeline.run()
+    # per stage: lease create, record re-read under it, object HEAD + PUT, record + LATEST
+    # PUT, FAILED.json DELETE, lease read + DELETE; and the snapshot's few, once
+    assert len(seen) <= 20 * 9 + 5, collections.Counter(seen)
+    assert dict((n, s) for n, s, *_ in _states(pipeline)) == {f"m{i}": "fresh"
+                                                                for i in range(20)}
+
+
+def test_a_result_stored_elsewhere_after_the_runs_snapshot_is_found_under_the_lease(
+        s3_url, options):
+    """The run reads the records once, at its start; a machine that stores a stage's result
+    after that must not make this run compute it again: under the lease, the record is read
+    as the store has it now."""
+    @stage(outputs="v")
+    def shared():
+        return 7
+
+    elsewhere = Pipeline(store=Store(s3_url, storage_options=options))
+    started: list[str] = []
+    nested: list[bool] = []
+
+    def meanwhile(event):  # the run has read the records: another machine stores the result
+        if event.kind == "started":
+            started.append(event.stage)
+        if event.kind == "run_started" and not nested:
+            nested.append(True)
+            elsewhere.run("shared")
+
+    unsubscribe = events.subscribe(meanwhile)
+    try:
+        result = Pipeline(store=Store(s3_url, storage_options=options)).run("shared")
+    finally:
+        unsubscribe()
+    assert started == ["shared"]  # computed once, by the other machine
+    assert result["v"] == 7
+
+
+def test_a_snapshot_belongs_to_the_thread_that_took_it(s3_url, options):
+    """A run in the panel's thread holds a snapshot for its whole length: a status() in the
+    kernel's thread meanwhile must see what other machines stored since, and a store sent to
+    a worker carries none."""
+    store = Store(s3_url, storage_options=options)
+    fs = store._fs
+    fs.write_atomic("records/a/LATEST", b"old")
+    taken, release = threading.Event(), threading.Event()
+
+    def holder():
+        with store.metadata_snapshot():
+            taken.set()
+            release.wait(10)
+            assert fs.read_bytes("records/a/LATEST") == b"old"  # its own view, kept
+
+    t = threading.Thread(target=holder)
+    t.start()
+    taken.wait(10)
+    try:
+        Store(s3_url, storage_options=options)._fs.write_atomic("records/a/LATEST", b"new")
+        assert fs.read_bytes("records/a/LATEST") == b"new"  # this thread: as it is now
+        sent = pickle.loads(pickle.dumps(fs))
+        assert sent._snaps == {}
+        assert sent.read_bytes("records/a/LATEST") == b"new"
+    finally:
+        release.set()
+        t.join(10)
 
 
 def test_switching_the_store_keeps_the_sessions_executor(ip, tmp_path):
