@@ -7,6 +7,7 @@ a filesystem only moves bytes, under one root, by store-relative paths made of p
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -16,7 +17,7 @@ import stat as _stat
 import sys
 import threading
 import uuid
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Iterator, NamedTuple, Protocol
 
 import xxhash
 
@@ -395,7 +396,13 @@ class LocalFS(StoreFS):
         return [self.root]
 
 
-_MD5_ETAG = re.compile(r"[0-9a-f]{32}")  # a single-part S3 object's ETag: its content's MD5
+_MD5_ETAG = re.compile(r"[0-9a-f]{32}")
+_TOKEN = re.compile(r"[0-9a-f]{32}")  # a generation token (uuid4().hex)
+_GENERATION = "index/generation"
+# metadata files this process wrote to remote stores, newest last: (store url, rel) -> bytes
+_WRITTEN: dict[tuple[str, str], bytes] = {}
+_WRITTEN_LOCK = threading.Lock()
+_REMEMBERED = 20_000  # records are 1-2 KB  # a single-part S3 object's ETag: its content's MD5
 BULK_METADATA = True  # snapshots on (benchmarks turn it off to measure the difference)
 
 # filesystems whose "create" write is atomic against other writers: S3 (and moto) honour
@@ -425,6 +432,7 @@ class FsspecFS(StoreFS):
         self.cache_limit = cache_limit_from_env()  # bytes of local copies kept (LRU)
         self._cached_bytes: int | None = None  # what the cache holds, once counted
         self._snaps = {}
+        self._batches: dict[int, list[Any]] = {}  # thread id -> [depth, changed]
         # s3fs asks for an object's size (a HEAD) before reading it, to split big reads: a
         # metadata file is small, so it is read in one GET
         self._s3 = "s3" in self._protocols and hasattr(self.fs, "call_s3")
@@ -436,7 +444,7 @@ class FsspecFS(StoreFS):
     def __getstate__(self) -> dict[str, Any]:
         # sent to a worker without the client's snapshot (a run holds one while it runs)
         state = self.__dict__.copy()
-        state["_snaps"] = {}
+        state.update(_snaps={}, _batches={})
         return state
 
     # -- metadata in bulk: one listing, parallel reads ------------------------------------------
@@ -452,12 +460,17 @@ class FsspecFS(StoreFS):
         return None if entry is None else entry[1]
 
     def snapshot_begin(self, prefix: str = "records") -> None:
-        """Read every metadata file under ``prefix`` at once: one recursive listing (1,000
-        keys a request on S3), then all of them fetched in parallel (``fs.cat`` of many
-        paths). Until ``snapshot_end``, reads, stamps and listings under ``prefix`` are
-        answered from it: a check of 500 stages makes a few requests instead of ~2,000.
-        A file written meanwhile by another process is not seen (the state is the listing's,
-        a moment old); nothing else changes."""
+        """Read every metadata file under ``prefix`` at once. Until ``snapshot_end``, reads,
+        stamps and listings under ``prefix`` in this thread are answered from it: a check of
+        500 stages makes a few requests instead of ~2,000. A file written meanwhile by another
+        process is not seen (the state is a moment old); this thread's own writes are.
+
+        The index (``index/records.json``) holds every file's content as of one generation
+        (``index/generation``, a token every change under ``prefix`` replaces). When it is
+        the generation there now, two small reads are the whole check; otherwise one
+        recursive listing (1,000 keys a request on S3) says what is there, the index's
+        content is kept where the listing's ETag (the content's MD5) vouches for it, the rest
+        is fetched in parallel (``fs.cat`` of many paths), and the index is written anew."""
         entry = self._snaps.get(threading.get_ident())
         if entry is not None:
             entry[0] += 1
@@ -465,6 +478,32 @@ class FsspecFS(StoreFS):
         if not BULK_METADATA:
             self._snaps[threading.get_ident()] = [1, None]
             return
+        self._snap_prefix = prefix.rstrip("/") + "/"
+        generation = self._read_generation()  # before the listing: a change after it shows
+        index = self._read_index(prefix)
+        if generation is not None and index.get("generation") == generation:
+            snap = self._from_index(index)
+        else:
+            snap = self._from_listing(prefix, index, generation or self._bump())
+        self._snaps[threading.get_ident()] = [1, snap]
+
+    def _from_index(self, index: dict[str, Any]) -> dict[str, bytes | None]:
+        """The snapshot an index of the current generation gives. Its names are checked like
+        any path read from the store; a file whose content it does not hold is read when
+        asked for."""
+        snap: dict[str, bytes | None] = {}
+        for rel, text in index["files"].items():
+            if not isinstance(rel, str) or not rel.startswith(self._snap_prefix):
+                continue
+            try:
+                check_rel(rel)
+            except UnsafeStorePathError:
+                continue
+            snap[rel] = text.encode() if isinstance(text, str) else None
+        return snap
+
+    def _from_listing(self, prefix: str, index: dict[str, Any], generation: str | None
+                      ) -> dict[str, bytes | None]:
         base = self.path(prefix)
         try:
             self.fs.invalidate_cache(base)
@@ -482,15 +521,16 @@ class FsspecFS(StoreFS):
             etag = str(info.get("ETag") or "").strip('"')
             if _MD5_ETAG.fullmatch(etag):
                 etags[rel] = etag
-        # what the index remembers, for the files whose ETag (the MD5 of their content, on
-        # S3) is the one listed now and matches the content it holds: read no further
-        remembered = self._read_index(prefix)
+        # what the index or this process's own writes remember, for the files whose ETag
+        # (the MD5 of their content, on S3) is the one listed now: read no further
+        remembered = index["files"]
         for rel, etag in etags.items():
-            text = remembered.get(rel)
-            if isinstance(text, str):
-                data = text.encode()
-                if hashlib.md5(data, usedforsecurity=False).hexdigest() == etag:
+            for known in (_WRITTEN.get((self.url, rel)), remembered.get(rel)):
+                data = known.encode() if isinstance(known, str) else known
+                if isinstance(data, bytes) and \
+                        hashlib.md5(data, usedforsecurity=False).hexdigest() == etag:
                     snap[rel] = data
+                    break
         missing = [self.path(rel) for rel, data in snap.items() if data is None]
         if missing:
             try:
@@ -501,38 +541,90 @@ class FsspecFS(StoreFS):
                 rel = path[start:] if path.startswith(self.root + "/") else ""
                 if rel in snap and isinstance(content, bytes):
                     snap[rel] = content
-            if etags:
-                self._write_index(prefix, {rel: snap[rel] for rel in etags
-                                           if snap.get(rel) is not None})
-        self._snap_prefix = prefix.rstrip("/") + "/"
-        self._snaps[threading.get_ident()] = [1, snap]
+        if missing or index.get("generation") != generation:
+            self._write_index(prefix, snap, generation)
+        return snap
 
     def _index_rel(self, prefix: str) -> str:
         return f"index/{prefix.strip('/')}.json"
 
     def _read_index(self, prefix: str) -> dict[str, Any]:
-        """The last snapshot's file contents, ``{rel: text}``: a cache, trusted for a file
-        only when its MD5 is the ETag the listing gives now (anything else is read again)."""
+        """``{"generation": token, "files": {rel: text or None}}`` as the last snapshot
+        wrote it, or an empty one if there is none (or it is not an index)."""
         try:
             data = self.fs.cat_file(self.path(self._index_rel(prefix)), **self._small_read)
             index = json.loads(data)
         except (FileNotFoundError, OSError, ValueError):
-            return {}
-        files = index.get("files") if isinstance(index, dict) else None
-        return files if isinstance(files, dict) else {}
+            index = None
+        if not isinstance(index, dict) or not isinstance(index.get("files"), dict):
+            return {"generation": None, "files": {}}
+        return index
 
-    def _write_index(self, prefix: str, contents: dict[str, bytes | None]) -> None:
-        files = {}
+    def _write_index(self, prefix: str, contents: dict[str, bytes | None],
+                     generation: str | None) -> None:
+        if generation is None:
+            return  # the generation cannot be told: an index would never be used
+        files: dict[str, str | None] = {}
         for rel, data in contents.items():
             try:
                 files[rel] = data.decode() if data is not None else None
             except UnicodeDecodeError:
-                continue  # not text: not worth remembering
-        try:  # best effort: two writers race harmlessly, the ETag check keeps it honest
+                files[rel] = None  # not text: read when asked for
+        try:  # best effort: a change since the listing has replaced the generation already
             self.fs.pipe_file(self.path(self._index_rel(prefix)),
-                              json.dumps({"files": files}).encode())
+                              json.dumps({"generation": generation, "files": files}).encode())
         except OSError:
             pass
+
+    # -- the generation: replaced after every change under records/ --------------------------
+    def _read_generation(self) -> str | None:
+        try:
+            data = self.fs.cat_file(self.path(_GENERATION), **self._small_read)
+        except (FileNotFoundError, OSError):
+            return None
+        token = data.decode("ascii", "replace").strip()
+        return token if _TOKEN.fullmatch(token) else None
+
+    def _bump(self) -> str | None:
+        """A new generation: an index written before this change is no longer used. None if
+        it could not be written (then every check lists)."""
+        token = uuid.uuid4().hex
+        try:
+            self.fs.pipe_file(self.path(_GENERATION), token.encode())
+        except OSError:
+            try:  # an index that cannot be outdated must not stay
+                self.fs.rm_file(self.path(self._index_rel(self._snap_prefix)))
+            except (FileNotFoundError, OSError):
+                pass
+            return None
+        return token
+
+    def _changed(self, rel: str) -> None:
+        """After a write, delete or move under records/: a new generation, now or, within
+        ``changes()``, once at its end."""
+        if not rel.startswith(self._snap_prefix):
+            return
+        batch = self._batches.get(threading.get_ident())
+        if batch is not None:
+            batch[1] = True
+        else:
+            self._bump()
+
+    @contextlib.contextmanager
+    def changes(self) -> Iterator[None]:
+        """Several changes under records/ (a result's record, its LATEST pointer, its
+        FAILED.json) make one new generation, at the end (also when one of them fails)."""
+        me = threading.get_ident()
+        batch = self._batches.setdefault(me, [0, False])
+        batch[0] += 1
+        try:
+            yield
+        finally:
+            batch[0] -= 1
+            if batch[0] == 0:
+                del self._batches[me]
+                if batch[1]:
+                    self._bump()
 
     def snapshot_end(self) -> None:
         me = threading.get_ident()
@@ -567,6 +659,9 @@ class FsspecFS(StoreFS):
     def write_atomic(self, rel: str, data: bytes) -> None:
         # a single object PUT is atomic on object stores; memory:// and local are dict/rename
         self.fs.pipe_file(self.path(rel), data)
+        if rel.startswith(self._snap_prefix):
+            self._remember(rel, data)
+        self._changed(rel)
         snap = self._snap
         if snap is not None and rel.startswith(self._snap_prefix):
             snap[rel] = data  # this thread's own writes stay visible
@@ -628,10 +723,14 @@ class FsspecFS(StoreFS):
         snap = self._snap
         if snap is not None and rel.startswith(self._snap_prefix):
             snap.pop(rel, None)
+        with _WRITTEN_LOCK:
+            _WRITTEN.pop((self.url, rel), None)
         try:
             self.fs.rm_file(self.path(rel))
         except (FileNotFoundError, OSError):
             pass
+        finally:
+            self._changed(rel)
         remove_quietly(os.path.join(self._cache, check_rel(rel)))
 
     def remove_empty_folder(self, rel: str) -> None:
@@ -641,8 +740,23 @@ class FsspecFS(StoreFS):
         return True  # content-addressed and written whole by one PUT: the size says enough
 
     def move(self, rel: str, dest_rel: str) -> None:
-        self.fs.mv(self.path(rel), self.path(dest_rel))
+        with _WRITTEN_LOCK:
+            _WRITTEN.pop((self.url, rel), None)
+        try:
+            self.fs.mv(self.path(rel), self.path(dest_rel))
+        finally:
+            self._changed(rel if rel.startswith(self._snap_prefix) else dest_rel)
         remove_quietly(os.path.join(self._cache, check_rel(rel)))
+
+    def _remember(self, rel: str, data: bytes) -> None:
+        """This process wrote ``data`` at ``rel``: the next listing (by any ``Store`` of this
+        URL in this process) that shows it with that content's ETag need not fetch it."""
+        key = (self.url, rel)
+        with _WRITTEN_LOCK:
+            _WRITTEN.pop(key, None)
+            _WRITTEN[key] = data
+            while len(_WRITTEN) > _REMEMBERED:
+                del _WRITTEN[next(iter(_WRITTEN))]
 
     def size(self, rel: str) -> int | None:
         path = self.path(rel)

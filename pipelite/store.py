@@ -322,6 +322,12 @@ class Store:
         finally:
             fs.snapshot_end()
 
+    def _changes(self) -> contextlib.AbstractContextManager[None]:
+        """Several changes to records as one: a remote store's readers learn of them once
+        (``FsspecFS.changes``)."""
+        fs = self._fs
+        return fs.changes() if isinstance(fs, FsspecFS) else contextlib.nullcontext()
+
     def local_dirs(self) -> list[str]:
         """Local folders the store owns (its root, or its download cache): what a stage reads
         there is PipeLite's doing, not a dependency of the stage."""
@@ -429,6 +435,11 @@ class Store:
         ResultRecord.from_json(body, stage, fingerprint)  # never write what cannot be read back
         record = replace(record, signature=signature(body))
         data = _record_text(record.to_json()).encode()
+        with self._changes():
+            return self._commit_record(record, data)
+
+    def _commit_record(self, record: ResultRecord, data: bytes) -> ResultRecord:
+        stage, fingerprint = record.stage, record.fingerprint
         rel = self._record_rel(stage, fingerprint)
         try:
             self._fs.write_atomic(rel, data)
@@ -508,10 +519,11 @@ class Store:
             self._records.pop(key, None)
         if not self._fs.renames_folders:  # an object store: committed files only, one by one
             count = 0
-            for name in names:
-                if _is_committed_record(name):
-                    count += name != "FAILED.json" and name != "LATEST"
-                    self._fs.delete(f"{folder}/{name}")
+            with self._changes():
+                for name in names:
+                    if _is_committed_record(name):
+                        count += name != "FAILED.json" and name != "LATEST"
+                        self._fs.delete(f"{folder}/{name}")
             return count
         if not names:
             return 0
@@ -851,10 +863,11 @@ class Store:
                                        f"seconds, at least 0")
         now = time.time()
         removed_records = 0
-        for stage in self.stages():
-            for rec in self.records_of(stage)[keep:]:
-                self.drop_record(stage, rec.fingerprint)
-                removed_records += 1
+        with self._changes():
+            for stage in self.stages():
+                for rec in self.records_of(stage)[keep:]:
+                    self.drop_record(stage, rec.fingerprint)
+                    removed_records += 1
         # Objects are listed before the records are read: a record committed after that names
         # objects written after the listing or within the grace period, never collected here.
         removed_objects = freed = 0
