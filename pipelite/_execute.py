@@ -42,7 +42,7 @@ from .errors import (
 from .fingerprint import Fingerprint, fingerprint_of, warn_user
 from .formats import format_named
 from .present import user_frames
-from .stage import REQUIRED, Stage
+from .stage import REQUIRED, CellStage, Stage
 from .store import FailureRecord, InputRecord, OutputRecord, ResultRecord, Store
 
 __all__ = ["RunResult", "Runner", "compute", "compute_locked", "run_facts"]
@@ -55,11 +55,15 @@ class RunResult(dict):
     ``records`` holds each target stage's stored record."""
 
     def __init__(self, values: Mapping[str, Any], executed: list[str], skipped: list[str],
-                 records: Mapping[str, ResultRecord] | None = None):
+                 records: Mapping[str, ResultRecord] | None = None,
+                 elsewhere: Mapping[str, dict[str, Any]] | None = None):
         super().__init__(values)
         self.executed = executed
         self.skipped = skipped
         self.records = dict(records or {})
+        # notebook cells that an executor ran in another process: {stage: {artifact: value}},
+        # for the kernel to bind as if the cell had run there
+        self.elsewhere = dict(elsewhere or {})
 
 
 class CorruptInput(Exception):
@@ -89,6 +93,7 @@ class Runner:
         self.executor = executor
         self.run_id: str | None = None  # one per run() call, in every record it writes
         self._facts: dict[str, Any] | None = None  # the run's provenance, once a stage runs
+        self._sent: dict[str, Stage] = {}  # stages sent to the executor in another form
 
     def facts(self) -> dict[str, Any]:
         """The run's part of each record's provenance (its id, the git commit): worked out
@@ -146,13 +151,15 @@ class Runner:
         computed: dict[str, dict[str, Any]] = {}  # a target's outputs, as it returned them
         executed: list[str] = []
         skipped: list[str] = []
+        elsewhere: dict[str, ResultRecord] = {}  # notebook cells that ran in another process
+        self._sent.clear()
         try:
             if self.executor is None:
                 self._run_here(first, targets, force, params, memo, total, done, executed,
                                skipped, computed)
             else:
                 self._run_on_executor(first, targets, force, params, memo, total, done,
-                                      executed, skipped)
+                                      executed, skipped, elsewhere)
             values = {}
             for name in targets:
                 mine = computed.get(name, {})  # filled only if the stage ran here
@@ -161,9 +168,13 @@ class Runner:
                         values[out] = mine[out]  # saved, and the file would give it back
                     else:  # arrays (read-only maps), other processes' results, hits
                         values[out] = load_input(self.store, name, done[name], info)
+            cells = {name: {out: values[out] if name in targets and out in values
+                            else load_input(self.store, name, rec, info)
+                            for out, info in rec.outputs.items()}
+                     for name, rec in elsewhere.items()}
         finally:
             events.emit("run_finished", None, url, len(executed), total)
-        return RunResult(values, executed, skipped, {t: done[t] for t in targets})
+        return RunResult(values, executed, skipped, {t: done[t] for t in targets}, cells)
 
     def _run_here(self, first: Check, targets: list[str], force: bool, params: Params | None,
                   memo: dict, total: int, done: dict[str, ResultRecord], executed: list[str],
@@ -213,9 +224,10 @@ class Runner:
     def _run_on_executor(self, first: Check, targets: list[str], force: bool,
                          params: Params | None, memo: dict, total: int,
                          done: dict[str, ResultRecord], executed: list[str],
-                         skipped: list[str]) -> None:
+                         skipped: list[str], elsewhere: dict[str, ResultRecord]) -> None:
         """Submit each stage to the executor once what it needs is done; several may run
-        at once."""
+        at once. ``elsewhere`` gets the records of the notebook cells that ran in another
+        process (their outputs are not in the kernel's namespace yet)."""
         __tracebackhide__ = True
         url = self.store.url
         if total and _is_dask(self.executor):
@@ -260,13 +272,16 @@ class Runner:
                 try:
                     rec, ran = future.result()
                 except Exception as exc:
-                    sending = submit_error(st, {}, exc, only_pickling=True)
+                    sending = submit_error(self._sent.get(name, st), {}, exc,
+                                           only_pickling=True)
                     if sending is None:
                         _note_worker_frames(exc, st)
                         raise
                     raise sending from exc  # it could not be sent (pickled) to the worker
                 if ran:
                     self.registry.learn_outputs(st, rec.outputs)
+                    if name in self._sent and isinstance(st, CellStage):
+                        elsewhere[name] = rec
             except BaseException as exc:  # noqa: BLE001 - re-raised once in-flight work ends
                 RUNNING.discard((url, name))
                 if isinstance(exc, RunCancelled):
@@ -363,15 +378,18 @@ class Runner:
         events.emit("started", st.name, url, index, total, reason=reason)
         # dask would otherwise dedupe "identical" calls by key: every submission is a new run
         extra = {"pure": False} if _is_dask(self.executor) else {}
+        sent = st if _in_process(self.executor) else st.for_worker()
         try:
-            future = self.executor.submit(compute_locked, self.store, st, fp, params,
+            future = self.executor.submit(compute_locked, self.store, sent, fp, params,
                                           upstream, forced, self.facts(), **extra)
         except Exception as exc:  # noqa: BLE001 - a shut-down pool, an unpicklable global
             RUNNING.discard((url, st.name))  # not left "running" forever
-            err = submit_error(st, params, exc)
+            err = submit_error(sent, params, exc)
             assert err is not None  # (only_pickling=False always gives one)
             events.emit("failed", st.name, url, index, total, error=str(err))
             raise err from exc
+        if sent is not st:
+            self._sent[st.name] = sent
         future.add_done_callback(lambda f, name=st.name: finished.put((name, f)))
 
 
@@ -492,6 +510,9 @@ def _unsendable(st: Stage, params: dict) -> str | None:
                 continue
             if fails(value):
                 return f"closure variable '{name}' ({type(value).__name__})"
+    for name, value in getattr(st, "values", {}).items():  # a notebook cell's globals
+        if fails(value):
+            return f"global '{name}' ({type(value).__name__})"
     for key, value in params.items():
         if fails(value):
             return f"parameter '{key}' ({type(value).__name__})"
@@ -511,9 +532,8 @@ def submit_error(st: Stage, params: dict, exc: BaseException,
     if what is not None and what.startswith("the stage itself"):
         return StageSubmitError(
             f"stage '{st.name}' could not be sent to the executor: the stage itself "
-            f"({type(st).__name__}) cannot be pickled ({type(exc).__name__}: {exc}). A "
-            f"notebook cell's stage runs in its kernel only for now: run it without an "
-            f"executor")
+            f"({type(st).__name__}) cannot be pickled ({type(exc).__name__}: {exc}): run it "
+            f"without an executor (Pipeline(executor=None), or %pipelite executor none)")
     if what is not None:
         return StageSubmitError(
             f"stage '{st.name}' could not be sent to the executor: its {what} cannot be "
@@ -554,6 +574,14 @@ def _why(first: Check, name: str, forced: bool) -> str:
         return "forced"
     reasons = first[name].reasons
     return reasons[0] if reasons else "a stage it reads from ran and changed its inputs"
+
+
+def _in_process(executor: Any) -> bool:
+    """Whether the executor runs stages in this process (a thread pool): a notebook cell then
+    runs in the kernel's namespace itself, as without an executor."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return isinstance(executor, ThreadPoolExecutor)
 
 
 def _is_dask(executor: Any) -> bool:
@@ -687,6 +715,8 @@ def _store_after_run(store: Store, st: Stage, fp: Fingerprint, params: dict,
     """A stage may change what it reads while it runs (a memo cache in a helper's default, an
     import inside it, a global it appends to): store the result for the state after the run
     too, or the stage would look stale right after running."""
+    if not st.rechecks_after_run:
+        return record
     after = fingerprint_of(st, params, _input_hashes(upstream), memo)
     if after.digest == fp.digest:
         return record

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -238,9 +239,9 @@ def _run_notebook(args: argparse.Namespace) -> int:
         print(_EMPTY_STORE, file=sys.stderr)
         return 2
     if store is not None:
-        is_remote, path = parse_location(store)
+        is_remote, where = parse_location(store)
         if not is_remote:
-            store = os.path.abspath(os.path.expanduser(path))
+            store = os.path.abspath(os.path.expanduser(where))
     if args.output:
         folder = os.path.dirname(os.path.abspath(args.output))
         if not os.path.isdir(folder):  # before the notebook runs, not after
@@ -257,7 +258,11 @@ def _run_notebook(args: argparse.Namespace) -> int:
                             resources={"metadata": {"path": os.path.dirname(path)}})
     try:
         # as Jupyter does: the kernel knows its notebook, and records say which one ran
-        client.execute(env={**os.environ, "JPY_SESSION_NAME": path})
+        env = {**os.environ, "JPY_SESSION_NAME": path}
+        if args.storage_options:  # to the kernel's session, never into the notebook's text
+            env["PIPELITE_STORAGE_OPTIONS"] = json.dumps(
+                parse_storage_options(args.storage_options))
+        client.execute(env=env)
     except CellExecutionError as exc:
         print(f"pipelite: a cell of {args.notebook} failed:\n{exc}", file=sys.stderr)
         return 1

@@ -229,6 +229,16 @@ def _internal(node: types.TracebackType) -> bool:
     return os.path.abspath(node.tb_frame.f_code.co_filename).startswith(_INTERNAL_DIRS)
 
 
+# an executor's plumbing between PipeLite's frames and a worker's (Dask rebuilds the worker's
+# frames, PipeLite's among them, under its own Future.result)
+_PLUMBING = tuple(os.sep + os.path.join(*parts) + os.sep for parts in (
+    ("distributed",), ("concurrent", "futures")))
+
+
+def _plumbing(node: types.TracebackType) -> bool:
+    return any(part in node.tb_frame.f_code.co_filename for part in _PLUMBING)
+
+
 def user_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
     """The part of ``tb`` that is the user's code that PipeLite called (a stage, a cell):
     from the first frame outside PipeLite that follows one of PipeLite's.
@@ -239,7 +249,7 @@ def user_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
     while node is not None:
         if _internal(node):
             seen_internal = True
-        elif seen_internal:
+        elif seen_internal and not _plumbing(node):
             return node
         node = node.tb_next
     return tb

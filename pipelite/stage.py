@@ -291,6 +291,16 @@ class Stage:
         """Side values of the last call to store with the result (e.g. captured output)."""
         return {}
 
+    def for_worker(self) -> "Stage":
+        """The stage as sent to an executor that runs it in another process (a Dask
+        cluster, a process pool): itself, pickled with what its code reaches. A notebook cell
+        is sent as a ``CellOnWorker``."""
+        return self
+
+    rechecks_after_run: ClassVar[bool] = True
+    """Whether the fingerprint is computed again after a run, to store the result also for
+    what the stage changed while running (see ``_execute._store_after_run``)."""
+
     # -- what the fingerprint looks at -------------------------------------------------------
     def code_objects(self) -> list[Any]:
         """Functions/classes whose code is this stage's own code."""
@@ -549,6 +559,142 @@ class CellStage(Stage):
 
     def code_objects(self):
         return []
+
+    compiled: "tuple[types.CodeType, types.CodeType | None] | None" = None
+    """The cell compiled as its host runs it: its statements, and its last expression (shown
+    when not None); None: ``source`` is compiled when it is sent."""
+
+    output_attachment: str | None = None
+    """Under what name the host stores a run's captured output (``execute`` returns it);
+    a cell run on a worker captures its prints under that name too."""
+
+    def for_worker(self) -> "CellOnWorker":
+        view = self._view
+        values = {n: view[n] for n in self.reads if n in view}
+        body, last = self.compiled or (compile(self.source, self.filename, "exec"), None)
+        return CellOnWorker(self.name, body, last, values, self.inputs,
+                            self.declared_outputs, origin=self.origin,
+                            output_attachment=self.output_attachment)
+
+
+class CellOnWorker(Stage):
+    """A notebook cell as sent to a worker process: its compiled code (with its cell's file
+    name, so a traceback names the cell and line), the values of the globals it reads as
+    they were when it was sent (helpers defined in the notebook go by value, modules by
+    name), and the names of its outputs. It runs in a namespace of its own: what it binds
+    reaches the kernel only as its outputs, loaded from the store. Its prints are captured
+    (and still written to the worker's own output) for the kernel to show them."""
+
+    kind = "cell"
+    rechecks_after_run = False  # it cannot change the kernel's state: the fingerprint holds
+
+    def __init__(self, name: str, body: types.CodeType, last: types.CodeType | None,
+                 values: Mapping[str, Any], inputs: Iterable[str],
+                 outputs: Iterable[str] | None, origin: str | None = None,
+                 output_attachment: str | None = None):
+        super().__init__(name, inputs, {}, None, origin=origin)
+        self.declared_outputs = tuple(outputs or ())
+        self.body, self.last = body, last
+        self.values = dict(values)
+        self.output_attachment = output_attachment
+        self._attachments: dict[str, Any] = {}
+
+    def call(self, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> Any:
+        import builtins
+        import sys
+
+        ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+        ns.update(self.values)
+        ns.update(inputs)
+        events: list[dict[str, Any]] = []
+        out, err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Echo(out, "stdout", events), _Echo(err, "stderr", events)
+        try:
+            exec(self.body, ns)  # noqa: S102 - the user's own cell
+            if self.last is not None:
+                value = eval(self.last, ns)  # noqa: S307 - its last expression, shown
+                if value is not None:
+                    events.append({"display": {"data": _mimebundle(value), "metadata": {}}})
+        finally:
+            sys.stdout, sys.stderr = out, err
+            if self.output_attachment is not None:
+                self._attachments = {self.output_attachment: events}
+        names = self.declared_outputs or ()
+        missing = [o for o in names if o not in ns]
+        if missing:
+            raise StageOutputError(
+                f"stage '{self.name}' did not bind {missing}: assign them in the cell or "
+                f"change its outputs (-o)")
+        return {o: ns[o] for o in names}
+
+    def take_attachments(self) -> dict[str, Any]:
+        extra, self._attachments = self._attachments, {}
+        return extra
+
+    def code_objects(self) -> list[Any]:
+        return []
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the code as marshal keeps it, with its cell's file name: pickled as code, it would
+        # arrive as "<dynamic-code>" and a worker's traceback could not name the cell (a
+        # cluster runs one Python version, as cloudpickle needs anyway)
+        import marshal
+
+        state = self.__dict__.copy()
+        state["body"] = marshal.dumps(self.body)
+        state["last"] = None if self.last is None else marshal.dumps(self.last)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        import marshal
+
+        state["body"] = marshal.loads(state["body"])  # noqa: S302 - our own kernel's code
+        if state["last"] is not None:
+            state["last"] = marshal.loads(state["last"])  # noqa: S302
+        self.__dict__.update(state)
+
+
+class _Echo:
+    """A worker's stdout or stderr while a cell runs there: written through, and what this
+    thread writes is kept (a worker runs other tasks in other threads meanwhile)."""
+
+    def __init__(self, target: Any, name: str, events: list[dict[str, Any]]):
+        import threading
+
+        self._target, self._name, self._events = target, name, events
+        self._thread = threading.get_ident()
+
+    def write(self, text: str) -> int:
+        import threading
+
+        if text and threading.get_ident() == self._thread:
+            events = self._events
+            if events and events[-1].get("stream") == self._name:
+                events[-1]["text"] += text
+            else:
+                events.append({"stream": self._name, "text": text})
+        return self._target.write(text)
+
+    def flush(self) -> None:
+        self._target.flush()
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._target, attr)
+
+
+def _mimebundle(value: Any) -> dict[str, str]:
+    """How a cell's last value is shown without IPython: its repr, and its HTML when it has
+    one (a data frame)."""
+    data = {"text/plain": repr(value)}
+    html = getattr(value, "_repr_html_", None)
+    if callable(html):
+        try:
+            shown = html()
+        except Exception:  # noqa: BLE001 - a broken _repr_html_: the repr is enough
+            shown = None
+        if isinstance(shown, str):
+            data["text/html"] = shown
+    return data
 
 
 class _BeforeCellView(_AbcMapping):

@@ -5,6 +5,7 @@ import ast
 import contextlib
 import contextvars
 import datetime as _dt
+import json
 import os
 import re
 import sys
@@ -15,7 +16,7 @@ import uuid
 import warnings
 from typing import Any, Callable, Iterator
 
-from traitlets import Bool, Dict, Unicode, observe
+from traitlets import Bool, Dict, Unicode, default, observe
 from traitlets.config import Configurable
 
 from pipelite import (
@@ -38,6 +39,7 @@ from .slots import EMPTY, LiveOutput, composite
 
 __all__ = ["PipeliteSession", "StageOutcome", "ReassignedInputError"]
 
+STORAGE_OPTIONS_ENV = "PIPELITE_STORAGE_OPTIONS"  # set by pipelite run --storage-option
 OUTPUTS_ATTACHMENT = "outputs"  # the captured stdout/stderr/displays of a cell stage
 
 
@@ -150,6 +152,25 @@ class PipeliteSession(Configurable):
     storage_options = Dict(help="fsspec storage options for a remote store (credentials, "
                            "client_kwargs={'endpoint_url': ...}); %pipelite store URL --option "
                            "KEY=VALUE sets them too").tag(config=True)
+
+    @default("storage_options")
+    def _storage_options_from_env(self) -> dict:
+        """``pipelite run NB --storage-option K=V`` gives the kernel its options through
+        ``PIPELITE_STORAGE_OPTIONS`` (JSON), not through the notebook's text: credentials
+        never land in the executed notebook."""
+        text = os.environ.get(STORAGE_OPTIONS_ENV)
+        if not text:
+            return {}
+        try:
+            options = json.loads(text)
+        except ValueError:
+            options = None
+        if not isinstance(options, dict):
+            warnings.warn(f"{STORAGE_OPTIONS_ENV} is not a JSON object: ignored (it gives "
+                          f"the store's storage options, e.g. '{{\"key\": \"...\"}}')",
+                          PipeliteWarning, stacklevel=2)
+            return {}
+        return options
 
     badges = Bool(None, allow_none=True, help="Show a state badge at the top of each %%stage "
                   "cell's output, kept current as states change (default: in a notebook "
@@ -310,7 +331,13 @@ class PipeliteSession(Configurable):
                       if isinstance(st, CellStage) and st.name not in result.executed
                       and st.user_ns is self.shell.user_ns
                       and all(o in result for o in st.declared_outputs or ())]
+            # cells a cluster ran: their outputs come from the store, as for a loaded cell
+            remote = [st for st in (registry.get(n) for n in result.elsewhere)
+                      if isinstance(st, CellStage) and st.user_ns is self.shell.user_ns]
+            loaded += remote
             before = {st.name: st.snapshot() for st in loaded}
+            for st in remote:
+                self.bind(result.elsewhere[st.name])
             self.bind(result)
             for st in loaded:
                 self._rerun_definitions(st)
@@ -390,6 +417,8 @@ class PipeliteSession(Configurable):
         st = CellStage(name, source, ns, inputs=inputs, outputs=outputs,
                        execute=self._executor(name, compiled), filename=compiled.filename,
                        env=env or (), hidden=hidden, analysis=probe.analysis)
+        st.compiled = (compiled.body, compiled.last)  # as sent to a cluster's worker
+        st.output_attachment = OUTPUTS_ATTACHMENT
         st.origin = self.notebook
         self._warn_if_another_notebooks(name)
         st.inherit(self.pipeline.registry.get(name))
@@ -507,6 +536,16 @@ class PipeliteSession(Configurable):
         sys.stdout.flush()
         return outcome
 
+    def _replay(self, name: str, record: ResultRecord | None, live: LiveOutput | None,
+                say: Callable[[str], None]) -> None:
+        """Show what the stage's cell printed and displayed when it ran, from its record."""
+        try:
+            events = self.pipeline.attachment(name, OUTPUTS_ATTACHMENT, record=record)
+        except UntrustedRecordError as exc:  # the values loaded; only the replay is held
+            say(f"[pipelite] {name}: not replaying its stored output: {exc}")
+            events = None
+        replay(self.shell, events or [], live)
+
     def _run_own_stage(self, name: str, force: bool, live: LiveOutput | None) -> StageOutcome:
         def say(line: str) -> None:
             if live is not None:
@@ -517,17 +556,18 @@ class PipeliteSession(Configurable):
         result = self.run([name], force=force)
         computed = name in result.executed
         record = result.records.get(name)
-        if computed:  # after the cell's own output, where a hit says it was loaded
+        if computed and name in result.elsewhere:  # what it printed on the worker, shown here
+            self._replay(name, record, live, say)
+            took = _seconds(record.duration) if record else "?"
+            because = f": {self._why}" if self._why else ""
+            say(f"[pipelite] {name}: ran on the executor's worker in {took}{because}; "
+                f"{_stored(record)}")
+        elif computed:  # after the cell's own output, where a hit says it was loaded
             took = _seconds(record.duration) if record else "?"
             because = f": {self._why}" if self._why else ""
             say(f"[pipelite] {name}: ran in {took}{because}; {_stored(record)}")
         else:
-            try:
-                events = self.pipeline.attachment(name, OUTPUTS_ATTACHMENT, record=record)
-            except UntrustedRecordError as exc:  # the values loaded; only the replay is held
-                say(f"[pipelite] {name}: not replaying its stored output: {exc}")
-                events = None
-            replay(self.shell, events or [], live)
+            self._replay(name, record, live, say)
             when = local_time(record.started) if record else "?"
             saved = record.duration if record else 0.0
             say(f"[pipelite] {name}: loaded from store (run {when}, saved "

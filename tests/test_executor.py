@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from pipelite import Pipeline, stage
+from pipelite import Pipeline, StageSubmitError, stage
 
 
 @pytest.fixture(autouse=True)
@@ -217,12 +217,34 @@ def test_a_notebook_stage_failing_on_a_worker_says_where_in_the_cell(store_dir):
     assert f'File "{cell}", line 3, in helper\n    return x / 0' in note
 
 
-def test_a_cell_stage_is_said_to_run_in_its_kernel_only(store_dir):
+def test_a_cell_is_sent_with_the_globals_it_reads_and_an_unpicklable_one_is_named():
     from pipelite import CellStage
     from pipelite._execute import submit_error
 
-    cell = CellStage("cell", "x = 1", {"LOCK": threading.Lock()})
-    err = submit_error(cell, {}, TypeError("Could not serialize object"))
-    assert str(err).startswith("stage 'cell' could not be sent to the executor: the stage "
-                               "itself (CellStage) cannot be pickled")
-    assert "runs in its kernel only for now: run it without an executor" in str(err)
+    cell = CellStage("cell", "with LOCK:\n    x = SCALE", {"LOCK": threading.Lock(),
+                                                        "SCALE": 3, "unused": object()})
+    sent = cell.for_worker()
+    assert set(sent.values) == {"LOCK", "SCALE"}  # what the cell reads, nothing else
+    err = submit_error(sent, {}, TypeError("Could not serialize object"))
+    assert str(err).startswith("stage 'cell' could not be sent to the executor: its global "
+                               "'LOCK' (lock) cannot be pickled")
+
+
+def test_an_unpicklable_parameter_is_named(store_dir):
+    """A parameter value that cannot be pickled (a lock given as a run parameter) fails the
+    stage at once, naming the parameter, on a Dask cluster."""
+    distributed = pytest.importorskip("distributed")
+
+    @stage(outputs="v")
+    def uses(*, guard=None):
+        return 1
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, host="127.0.0.1") as cluster, \
+            distributed.Client(cluster) as client:
+        pipeline = Pipeline(store_dir, executor=client,
+                            params={"uses": {"guard": threading.Lock()}})
+        with pytest.raises(StageSubmitError) as caught:
+            pipeline.run("uses")
+    assert "parameter 'guard' (lock) cannot be pickled" in str(caught.value)
+    assert pipeline.status()[0].state != "running"

@@ -407,6 +407,33 @@ def test_the_cli_reads_the_usual_aws_variables(filled, moto_s3, tmp_path):
     assert "filled_stage" in done.stdout
 
 
+def test_pipelite_run_gives_the_kernel_its_storage_options(s3_url, moto_s3, tmp_path):
+    """``pipelite run NB --store s3://... --storage-option ...`` with no AWS configuration at
+    all: the kernel's session gets the options (not through the notebook's text: the
+    executed notebook written with --output holds no credential)."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("%%stage remote_cli\nanswer = 41 + 1")]
+    path = tmp_path / "remote.ipynb"
+    nbformat.write(nb, path)
+    flags = [a for f in _flags(moto_s3[0]) for a in ("--storage-option", f)]
+    out = tmp_path / "ran.ipynb"
+    done = _cli("run", str(path), "--store", s3_url, *flags, "--output", str(out),
+                env=_no_aws_env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert Store(s3_url, storage_options=moto_s3[1]).records_of("remote_cli")  # in the bucket
+    assert "secret=test" not in out.read_text() and '"test"' not in out.read_text()
+    env = _no_aws_env(tmp_path)
+    env["PIPELITE_STORAGE_OPTIONS"] = "[1, 2]"  # by hand, and wrong: said, then ignored
+    script = ("from IPython.core.interactiveshell import InteractiveShell\n"
+              "ip = InteractiveShell.instance()\nip.run_line_magic('load_ext', 'pipelite')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "PIPELITE_STORAGE_OPTIONS is not a JSON object" in done.stderr
+
+
 def test_no_credentials_is_one_line_naming_what_to_set(filled, moto_s3, tmp_path):
     env = _no_aws_env(tmp_path)
     env["AWS_ENDPOINT_URL"] = moto_s3[0]
