@@ -528,12 +528,19 @@ def submit_error(st: Stage, params: dict, exc: BaseException,
         return None
     what = _unsendable(st, params) if _is_pickling_error(exc) else None
     if only_pickling and what is None:
-        return None
+        if getattr(exc, "__pipelite_frames__", None) is not None:
+            return None  # raised by the stage's own code, on the worker
+        # cloudpickle sends it all, but this executor pickles with the standard pickle
+        return StageSubmitError(
+            f"stage '{st.name}' could not be sent to the executor ({type(exc).__name__}: "
+            f"{exc}): it pickles with the standard pickle, which cannot send a function "
+            f"defined inside another function, a lambda or notebook code. Define the stage "
+            f"in a module, or use a Dask client (it sends such code by value)")
     if what is not None and what.startswith("the stage itself"):
         return StageSubmitError(
             f"stage '{st.name}' could not be sent to the executor: the stage itself "
             f"({type(st).__name__}) cannot be pickled ({type(exc).__name__}: {exc}): run it "
-            f"without an executor (Pipeline(executor=None), or %pipelite executor none)")
+            f"without an executor (Pipeline(executor=None))")
     if what is not None:
         return StageSubmitError(
             f"stage '{st.name}' could not be sent to the executor: its {what} cannot be "

@@ -248,3 +248,21 @@ def test_an_unpicklable_parameter_is_named(store_dir):
             pipeline.run("uses")
     assert "parameter 'guard' (lock) cannot be pickled" in str(caught.value)
     assert pipeline.status()[0].state != "running"
+
+
+def test_a_process_pool_that_cannot_pickle_a_local_stage_says_so(store_dir):
+    """A process pool pickles with the standard pickle: a stage defined inside a function is
+    refused by its feeder thread, after submit() returned. That is a StageSubmitError saying
+    why, not a raw AttributeError, and the stage is not left running."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    @stage(outputs="v")
+    def local_stage():
+        return 1
+
+    with ProcessPoolExecutor(1) as pool:
+        pipeline = Pipeline(store_dir, executor=pool)
+        with pytest.raises(StageSubmitError) as caught:
+            pipeline.run("local_stage")
+    assert "standard pickle" in str(caught.value) and "Dask client" in str(caught.value)
+    assert pipeline.status()[0].state != "running"
