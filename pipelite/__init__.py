@@ -12,7 +12,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from ._files import File
 from .errors import (
+    AcceptRefusedError,
     ArtifactRemovedError,
     CorruptArtifactError,
     CycleError,
@@ -37,6 +39,7 @@ from .errors import (
     UnknownArtifactError,
     UnknownFormatError,
     UnknownStageError,
+    UnsafeRestoreError,
     UnsafeStorePathError,
     UntrustedRecordError,
 )
@@ -48,12 +51,14 @@ from .stage import REGISTRY, Artifact, CellStage, Registry, Stage, stage
 from .store import GcReport, Store
 
 __all__ = [
+    "AcceptRefusedError",
     "Artifact",
     "ArtifactRemovedError",
     "CellStage",
     "CorruptArtifactError",
     "CycleError",
     "DuplicateProducerError",
+    "File",
     "FormatError",
     "FormatLoadError",
     "FormatSaveError",
@@ -86,6 +91,7 @@ __all__ = [
     "UnknownArtifactError",
     "UnknownFormatError",
     "UnknownStageError",
+    "UnsafeRestoreError",
     "UnsafeStorePathError",
     "UntrustedRecordError",
     "__version__",

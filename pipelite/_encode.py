@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import xxhash
 
+from ._files import File, file_digest
 from ._libraries import is_library_module
 
 __all__ = ["Encoder", "hasher", "PipeliteWarning", "warn_user"]
@@ -138,6 +139,10 @@ class Encoder:
         if t is bytes or t is bytearray:
             h.update(b"%s%d:" % (t.__name__.encode(), len(v)))
             h.update(v)
+            return
+        if t is File:  # a file or folder: by its content now (and its path)
+            digest, _ = file_digest(v, self.memo)
+            h.update(f"file:{v.key}={digest};".encode("utf-8", "surrogateescape"))
             return
         if self.code_token is not None:
             token = self.code_token(v)  # functions, classes, modules, wrappers: by their reach

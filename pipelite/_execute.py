@@ -25,6 +25,7 @@ from dataclasses import replace
 from typing import Any, Callable, Iterator, Mapping
 
 from . import _observe, events
+from ._files import File
 from ._freshness import RUNNING, Check, Params, check, diff, short_repr, stage_params, stored
 from ._resolve import Graph
 from .errors import (
@@ -39,8 +40,8 @@ from .errors import (
     StoreLocationError,
     limit_error,
 )
-from .fingerprint import Fingerprint, fingerprint_of, warn_user
-from .formats import format_named
+from .fingerprint import Fingerprint, fingerprint_of, input_files, warn_user
+from .formats import VOLATILE, format_named
 from .present import user_frames
 from .stage import REQUIRED, CellStage, Stage
 from .store import FailureRecord, InputRecord, OutputRecord, ResultRecord, Store
@@ -107,6 +108,14 @@ class Runner:
         another process) while loading is dropped and the run planned again."""
         __tracebackhide__ = True
         self.run_id, self._facts = uuid.uuid4().hex, None
+        try:
+            return self._run_retrying(targets, force, params)
+        finally:
+            forget_run(self.run_id)  # what cache=False stages held for this run
+
+    def _run_retrying(self, targets: list[str], force: bool, params: Params | None
+                      ) -> RunResult:
+        __tracebackhide__ = True
         last: CorruptInput | None = None
         reread: set[tuple[str, str]] = set()
         for _attempt in range(4):
@@ -164,7 +173,8 @@ class Runner:
             for name in targets:
                 mine = computed.get(name, {})  # filled only if the stage ran here
                 for out, info in done[name].outputs.items():
-                    if out in mine and format_named(info.format).returns_computed:
+                    if out in mine and (info.format == VOLATILE
+                                        or format_named(info.format).returns_computed):
                         values[out] = mine[out]  # saved, and the file would give it back
                     else:  # arrays (read-only maps), other processes' results, hits
                         values[out] = load_input(self.store, name, done[name], info)
@@ -217,6 +227,7 @@ class Runner:
 
     def _skip(self, name: str, record: ResultRecord, done: dict[str, ResultRecord],
               skipped: list[str]) -> None:
+        restore_files(self.store, name, record)
         done[name] = record
         skipped.append(name)
         events.emit("skipped", name, self.store.url)
@@ -253,6 +264,21 @@ class Runner:
                     error = exc
                     break
                 index = len(executed) + len(running) + 1
+                if not st.cache and not _in_process(self.executor):
+                    # its outputs are held in this process's memory: it runs here
+                    try:
+                        rec, _ = self._execute_here(st, fp, resolved, upstream, forced, index,
+                                                    max(total, index), None, None,
+                                                    _why(first, name, forced))
+                    except BaseException as exc:  # noqa: BLE001 - in-flight stages end first
+                        error = exc
+                        break
+                    ran_here = True
+                    memo.clear()
+                    done[name] = rec
+                    executed.append(name)
+                    sorter.done(name)
+                    continue
                 try:
                     self._submit(st, fp, resolved, upstream, forced, index, max(total, index),
                                  finished, _why(first, name, forced))
@@ -323,7 +349,7 @@ class Runner:
             upstream[i] = (p, done[p])
         resolved = st.resolve_params(stage_params(self.base, params, name))
         fp = fingerprint_of(st, resolved, _input_hashes(upstream), memo)
-        rec = stored(self.store, name, fp, forced)
+        rec = stored(self.store, name, fp, forced, st=st)
         return rec if rec is not None else (st, fp, resolved, upstream)
 
     def _missing_input_message(self, st: Stage, artifact: str) -> str:
@@ -347,7 +373,7 @@ class Runner:
         url = self.store.url
         with stage_lock(self.store, st.name, fp.digest):
             # another process may have computed it while we waited for the lock
-            rec = stored(self.store, st.name, fp, forced, fresh=True)
+            rec = stored(self.store, st.name, fp, forced, fresh=True, st=st)
             if rec is not None:
                 return rec, False
             RUNNING.add((url, st.name))
@@ -381,7 +407,8 @@ class Runner:
         sent = st if _in_process(self.executor) else st.for_worker()
         try:
             future = self.executor.submit(compute_locked, self.store, sent, fp, params,
-                                          upstream, forced, self.facts(), **extra)
+                                          upstream, forced, self.facts(),
+                                          in_memory_values(upstream), **extra)
         except Exception as exc:  # noqa: BLE001 - a shut-down pool, an unpicklable global
             RUNNING.discard((url, st.name))  # not left "running" forever
             err = submit_error(sent, params, exc)
@@ -599,8 +626,77 @@ def _summary(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+# -- cache=False: results kept in memory for the run that computed them ----------------------
+_IN_MEMORY: dict[str, dict[str, Any]] = {}  # run id -> {content digest: value}
+_IN_MEMORY_LOCK = threading.Lock()
+
+
+def _in_memory(st: Stage, fp: Fingerprint, params: dict, upstream: Upstream,
+               outputs: dict[str, Any], started: _dt.datetime, duration: float,
+               run: Mapping[str, Any] | None, keep: dict[str, Any] | None) -> ResultRecord:
+    """The record of a ``cache=False`` run, never written: each output by its content digest
+    (so a downstream stage whose inputs come out the same is still a hit), the values held
+    for the rest of the run."""
+    from .fingerprint import value_digest
+
+    prov = provenance(run)
+    values = {}
+    infos = {}
+    for name, value in outputs.items():
+        digest = value_digest(value)
+        values[digest] = value
+        infos[name] = OutputRecord(hash=digest, size=int(getattr(value, "nbytes", 0) or 0),
+                                   format=VOLATILE, path=f"objects/{digest[:2]}/{digest}",
+                                   type=f"{type(value).__module__}.{type(value).__qualname__}")
+    with _IN_MEMORY_LOCK:
+        _IN_MEMORY.setdefault(prov["run_id"], {}).update(values)
+    if keep is not None:
+        keep.update(outputs)
+    return ResultRecord(
+        stage=st.name, kind=st.kind, origin=st.origin, fingerprint=fp.digest,
+        started=started.isoformat(timespec="milliseconds"), duration=round(duration, 6),
+        params={k: short_repr(v) for k, v in params.items()},
+        inputs={i: InputRecord(rec.outputs[i].hash, p) for i, (p, rec) in upstream.items()},
+        outputs=infos, parts=fp.parts, provenance=prov)
+
+
+def in_memory_values(upstream: Upstream) -> dict[str, Any]:
+    """The values of a stage's inputs that a ``cache=False`` stage made in this run (for a
+    worker in another process: they are sent with the stage)."""
+    out: dict[str, Any] = {}
+    for i, (_, rec) in upstream.items():
+        info = rec.outputs[i]
+        if info.format == VOLATILE:
+            held = _IN_MEMORY.get(rec.run_id or "", {})
+            if info.hash in held:
+                out[info.hash] = held[info.hash]
+    return out
+
+
+def forget_run(run_id: str | None) -> None:
+    """Drop what ``cache=False`` stages of a finished run held in memory."""
+    with _IN_MEMORY_LOCK:
+        _IN_MEMORY.pop(run_id or "", None)
+
+
+def restore_files(store: Store, stage: str, record: ResultRecord) -> None:
+    """A hit puts the stage's file outputs back in place if they were deleted or changed."""
+    for info in record.outputs.values():
+        if info.format == "file":
+            load_input(store, stage, record, info)
+
+
 def load_input(store: Store, stage: str, record: ResultRecord, info: OutputRecord) -> Any:
-    """A stored value; a corrupt or vanished file raises ``CorruptInput`` (run() retries)."""
+    """A stored value; a corrupt or vanished file raises ``CorruptInput`` (run() retries).
+    An output of a ``cache=False`` stage comes from memory: it exists for the run that made
+    it only."""
+    if info.format == VOLATILE:
+        held = _IN_MEMORY.get(record.run_id or "", {})
+        if info.hash not in held:
+            raise MissingInputError(
+                f"the output of stage '{stage}' (cache=False) is no longer in memory: it is "
+                f"kept for the run that computed it only; run its stage again")
+        return held[info.hash]
     try:
         return store.load_value(info, record=record)
     except CorruptArtifactError as exc:
@@ -620,16 +716,17 @@ def as_removed(store: Store, info: OutputRecord, exc: CorruptArtifactError
 
 
 def compute_locked(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: Upstream,
-                   forced: bool, run: Mapping[str, Any] | None = None
-                   ) -> tuple[ResultRecord, bool]:
+                   forced: bool, run: Mapping[str, Any] | None = None,
+                   held: Mapping[str, Any] | None = None) -> tuple[ResultRecord, bool]:
     """On an executor's worker: compute once per (stage, fingerprint) across processes.
-    ``run``: the client's ``Runner.facts()`` (its run id and git commit)."""
+    ``run``: the client's ``Runner.facts()`` (its run id and git commit). ``held``: inputs
+    that ``cache=False`` stages made in this run, by content digest (never in the store)."""
     try:
         with stage_lock(store, st.name, fp.digest):
-            rec = stored(store, st.name, fp, forced, fresh=True)
+            rec = stored(store, st.name, fp, forced, fresh=True, st=st)
             if rec is not None:
                 return rec, False
-            return compute(store, st, fp, params, upstream, None, run=run), True
+            return compute(store, st, fp, params, upstream, None, run=run, held=held), True
     except BaseException as exc:
         # where it failed, as the worker saw it: the client maps it back to the cell or file
         # (a traceback sent back by Dask names notebook code "<dynamic-code>", without lines)
@@ -645,16 +742,20 @@ def compute_locked(store: Store, st: Stage, fp: Fingerprint, params: dict, upstr
 def compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: Upstream,
             learn: Callable[[Stage, Any], None] | None, memo: dict | None = None,
             keep: dict[str, Any] | None = None, *,
-            run: Mapping[str, Any] | None = None) -> ResultRecord:
+            run: Mapping[str, Any] | None = None,
+            held: Mapping[str, Any] | None = None) -> ResultRecord:
     """Load the inputs, run the stage, store its outputs, commit the record (last).
 
     ``memo``, the run's digests, is emptied before the stage's code runs and refilled by the
     check after it. ``keep``, a dict, gets the outputs as computed, once the record is
     committed (the caller may return them instead of reading the files back). ``run``: the
     run's provenance (``run_facts``; a run of its own when None), completed here with this
-    process's user, host and installed distributions."""
+    process's user, host and installed distributions. ``held``: inputs made by ``cache=False``
+    stages, by content digest, sent along to a worker."""
     __tracebackhide__ = True
-    inputs = {i: load_input(store, p, rec, rec.outputs[i]) for i, (p, rec) in upstream.items()}
+    inputs = {i: held[rec.outputs[i].hash]
+              if held and rec.outputs[i].format == VOLATILE and rec.outputs[i].hash in held
+              else load_input(store, p, rec, rec.outputs[i]) for i, (p, rec) in upstream.items()}
     started = _dt.datetime.now(_dt.timezone.utc)
     # files read, modules imported, directories listed while it runs (see _observe)
     recorder = _observe.start(store.local_dirs()) if _observe.enabled() else None
@@ -673,6 +774,8 @@ def compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: Up
                 recorder.stop()
         if learn is not None:
             learn(st, outputs)
+        if not st.cache:  # nothing stored: downstream stages get the values, by content
+            return _in_memory(st, fp, params, upstream, outputs, started, duration, run, keep)
         infos = {name: _save_output(store, st, name, value, created)
                  for name, value in outputs.items()}
         attachments = {k: store.save_value(v, stage=st.name, created=created)
@@ -681,7 +784,9 @@ def compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: Up
         if recorder is not None:
             carried = ((previous.observed if previous is not None else None) or {}).get(
                 "modules", ())
-            observed = recorder.collect(carry_modules=[m["name"] for m in carried])
+            observed = _untracked(recorder.collect(carry_modules=[m["name"] for m in carried]),
+                                  [*input_files(st, params),
+                                   *(v for v in inputs.values() if isinstance(v, File))])
     except BaseException as exc:
         store.discard_objects(created)
         if not isinstance(exc, RunCancelled):  # a cancelled stage is back where it was
@@ -832,7 +937,7 @@ def _versions() -> dict[str, str]:
 def _save_output(store: Store, st: Stage, name: str, value: Any,
                  created: list[str] | None = None) -> OutputRecord:
     try:
-        return store.save_value(value, stage=st.name, created=created)
+        return store.save_value(value, stage=st.name, created=created, name=name)
     except FormatSaveError as exc:  # the user's format: say which output it was saving
         raise FormatSaveError(f"stage '{st.name}', output '{name}': {exc}") from exc.__cause__
     except (KeyboardInterrupt, PipeliteError, OSError):
@@ -842,6 +947,27 @@ def _save_output(store: Store, st: Stage, name: str, value: Any,
             f"stage '{st.name}': output '{name}' ({type(value).__name__}) cannot be stored: "
             f"{exc}. Return picklable values, or pipelite.register_format() for its type"
         ) from exc
+
+
+def _untracked(observed: dict | None, files: list[File]) -> dict | None:
+    """What a run observed, less the files it declares (``File`` parameters, ``--file``,
+    file artifacts): those are tracked by content already (a declared folder: everything
+    under it, its listings too)."""
+    if not observed or not files:
+        return observed
+    exact = {f.path for f in files}
+    under = tuple(f.path.rstrip(os.sep) + os.sep for f in files)
+
+    def tracked(path: str) -> bool:
+        return path in exact or path.startswith(under)
+
+    out = dict(observed)
+    if "files" in out:
+        out["files"] = [e for e in out["files"] if not tracked(e["path"])]
+    if "listings" in out:
+        out["listings"] = [e for e in out["listings"] if not tracked(e["dir"])]
+    out = {k: v for k, v in out.items() if v}
+    return out or None
 
 
 def _record_failure(store: Store, st: Stage, fp: Fingerprint, exc: BaseException,

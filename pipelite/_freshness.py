@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from . import _observe
+from ._files import file_reasons
 from ._gcpause import collector_paused
 from ._resolve import Graph
+from ._units import age_text
 from .errors import ParameterError
 from .fingerprint import Fingerprint, fingerprint_of
 from .present import STATES
@@ -24,6 +26,7 @@ from .store import FailureRecord, ResultRecord, Store
 __all__ = ["STATES", "Check", "OutputInfo", "StageStatus", "Verdict", "check", "checked_record",
            "diff", "short_repr", "stored"]
 
+NOT_CACHED = "not cached (cache=False): it runs every time it is needed"
 RUNNING: set[tuple[str, str]] = set()  # (store url, stage) running in this process
 
 Params = Mapping[str, Mapping[str, Any]]
@@ -189,8 +192,14 @@ def _defined(graph: Graph, name: str, verdicts: Mapping[str, Verdict], params: d
         verdict.state, verdict.failure = "failed", failure
         verdict.latest = store.latest(name)
         verdict.reasons = [f"last run failed: {failure.error}"]
+    elif not st.cache:
+        verdict.state, verdict.record = "stale", None
+        verdict.reasons = [NOT_CACHED]
     elif observed:  # the same fingerprint, but a file it read has changed
         verdict.state, verdict.latest, verdict.reasons = "stale", observed[0], observed[1]
+    elif verdict.record is not None and (why := expired(st, verdict.record)):
+        verdict.state, verdict.latest, verdict.reasons = "stale", verdict.record, [why]
+        verdict.record = None
     elif verdict.record is not None:
         verdict.state = "fresh"
     elif (latest := store.latest(name)) is not None:
@@ -215,18 +224,36 @@ def _upstream_reason(name: str, up: Verdict) -> str:
     return text if root == name else f"{text} (via '{name}')"
 
 
-def stored(store: Store, name: str, fp: Fingerprint, forced: bool, fresh: bool = False
-           ) -> ResultRecord | None:
-    """The stored result for this fingerprint, unless forced, its last run there failed, or
-    a file, module or directory it observed has changed since. ``fresh``: the record as the
-    store has it now (under the stage's lock: another machine may have stored it since this
-    run's metadata snapshot)."""
-    if forced:
+def stored(store: Store, name: str, fp: Fingerprint, forced: bool, fresh: bool = False,
+           st: Stage | None = None) -> ResultRecord | None:
+    """The stored result for this fingerprint, unless forced, its last run there failed, a
+    file, module or directory it observed has changed since, it has expired (``st``'s
+    ``expires_after``) or the stage is not cached. ``fresh``: the record as the store has it
+    now (under the stage's lock: another machine may have stored it since this run's
+    metadata snapshot)."""
+    if forced or (st is not None and not st.cache):
         return None
     failure = store.failure(name)
     if failure is not None and failure.fingerprint == fp.digest:
         return None  # its last run at this fingerprint failed: try again
-    return checked_record(store, name, fp.digest, fresh)[0]
+    rec = checked_record(store, name, fp.digest, fresh)[0]
+    if rec is not None and st is not None and expired(st, rec):
+        return None
+    return rec
+
+
+def expired(st: Stage, rec: ResultRecord) -> str | None:
+    """``result expired (stored 26 h ago)`` if the stage's ``expires_after`` has passed since
+    the result was stored; else None."""
+    if st.expires_after is None:
+        return None
+    when = rec.started_at
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_dt.timezone.utc)
+    age = (_dt.datetime.now(_dt.timezone.utc) - when).total_seconds() - rec.duration
+    if age < st.expires_after:
+        return None
+    return f"result expired (stored {age_text(age)} ago)"
 
 
 def checked_record(store: Store, name: str, digest: str, fresh: bool = False
@@ -268,6 +295,7 @@ def diff(before: Mapping[str, Any], shown: Mapping[str, str], fp: Fingerprint,
             src = producers.get(k)
             reasons.append(f"input '{k}' changed" + (f" (new content from stage '{src}')"
                                                      if src else ""))
+    reasons += _file_changes(before, now)
     reasons += _env_changes(before.get("env", {}), now.get("env", {}))
     if before.get("outputs") != now["outputs"]:
         reasons.append(f"its outputs changed: {before.get('outputs')} -> {now['outputs']}")
@@ -292,6 +320,21 @@ def _named_changes(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[st
                     reasons.append(f"library '{k}' changed ({b[k][4:]} -> {n[k][4:]})")
                 else:
                     reasons.append(f"{what} changed")
+    return reasons
+
+
+def _file_changes(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """Input files (``File`` parameters, ``--file``) that changed, by name: for a folder
+    with a kept listing, which of its files."""
+    b, n = before.get("files", {}), now.get("files", {})
+    bl, nl = before.get("listings", {}), now.get("listings", {})
+    reasons: list[str] = []
+    for k in sorted(set(b) | set(n)):
+        if b.get(k) != n.get(k):
+            reasons += file_reasons(k, b.get(k), n.get(k), bl.get(k), nl.get(k))
+    if len(reasons) > _observe.MAX_REASONS:
+        more = len(reasons) - _observe.MAX_REASONS + 1
+        reasons = reasons[: _observe.MAX_REASONS - 1] + [f"and {more} more files changed"]
     return reasons
 
 

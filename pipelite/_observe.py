@@ -55,6 +55,7 @@ from typing import Any, Iterable
 
 import xxhash
 
+from . import _hashcache
 from ._libraries import library_locations
 from .formats import hash_file
 
@@ -320,10 +321,16 @@ def _racy(st: os.stat_result, now_ns: int) -> bool:
 
 
 def _hash(path: str, st: os.stat_result) -> str:
-    """The file's xxh3-128, from the process cache when its stat is unchanged."""
+    """The file's xxh3-128, from the process cache when its stat is unchanged, else from the
+    machine's hash cache (``_hashcache``: a new kernel checks an unchanged 10 GiB folder by
+    ``stat`` alone), else read and hashed."""
     key = _key(st)
     found = _HASHES.get(key)
     if found is not None:
+        return found
+    found = _hashcache.lookup(path, key)
+    if found is not None:
+        _HASHES[key] = found
         return found
     now = time.time_ns()
     digest = _hash_small(path, st.st_size) if st.st_size <= _SMALL else hash_file(path)
@@ -331,6 +338,7 @@ def _hash(path: str, st: os.stat_result) -> str:
         if len(_HASHES) >= _HASH_CACHE_MAX:
             _HASHES.clear()
         _HASHES[key] = digest
+        _hashcache.remember(path, key, digest)
     return digest
 
 

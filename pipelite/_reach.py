@@ -19,7 +19,7 @@ import functools
 import os
 import sys
 import types
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import xxhash
 
@@ -180,8 +180,14 @@ class Reach:
     valid while no user code runs.
     """
 
-    def __init__(self, skip: Iterable[str] = (), memo: dict | None = None):
+    def __init__(self, skip: Iterable[str] = (), memo: dict | None = None,
+                 ignore: Iterable[str] = (), params_of: Mapping[Any, bool] | None = None):
+        """``ignore``: globals left out (``@stage(ignore=...)``; give such a walk a memo of its
+        own). ``params_of``: code objects whose defaults are the stage's parameters (covered
+        by their resolved values): code -> whether positional defaults are parameters too."""
         self.skip = frozenset(skip)
+        self.ignore = frozenset(ignore)
+        self.params_of = dict(params_of or {})
         self.memo: dict = memo if memo is not None else {}
         self.encoder = Encoder(self.token, self.memo)
         self._stack: list[Any] = []
@@ -223,6 +229,8 @@ class Reach:
         """``reader``'s code reads global ``name`` bound to ``value``: its digest, noted."""
         if not reader and name in self.skip:
             return "<input>"
+        if name in self.ignore:
+            return "<ignored>"
         token = self.token(value, name)
         if token is not None:
             # for reasons, a function by its own code: what it reaches is noted on its own
@@ -360,9 +368,14 @@ class Reach:
                 h.update(f"closure {var}={digest};".encode())
         attributes = {k: v for k, v in vars(fn).items()  # bound methods there are plumbing
                       if not k.startswith("__") and not _is_bound_method(v)}
-        # defaults are evaluated once, when the function is defined: not part of its code
-        for what, value in (("attributes", attributes), ("defaults", fn.__defaults__),
-                            ("keyword defaults", fn.__kwdefaults__)):
+        # defaults are evaluated once, when the function is defined: not part of its code.
+        # A stage's own parameters' defaults are not walked: their values, as resolved, are
+        # its parameters (and an ignored parameter's default must not count)
+        positional = self.params_of.get(fn.__code__)
+        for what, value in (("attributes", attributes),
+                            ("defaults", None if positional else fn.__defaults__),
+                            ("keyword defaults",
+                             None if positional is not None else fn.__kwdefaults__)):
             if value:
                 label = f"{what} of {shown}"
                 digest = self.encoder.digest(value, label)
@@ -388,7 +401,8 @@ class Reach:
             fns = _functions_of(member)
             for fn in fns:
                 inner = f"{name}.{key}" if name else ""
-                h.update(self._visit(fn, self._function_token, inner).encode())
+                h.update(self._visit(fn, self._function_token, inner,
+                                     memoize=fn.__code__ not in self.params_of).encode())
             if not fns:
                 h.update((self.token(member) or self.encoder.digest(
                     member, f"attribute '{key}' of {cls.__qualname__}")).encode())

@@ -104,6 +104,17 @@ def _provenance(v: Any) -> dict[str, Any] | None:
     return dict(v)
 
 
+def _accepted(v: Any) -> dict[str, Any] | None:
+    """``Pipeline.accept``'s note: the fingerprint adopted from, when, and the reasons."""
+    if v is None:
+        return None
+    _need(isinstance(v, dict) and is_fingerprint(v.get("from")) and _is_time(v.get("at"))
+          and isinstance(v.get("reasons", []), list)
+          and all(isinstance(r, str) for r in v.get("reasons", [])),
+          "its accepted note is malformed")
+    return dict(v)
+
+
 def _unknown(data: Mapping[str, Any], known: frozenset[str]) -> dict[str, Any]:
     """Keys PipeLite does not write (a newer version's): kept, so the JSON round-trips."""
     if data.keys() <= known:  # the usual case, checked at C speed
@@ -249,7 +260,7 @@ def _observed(obs: Any) -> dict[str, Any]:
 
 
 _PARTS_MAPS = tuple((key, f"its parts' {key}")
-                    for key in ("helpers", "globals", "params", "inputs", "env"))
+                    for key in ("helpers", "globals", "params", "inputs", "env", "files"))
 
 
 def _parts(parts: Any) -> dict[str, Any]:
@@ -261,6 +272,11 @@ def _parts(parts: Any) -> dict[str, Any]:
     for key in ("code", "reach"):
         if not isinstance(parts.get(key, ""), str):
             raise BadRecord(f"its parts' {key} is not text")
+    listings = parts.get("listings", {})
+    _need(isinstance(listings, dict), "its parts' listings are not a map")
+    for key, listing in listings.items():
+        _need(isinstance(key, str), "its parts' listings are not a map")
+        _str_map(listing, "its parts' listings")
     outs = parts.get("outputs")
     _need(outs is None or (isinstance(outs, list) and all(isinstance(o, str) for o in outs)),
           "its parts' outputs are malformed")
@@ -288,6 +304,9 @@ class ResultRecord:
     same_result_as: str | None = None  # stored for the state after its run: the first digest
     # run id, user, host, git commit, distributions digest: never part of the fingerprint
     provenance: dict[str, Any] | None = None
+    # ``Pipeline.accept``: this result was adopted for a new fingerprint without running:
+    # {"from": the fingerprint it was computed for, "at": when, "reasons": what had changed}
+    accepted: dict[str, Any] | None = None
     signature: str | None = None  # HMAC under the writer's key (see ``_trust``)
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -295,7 +314,7 @@ class ResultRecord:
     _KEYS = frozenset(("format_version", "stage", "kind", "origin", "fingerprint", "started",
                        "duration", "save_duration", "params", "inputs", "outputs", "attachments",
                        "parts", "versions", "observed", "same_result_as", "provenance",
-                       "signature"))
+                       "accepted", "signature"))
 
     @property
     def started_at(self) -> _dt.datetime:
@@ -323,7 +342,8 @@ class ResultRecord:
         if self.attachments is not None:
             out["attachments"] = {k: v.to_json() for k, v in self.attachments.items()}
         out["parts"] = self.parts
-        for key in ("versions", "observed", "same_result_as", "provenance", "signature"):
+        for key in ("versions", "observed", "same_result_as", "provenance", "accepted",
+                    "signature"):
             _put(out, key, getattr(self, key))
         out.update(self.extra)
         return out
@@ -365,6 +385,7 @@ class ResultRecord:
             observed=_observed(data["observed"]) if "observed" in data else None,
             same_result_as=_optional_text(data, "same_result_as", "same_result_as is not text"),
             provenance=_provenance(data.get("provenance")),
+            accepted=_accepted(data.get("accepted")),
             signature=_optional_text(data, "signature", "its signature is not text"),
             format_version=version,
             extra=_unknown(data, cls._KEYS),

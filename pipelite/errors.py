@@ -17,9 +17,11 @@ from; "also" names its other base::
         ParameterError
         StageOutputError
         StaleArtifactError
+        AcceptRefusedError
         CorruptArtifactError
             ArtifactRemovedError
         UnsafeStorePathError
+            UnsafeRestoreError
         UntrustedRecordError
         GraphvizNotFoundError
         StoreLocationError
@@ -106,6 +108,11 @@ class StaleArtifactError(PipeliteError):
     """The stored value of an artifact is out of date."""
 
 
+class AcceptRefusedError(PipeliteError):
+    """``Pipeline.accept`` would adopt a result for something that may change it: an input's
+    content, a file, an upstream stage not fresh, or no stored result to adopt."""
+
+
 class CorruptArtifactError(PipeliteError):
     """A stored file does not match the size or hash recorded when it was written."""
 
@@ -136,6 +143,11 @@ class ArtifactRemovedError(CorruptArtifactError):
 class UnsafeStorePathError(PipeliteError):
     """A path in the store would lead outside it (``..``, an absolute path, a symbolic link):
     PipeLite refuses to open, rename or delete it."""
+
+
+class UnsafeRestoreError(UnsafeStorePathError):
+    """A file output's recorded place is not one PipeLite writes to: not a plain relative
+    path under the current folder, inside the store, or reached through a symbolic link."""
 
 
 class UntrustedRecordError(PipeliteError):

@@ -14,7 +14,8 @@ class StageEvent:
     """Something happened to a stage.
 
     ``kind`` is one of ``run_started``, ``started``, ``finished``, ``skipped``, ``failed``,
-    ``invalidated``, ``run_finished``. ``index``/``total`` count the stages a run executes.
+    ``invalidated``, ``accepted``, ``run_finished``. ``index``/``total`` count the stages a
+    run executes.
     A ``started`` event says why the stage runs (``reason``: "global 'EPOCHS' changed").
     """
 

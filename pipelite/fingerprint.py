@@ -17,6 +17,7 @@ import xxhash
 
 from ._cellcode import normalize_source
 from ._encode import PipeliteWarning, warn_user
+from ._files import LISTED_FILES, File, file_digest, files_in
 from ._reach import Reach, _functions_of, code_digest, leaf_token
 from .stage import CellStage, Stage
 
@@ -50,13 +51,18 @@ def code_parts(st: Stage, memo: dict | None = None
                ) -> tuple[str, str, dict[str, str], dict[str, str]]:
     """(digest of all the stage reaches, digest of its own code, helpers, globals), as its
     code stands now. The first decides freshness; the others say in words what changed."""
+    if st.ignore:  # a walk that leaves names out must not share its tokens with others
+        memo = {}
     if isinstance(st, CellStage):
-        walker = Reach(st.inputs, memo)  # a cell reads its inputs as globals: skip them
+        # a cell reads its inputs as globals: skip them
+        walker = Reach(st.inputs, memo, ignore=st.ignore)
         code = digest_text(normalize_source(st.source))
         ns = st.namespace
         b = ns.get("__builtins__", {})
         root = [code]
         for name in st.reads:
+            if name in st.ignore:
+                continue
             if name in ns:
                 root.append(f"{name}={walker.read(name, ns[name])}")
             elif not (name in b if isinstance(b, dict) else hasattr(b, name)):
@@ -71,7 +77,7 @@ def code_parts(st: Stage, memo: dict | None = None
     objs = st.code_objects()
     if len(objs) == 1 and (leaf := leaf_token(objs[0])) is not None:
         return leaf, code_digest(objs[0].__code__), {}, {}  # reaches nothing: no walk needed
-    walker = Reach((), memo)
+    walker = Reach((), memo, ignore=st.ignore, params_of=st.param_code())
     reach, own = [], []
     for obj in objs:
         reach.append(walker.stage_token(obj))
@@ -96,9 +102,27 @@ def canonical_params(params: Mapping[str, Any], memo: dict | None = None) -> dic
     object by its class's code and its attributes (its display form is kept in the record)."""
     if not params:
         return {}
-    walker = Reach((), memo)
-    return {k: walker.token(v) or walker.encoder.digest(v, f"parameter '{k}'")
+    walker = Reach((), memo)  # (an ignored parameter never gets here: see fingerprint_of)
+    return {k: _file_param(v) or walker.token(v) or walker.encoder.digest(v, f"parameter '{k}'")
             for k, v in sorted(params.items())}
+
+
+def _file_param(value: Any) -> str | None:
+    """A parameter that is a ``File`` (or a list of them) by its path: its content is in the
+    fingerprint's "files", so that a changed file is named as such."""
+    files = files_in(value)
+    if not files or (not isinstance(value, File) and len(files) != len(value)):
+        return None
+    return "file:" + "|".join(f.key for f in files)
+
+
+def input_files(st: Stage, params: Mapping[str, Any]) -> list[File]:
+    """The files a stage declares it reads: its parameters that are ``File``s (or lists of
+    them) and, for a cell, its ``--file`` paths."""
+    found = list(getattr(st, "files", ()))
+    for value in params.values():
+        found += files_in(value)
+    return list(dict.fromkeys(found))
 
 
 def fingerprint_of(st: Stage, params: Mapping[str, Any], input_hashes: Mapping[str, str],
@@ -114,7 +138,8 @@ def fingerprint_of(st: Stage, params: Mapping[str, Any], input_hashes: Mapping[s
         "code": code,
         "helpers": dict(sorted(helpers.items())) if helpers else {},
         "globals": dict(sorted(globs.items())) if globs else {},
-        "params": canonical_params(params, memo),
+        "params": canonical_params({k: v for k, v in params.items() if k not in st.ignore}
+                                   if st.ignore else params, memo),
         "inputs": dict(sorted(input_hashes.items())) if input_hashes else {},
         "outputs": outputs,
     }
@@ -126,5 +151,16 @@ def fingerprint_of(st: Stage, params: Mapping[str, Any], input_hashes: Mapping[s
         parts["env"] = {var: (digest_text(os.environ[var]) if var in os.environ else "<unset>")
                         for var in sorted(st.env)}
         decisive += [f"env:{k}={v}" for k, v in parts["env"].items()]
+    files = input_files(st, params)
+    if files:
+        parts["files"], listings = {}, {}
+        for f in files:
+            digest, listing = file_digest(f, memo)
+            parts["files"][f.key] = digest
+            if listing is not None and len(listing) <= LISTED_FILES:
+                listings[f.key] = dict(sorted(listing.items()))
+        if listings:
+            parts["listings"] = listings  # for reasons only: which file of a folder changed
+        decisive += [f"files:{k}={v}" for k, v in sorted(parts["files"].items())]
     decisive.append(f"outputs={outputs!r}")
     return Fingerprint(digest_text("\n".join(decisive)), parts)

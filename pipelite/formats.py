@@ -25,6 +25,7 @@ import xxhash
 __all__ = ["Format", "register_format", "format_for", "format_named", "hash_file"]
 
 CHUNK = 8 << 20
+VOLATILE = "volatile"  # the format named by outputs of cache=False stages: never stored
 
 
 @dataclass(frozen=True)
@@ -384,6 +385,22 @@ def _load_pickle(path: str) -> Any:
         return pickle.load(f)
 
 
+def _is_file(v: Any) -> bool:
+    from ._files import File
+
+    return isinstance(v, File)
+
+
+def _save_file(v: Any, path: str) -> str:
+    from ._files import store_file
+
+    return store_file(v.path, path)
+
+
+def _load_file(path: str) -> Any:
+    raise AssertionError("a file output is restored by Store.load_value")  # pragma: no cover
+
+
 def _polars_refusals() -> tuple:
     pl = sys.modules.get("polars")
     extra = getattr(getattr(pl, "exceptions", None), "PolarsError", None)
@@ -407,6 +424,9 @@ _BUILTIN = [
     # only values JSON gives back exactly (no tuples, no int keys, no nan) are JSON
     Format("json", ".json", _is_json_exact, _save_json, _load_json, _REFUSALS,
            returns_computed=True, loads=_loads_json),
+    # files a stage returned (``pipelite.File``): their bytes, copied as they are hashed; on
+    # load the store puts them back in place (``Store.load_value``), never through ``load``
+    Format("file", ".file", _is_file, _save_file, _load_file, returns_computed=True),
 ]
 _USER: list[Format] = []
 _EXT = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9_+.-]{0,14}\Z")

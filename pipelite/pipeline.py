@@ -7,6 +7,8 @@ public method is short: it resolves its targets (``pipelite._resolve``), checks 
 """
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import difflib
 import functools
 import threading
@@ -22,6 +24,7 @@ from ._freshness import (
     OutputInfo,
     StageStatus,
     check,
+    diff,
     short_repr,
     status_of,
 )
@@ -29,6 +32,7 @@ from ._gcpause import collector_paused
 from ._integrity import check_level
 from ._resolve import Graph
 from .errors import (
+    AcceptRefusedError,
     CorruptArtifactError,
     InvalidArgumentError,
     ParameterError,
@@ -202,7 +206,8 @@ class Pipeline:
         verdict = self._check([stage_name], graph=graph)[stage_name]
         shown = verdict.record if verdict.record is not None else verdict.latest
         return explain_text(status_of(verdict), getattr(verdict.stage, "blind_spots", ()),
-                            shown.provenance if shown is not None else None)
+                            shown.provenance if shown is not None else None,
+                            shown.accepted if shown is not None else None)
 
     @_user_facing
     def plan(self, target: Any = None, *, force: bool = False,
@@ -409,6 +414,75 @@ class Pipeline:
         return count
 
     @_user_facing
+    def accept(self, name: Any, *,
+               params: Mapping[str, Mapping[str, Any]] | None = None) -> ResultRecord:
+        """Adopt the current fingerprint for a stage's latest stored result, without running
+        it: after a refactor you know did not change the result (code, helpers, globals,
+        parameters). The record gains an ``accepted`` note (the fingerprint it was computed
+        for, when, and what had changed), shown by ``explain``.
+
+        Refused (``AcceptRefusedError``) when anything else changed: an input's content, a
+        file it reads, an environment variable, its outputs; when an upstream stage is not
+        fresh, the stage is not cached, its result expired, or it has no stored result.
+        Returns the record now stored for the current fingerprint."""
+        __tracebackhide__ = True
+        params = _checked_params(params, "accept")
+        graph = self._graph()
+        stage_name = graph.stage_name(name)
+        st = self.registry.get(stage_name)
+        if st is None:
+            raise StageNotDefinedError(
+                f"stage '{stage_name}' is known only from the store: define it (run its cell) "
+                f"before accepting its result")
+        verdict = self._check([stage_name], params, graph=graph)[stage_name]
+        if verdict.state == "fresh" and verdict.record is not None:
+            return verdict.record  # nothing to accept
+        fp, latest = verdict.fingerprint, verdict.latest
+        refuse = f"cannot accept the stored result of stage '{stage_name}'"
+        if not st.cache:
+            raise AcceptRefusedError(f"{refuse}: it is not cached (cache=False)")
+        if fp is None or latest is None:
+            blocked = "; ".join(verdict.reasons) or "it has no stored result"
+            raise AcceptRefusedError(f"{refuse}: {blocked}. Run what it needs first")
+        if verdict.state == "failed":
+            raise AcceptRefusedError(f"{refuse}: its last run failed ({verdict.reasons[0]})")
+        if latest.fingerprint == fp.digest:  # the same fingerprint: a file changed, or expiry
+            raise AcceptRefusedError(
+                f"{refuse}: {'; '.join(verdict.reasons)}: only changes to its code, globals "
+                f"and parameters can be accepted; run it")
+        before, now = latest.parts, fp.parts
+        changed = [label for key, label in (("inputs", "input artifacts' content"),
+                                            ("files", "input files"),
+                                            ("env", "environment variables"),
+                                            ("outputs", "outputs"))
+                   if (before.get(key) or {}) != (now.get(key) or {})]
+        observed = _observed_changes(latest)
+        if changed or observed:
+            found = diff(before, latest.params, fp, {}, graph.producers)
+            why = [r for r in found if r.startswith(("input ", "file ", "now reads file",
+                                                       "no longer reads", "environment",
+                                                       "now depends", "its outputs",
+                                                       "and "))] + observed
+            raise AcceptRefusedError(
+                f"{refuse}: {'; '.join(why or changed)}. Only changes to its code, globals "
+                f"and parameters can be accepted: run it")
+        resolved = st.resolve_params(dict(self.params.get(stage_name, {}),
+                                          **(params or {}).get(stage_name, {})))
+        reasons = diff(before, latest.params, fp, resolved, graph.producers)
+        self.store.require_trust(latest, "result (accepting it signs it with your key)")
+        record = dataclasses.replace(
+            latest, fingerprint=fp.digest, parts=fp.parts,
+            params={k: short_repr(v) for k, v in resolved.items()},
+            same_result_as=None,
+            accepted={"from": latest.fingerprint,
+                      "at": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                          timespec="milliseconds"),
+                      "reasons": reasons})
+        stored = self.store.write_result(record)
+        events.emit("accepted", stage_name, self.store.url)
+        return stored
+
+    @_user_facing
     def gc(self, keep: int = 1, *, grace: float = GC_GRACE) -> GcReport:
         """Delete all but the newest ``keep`` results per stage, and unreferenced files older
         than ``grace`` seconds (default one hour: files other processes are writing stay)."""
@@ -477,6 +551,12 @@ def _checked_params(params: Any, where: str) -> dict[str, dict[str, Any]]:
 
 def _is_bool(value: Any) -> bool:
     return isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy's bool too
+
+
+def _observed_changes(record: ResultRecord) -> list[str]:
+    from . import _observe
+
+    return _observe.changes(record.observed)
 
 
 def _checked_bool(value: Any, where: str, what: str) -> None:

@@ -124,7 +124,8 @@ def status_table(statuses: Sequence[StageStatus], in_session: bool = True) -> st
 
 
 def explain_text(status: StageStatus, blind_spots: Iterable[str] = (),
-                 provenance: Mapping[str, Any] | None = None) -> str:
+                 provenance: Mapping[str, Any] | None = None,
+                 accepted: Mapping[str, Any] | None = None) -> str:
     """Why a stage is in its state, in words: what ``Pipeline.explain`` returns.
 
     ``blind_spots`` are what PipeLite cannot see in the stage's code (a shell command in a
@@ -144,6 +145,11 @@ def explain_text(status: StageStatus, blind_spots: Iterable[str] = (),
                      f"{human_duration(s.duration or 0.0)}")
     if provenance:
         lines.append(f"run: {provenance_text(provenance)}")
+    if accepted:
+        why = "; ".join(accepted.get("reasons") or ()) or "no change named"
+        lines.append(f"accepted: {local_time(accepted.get('at'), full=True)}, without running, "
+                     f"in place of the result for fingerprint {str(accepted.get('from'))[:12]} "
+                     f"({why})")
     if s.outputs:
         lines.append("outputs: " + ", ".join(f"{o.name} ({o.summary}, {human_bytes(o.size)})"
                                               for o in s.outputs))

@@ -160,6 +160,10 @@ class Stage:
         accepts_any_param: bool = False,
         env: Iterable[str] = (),
         origin: str | None = None,
+        *,
+        cache: bool = True,
+        ignore: Iterable[str] = (),
+        expires_after: Any = None,
     ):
         self.name = validate_stage_name(name)
         self.origin = origin
@@ -180,6 +184,48 @@ class Stage:
         self.inferred_outputs: tuple[str, ...] | None = None
         self.learnt_outputs: tuple[str, ...] | None = None
         self.input_defaults: dict[str, Any] = {}  # inputs that have a default value
+        self.set_policies(cache=cache, ignore=ignore, expires_after=expires_after)
+
+    # -- policies (``@stage(cache=, ignore=, expires_after=)``, ``%%stage`` flags) -------------
+    cache: bool = True
+    """False: the stage runs every time it is needed and nothing of it is stored; its outputs
+    reach downstream stages in memory, by content (so early cut-off still works)."""
+    ignore: frozenset[str] = frozenset()
+    """Parameters and globals left out of the fingerprint (joblib's ``ignore=``)."""
+    expires_after: float | None = None
+    """Seconds after which a stored result is stale ("result expired (stored 26 h ago)")."""
+    files: tuple[Any, ...] = ()
+    """Input ``File``s the stage declares besides its parameters (``%%stage --file``)."""
+
+    def set_policies(self, *, cache: bool = True, ignore: Iterable[str] = (),
+                     expires_after: Any = None) -> None:
+        """Check and set the stage's cache policies (see the attributes above)."""
+        from ._units import parse_duration
+
+        if not isinstance(cache, bool):
+            raise StageDefinitionError(
+                f"stage '{self.name}': cache={cache!r} is not True or False")
+        if isinstance(ignore, str):
+            ignore = [ignore]
+        if not isinstance(ignore, (list, tuple, set, frozenset)) or not all(
+                isinstance(n, str) and n.isidentifier() for n in ignore):
+            raise StageDefinitionError(
+                f"stage '{self.name}': ignore={ignore!r} is not a list of parameter or global "
+                f"names: pass e.g. ignore=['verbose', 'n_jobs']")
+        inputs = sorted(set(ignore) & set(getattr(self, "inputs", ())))
+        if inputs:
+            raise StageDefinitionError(
+                f"stage '{self.name}': ignore={list(ignore)!r} names input '{inputs[0]}': an "
+                f"input's content always counts; only parameters and globals can be ignored")
+        self.cache = cache
+        self.ignore = frozenset(ignore)
+        self.expires_after = (None if expires_after is None
+                              else parse_duration(expires_after, f"stage '{self.name}': "
+                                                                 f"expires_after"))
+
+    def param_code(self) -> dict[Any, bool]:
+        """Code objects whose defaults are this stage's parameters (see ``Reach``)."""
+        return {}
 
     @property
     def origin(self) -> str | None:
@@ -341,7 +387,7 @@ class FunctionStage(Stage):
     kind = "function"
 
     def __init__(self, fn: Callable, name: str | None = None, outputs: Any = None,
-                 env: Iterable[str] = ()):
+                 env: Iterable[str] = (), **policies: Any):
         self.fn = fn
         name = fn.__name__ if name is None else name
         inputs: list[str] = []
@@ -362,7 +408,8 @@ class FunctionStage(Stage):
                     f"function stage '{name}' takes *{p.name}: name each input as its own "
                     f"positional parameter"
                 )
-        super().__init__(name, inputs, params, outputs, accepts_any_param=any_param, env=env)
+        super().__init__(name, inputs, params, outputs, accepts_any_param=any_param, env=env,
+                         **policies)
         self.input_defaults = defaults
         if outputs is None:
             self.inferred_outputs = _literal_return_keys(fn)
@@ -373,6 +420,10 @@ class FunctionStage(Stage):
     def code_objects(self):
         return [self.fn]
 
+    def param_code(self) -> dict[Any, bool]:
+        code = getattr(self.fn, "__code__", None)
+        return {code: False} if code is not None else {}  # keyword-only: the parameters
+
 
 class ClassStage(Stage):
     """A class as a stage: ``__init__`` arguments are parameters, ``run()``'s are inputs."""
@@ -380,7 +431,7 @@ class ClassStage(Stage):
     kind = "class"
 
     def __init__(self, cls: type, name: str | None = None, outputs: Any = None,
-                 env: Iterable[str] = ()):
+                 env: Iterable[str] = (), **policies: Any):
         self.cls = cls
         name = cls.__name__ if name is None else name
         run = getattr(cls, "run", None)
@@ -407,7 +458,8 @@ class ClassStage(Stage):
                     continue
                 else:
                     params[p.name] = p.default
-        super().__init__(name, inputs, params, outputs, accepts_any_param=any_param, env=env)
+        super().__init__(name, inputs, params, outputs, accepts_any_param=any_param, env=env,
+                         **policies)
         if outputs is None:
             self.inferred_outputs = _literal_return_keys(run)
 
@@ -417,6 +469,11 @@ class ClassStage(Stage):
 
     def code_objects(self):
         return [self.cls]
+
+    def param_code(self) -> dict[Any, bool]:
+        init = vars(self.cls).get("__init__")
+        code = getattr(init, "__code__", None)
+        return {code: True} if code is not None else {}  # every argument: a parameter
 
 
 _MISSING: Any = object()  # "not bound" in namespace snapshots
@@ -452,6 +509,9 @@ class CellStage(Stage):
         hidden: Mapping[str, Any] | None = None,
         analysis: "CellAnalysis | None" = None,
         origin: str | None = None,
+        files: Iterable[Any] = (),
+        out_files: Mapping[str, Any] | None = None,
+        **policies: Any,
     ):
         """``analysis``: another ``CellStage``'s ``analysis`` of the same ``source`` (it is of
         the code alone), to spare analysing it again. ``origin``: the notebook that defines
@@ -465,7 +525,20 @@ class CellStage(Stage):
         self._execute = execute
         self.filename = filename or f"<stage {name}>"
         outs = tuple(outputs) if outputs is not None else self.analysis.outputs
-        super().__init__(name, inputs, {}, None, env=env, origin=origin)
+        super().__init__(name, inputs, {}, None, env=env, origin=origin, **policies)
+        from ._files import File
+
+        self.files = tuple(File(f) for f in files)
+        # ``--out-file``: artifacts that are files the cell writes, by name
+        self.out_files = {_validate_artifact_str(n): File(f)
+                          for n, f in (out_files or {}).items()}
+        both = [o for o in self.out_files if o in outs]
+        if both:
+            raise StageDefinitionError(
+                f"stage '{name}': '{both[0]}' is both a name the cell binds and a file output "
+                f"(--out-file): give the file another name, e.g. --out-file "
+                f"{both[0]}_file={self.out_files[both[0]].key}")
+        outs = (*outs, *self.out_files)
         self.declared_outputs = tuple(_validate_artifact_str(o) for o in outs)
         _refuse_duplicate_outputs(name, self.declared_outputs)
         # names the cell may read and also binds: name -> (what the cell left, what was before)
@@ -545,6 +618,7 @@ class CellStage(Stage):
                 exec(compile(self.source, self.filename, "exec"), ns)
         finally:
             self.settle(before)
+        ns.update(self.out_files)
         missing = [o for o in self.declared_outputs if o not in ns]
         if missing:
             raise StageOutputError(
@@ -572,9 +646,12 @@ class CellStage(Stage):
         view = self._view
         values = {n: view[n] for n in self.reads if n in view}
         body, last = self.compiled or (compile(self.source, self.filename, "exec"), None)
-        return CellOnWorker(self.name, body, last, values, self.inputs,
+        sent = CellOnWorker(self.name, body, last, values, self.inputs,
                             self.declared_outputs, origin=self.origin,
                             output_attachment=self.output_attachment)
+        sent.files, sent.out_files = self.files, dict(self.out_files)
+        sent.cache, sent.ignore, sent.expires_after = self.cache, self.ignore, self.expires_after
+        return sent
 
 
 class CellOnWorker(Stage):
@@ -598,6 +675,7 @@ class CellOnWorker(Stage):
         self.values = dict(values)
         self.output_attachment = output_attachment
         self._attachments: dict[str, Any] = {}
+        self.out_files: dict[str, Any] = {}
 
     def call(self, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> Any:
         import builtins
@@ -606,6 +684,7 @@ class CellOnWorker(Stage):
         ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
         ns.update(self.values)
         ns.update(inputs)
+        ns.update(self.out_files)
         events: list[dict[str, Any]] = []
         out, err = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Echo(out, "stdout", events), _Echo(err, "stderr", events)
@@ -854,7 +933,8 @@ REGISTRY = Registry()
 
 
 def stage(name_or_obj: Any = None, *, outputs: Any = None, name: str | None = None,
-          env: Iterable[str] = (), registry: Registry | None = None) -> Any:
+          env: Iterable[str] = (), registry: Registry | None = None, cache: bool = True,
+          ignore: Iterable[str] = (), expires_after: Any = None) -> Any:
     """Declare a class or a function as a pipeline stage and register it.
 
     >>> @stage("gen_data")
@@ -865,15 +945,19 @@ def stage(name_or_obj: Any = None, *, outputs: Any = None, name: str | None = No
     Forms: ``@stage``, ``@stage("name")``, ``@stage(outputs="art")``,
     ``@stage(name=..., outputs=...)``.
     ``env=["VAR", ...]`` adds environment variables to the stage's fingerprint.
+    Policies: ``cache=False`` (always runs, never stored), ``ignore=["verbose"]`` (parameters
+    or globals left out of the fingerprint), ``expires_after="1d"`` (a result older than that
+    is stale).
     The decorated object is returned unchanged (it stays usable as plain Python).
     """
     reg = REGISTRY if registry is None else registry
 
     def decorate(obj: Any, stage_name: str | None) -> Any:
+        policies = {"cache": cache, "ignore": ignore, "expires_after": expires_after}
         if isinstance(obj, type):
-            st: Stage = ClassStage(obj, stage_name, outputs, env=env)
+            st: Stage = ClassStage(obj, stage_name, outputs, env=env, **policies)
         elif callable(obj) and hasattr(obj, "__code__"):
-            st = FunctionStage(obj, stage_name, outputs, env=env)
+            st = FunctionStage(obj, stage_name, outputs, env=env, **policies)
         else:
             raise StageDefinitionError(
                 f"@stage decorates a class or a function, not {type(obj).__name__}"

@@ -39,6 +39,8 @@ from typing import Any, Callable, Iterator, Mapping
 import filelock
 import xxhash
 
+from ._encode import warn_user
+from ._files import File, in_place, output_key, restore, target_of
 from ._fs import TMP_NAME as _TMP_NAME
 from ._fs import FsspecFS, StoreFS, open_fs
 from ._fs import fsync_file as _fsync_file
@@ -61,6 +63,7 @@ from .errors import (
     InvalidArgumentError,
     PipeliteError,
     StoreLocationError,
+    StoreNotWritableError,
     UnsafeStorePathError,
     UntrustedRecordError,
     limit_error,
@@ -194,6 +197,8 @@ class ScrubReport:
 
 
 def _summary(value: Any) -> str:
+    if isinstance(value, File):
+        return f"file {value.key}"
     shape = getattr(value, "shape", None)
     dtype = getattr(value, "dtype", None)
     name = type(value).__name__
@@ -552,13 +557,16 @@ class Store:
 
     # -- objects ------------------------------------------------------------------------------
     def save_value(self, value: Any, *, stage: str | None = None,
-                   created: list[str] | None = None) -> OutputRecord:
+                   created: list[str] | None = None, name: str | None = None) -> OutputRecord:
         """Write ``value`` as a content-addressed object; return its record.
 
         A full disk raises ``StoreFullError`` (naming ``stage``), a read-only store
         ``StoreNotWritableError``; no temporary file is left. ``created``, a list, gets the
         object's path if this call added it (so a failed run can take it back)."""
         fmt = format_for(value)
+        extra: dict[str, Any] = {}
+        if isinstance(value, File):  # where it goes back on a hit (refused if not a file
+            extra["file"] = output_key(value, stage or "?", name or "?")  # under the cwd)
         tmp = size = None
         try:
             tmp = self._fs.tmp_path(fmt.ext)
@@ -600,6 +608,7 @@ class Store:
             type=f"{type(value).__module__}.{type(value).__qualname__}",
             summary=_summary(value),
             sample=sample,  # 64 blocks, checked on every load of a large file
+            extra=extra,
         )
 
     def discard_objects(self, rels: list[str]) -> None:
@@ -650,6 +659,8 @@ class Store:
         always hashed whole first: its bytes are exactly the ones that were signed."""
         level = "always" if verify else self.verify_level
         reread = level == "always"  # asked for: hash the file now, whatever was read before
+        if info.format == "file":
+            return self._file_output(info, record, verify)
         if info.format not in SAFE_FORMATS:
             self.require_trust(record, f"output in format '{info.format}'")
             level = "always"
@@ -682,6 +693,40 @@ class Store:
                     # fetch it again, hashed whole; only a bad download is a corrupt object
                     local = self._fs.local_copy(rel, info.hash, verify=True)
         return _decoded(format_named(info.format).load, local, local)
+
+    def file_target(self, info: OutputRecord) -> str:
+        """Where a file output goes back to (``UnsafeRestoreError`` for a place PipeLite does
+        not write to: see ``_files.target_of``)."""
+        return target_of(info.extra.get("file"), self.local_dirs())
+
+    def _file_output(self, info: OutputRecord, record: ResultRecord | None,
+                     verify: bool = False) -> File:
+        """A file output, in its place: left alone when it holds the stored content (checked
+        by its stat, as input files are), else restored from the store; a changed file is
+        kept beside it. Writing into the project needs a record signed with your key, as
+        loading a pickle does (a file put in place may be code that runs later)."""
+        target = self.file_target(info)
+        if verify:
+            self.verify(info)
+        if in_place(target, info.hash, info.size):
+            return File(target)
+        self.require_trust(record, "file output")
+        rel = self._object_rel(info)
+        if self._fs.local_root is not None:
+            self.verify(info)
+            local = self._fs.local_copy(rel, info.hash)
+        else:
+            local = self._fs.local_copy(rel, info.hash, verify=True)
+        try:
+            done = restore(local, target, info.hash, info.size)
+        except OSError as exc:
+            raise StoreNotWritableError(
+                f"file output {info.extra.get('file')} could not be restored from the store "
+                f"to {target}: {exc}. Make its folder writable, or load it elsewhere with "
+                f"pipeline.store.object_path(...)") from exc
+        if done:
+            warn_user(done)
+        return File(target)
 
     def _read_verified(self, info: OutputRecord, reread: bool = False) -> bytes:
         """The bytes of a small local object, checked as ``verify`` checks it at any level but

@@ -57,6 +57,9 @@ def _pipelite_parser() -> MagicArgumentParser:
     p.add_argument("names", nargs="+", metavar="NAME", help="artifact or stage names")
     p = add("invalidate", "forget every stored result of a stage")
     p.add_argument("name", metavar="NAME")
+    p = add("accept", "adopt a stage's stored result for its changed code, globals or "
+                      "parameters, without running it")
+    p.add_argument("name", metavar="NAME")
     p = add("gc", "delete all but the newest results per stage, and unreferenced files")
     p.add_argument("--keep", type=int, default=1, metavar="N",
                    help="results to keep per stage (default 1)")
@@ -178,6 +181,50 @@ class StatusTable:
                 f"<tbody>{''.join(rows)}</tbody></table>{foot}")
 
 
+def _cell_options(args: Any) -> dict[str, Any]:
+    """``%%stage``'s file and policy flags as ``CellStage`` options; bad ones a usage
+    message."""
+    from pipelite._units import parse_duration
+
+    options: dict[str, Any] = {"files": [_unquoted(f) for f in args.files or ()],
+                               "out_files": {}, "cache": not args.no_cache,
+                               "ignore": list(args.ignore or ())}
+    for item in args.out_files or ():
+        item = _unquoted(item)
+        name, eq, path = item.partition("=")
+        if not eq:
+            name, path = _artifact_of_path(item), item
+        if not name.isidentifier() or not path:
+            raise UsageError(f"%%stage --out-file {item}: give PATH or NAME=PATH, NAME a "
+                             f"Python identifier (e.g. --out-file report=out/report.html)")
+        if name in options["out_files"]:
+            raise UsageError(f"%%stage --out-file: two files are named '{name}': give each "
+                             f"a name (NAME=PATH)")
+        options["out_files"][name] = path
+    bad = [n for n in options["ignore"] if not n.isidentifier()]
+    if bad:
+        raise UsageError(f"%%stage --ignore {bad[0]}: give the names of globals the cell reads")
+    if args.expires is not None:
+        try:
+            options["expires_after"] = parse_duration(_unquoted(args.expires), "--expires")
+        except PipeliteError as exc:
+            raise UsageError(f"%%stage: {exc}") from None
+    if args.no_cache and args.expires is not None:
+        raise UsageError("%%stage: use --no-cache or --expires, not both (a cell that is "
+                         "never stored cannot expire)")
+    return options
+
+
+def _artifact_of_path(path: str) -> str:
+    """``out/report.html`` -> ``report``: a file's name without its extension, as an
+    identifier."""
+    import re
+
+    stem = os.path.splitext(os.path.basename(path.rstrip("/\\")))[0]
+    name = re.sub(r"\W", "_", stem) or "file"
+    return f"_{name}" if name[0].isdigit() else name
+
+
 @magics_class
 class PipeliteMagics(Magics):
     """The ``%%stage`` cell magic and the ``%pipelite`` line magic."""
@@ -205,6 +252,21 @@ class PipeliteMagics(Magics):
     @argument("--env", nargs="+", action="extend", metavar="VAR",
               help="environment variables the cell's result depends on (a change makes it "
                    "stale; only a digest of each value is stored)")
+    @argument("--file", dest="files", nargs="+", action="extend", metavar="PATH",
+              help="files or folders the cell reads, tracked by content (a change makes it "
+                   "stale, naming the file)")
+    @argument("--out-file", dest="out_files", nargs="+", action="extend",
+              metavar="[NAME=]PATH",
+              help="a file the cell writes, stored as artifact NAME (default: the file's "
+                   "name without its extension) and put back in place on a hit")
+    @argument("--no-cache", action="store_true",
+              help="run the cell every time; store nothing (downstream cells still see its "
+                   "outputs by content)")
+    @argument("--expires", metavar="AGE",
+              help="a stored result older than AGE (30min, 12h, 1d, 2w) is stale")
+    @argument("--ignore", nargs="+", action="extend", metavar="NAME",
+              help="globals the cell reads that do not affect its result (left out of its "
+                   "fingerprint)")
     @argument("--force", action="store_true", help="recompute even if a stored result is fresh")
     @argument("--define", action="store_true", help="register the stage without running it")
     @cell_magic
@@ -230,9 +292,11 @@ class PipeliteMagics(Magics):
         source = shell.transform_cell(cell)
         header = f"%%stage {line}".rstrip()
 
+        options = _cell_options(args)
+
         def run() -> None:
             st = self.session.define_cell(args.name, header, source, args.inputs, args.outputs,
-                                          env=args.env)
+                                          env=args.env, **options)
             self.session.show_badge(st.name, "missing" if args.define else "running")
             if args.define:
                 ins = ", ".join(st.inputs) or "none"
@@ -323,6 +387,16 @@ class PipeliteMagics(Magics):
     def _cmd_invalidate(self, args: Any) -> None:
         count = self.pipeline.invalidate(args.name)
         print(f"[pipelite] {args.name}: forgot {count} stored result(s)")
+
+    def _cmd_accept(self, args: Any) -> None:
+        record = self.pipeline.accept(args.name)
+        note = record.accepted
+        if note is None:
+            print(f"[pipelite] {args.name}: already fresh, nothing to accept")
+            return
+        why = "; ".join(note.get("reasons") or ()) or "its fingerprint changed"
+        print(f"[pipelite] {args.name}: accepted the stored result from "
+              f"{local_time(record.started)} for its current code ({why}); it is fresh")
 
     def _cmd_gc(self, args: Any) -> None:
         if args.keep < 1:

@@ -29,6 +29,7 @@ from pipelite import (
     subscribe,
 )
 from pipelite.errors import DuplicateProducerError, UntrustedRecordError
+from pipelite.formats import VOLATILE
 from pipelite.present import human_bytes, human_duration, local_time, user_frames
 from pipelite.store import ResultRecord
 
@@ -391,19 +392,23 @@ class PipeliteSession(Configurable):
             self.shell.push(dict(values), interactive=True)
 
     def define_cell(self, name: str, header: str, source: str, inputs: list[str] | None,
-                    outputs: list[str] | None, env: list[str] | None = None) -> CellStage:
+                    outputs: list[str] | None, env: list[str] | None = None,
+                    **options: Any) -> CellStage:
         """Register the cell ``source`` as stage ``name`` (replacing an older definition).
 
         ``inputs`` default to the cell's free names that other stages produce (a name the
         cell may read: also one named like a builtin, or one it binds on some paths only).
         ``env`` names environment variables the cell's result depends on. A cell with shell
         commands or magics PipeLite cannot see into gets one ``PipeliteWarning`` saying so.
+        ``options``: ``files`` (input files, ``--file``), ``out_files`` ({name: path},
+        ``--out-file``), and the policies ``cache``, ``ignore``, ``expires_after``.
         """
         with self._exclusive():
-            return self._define_cell(name, header, source, inputs, outputs, env)
+            return self._define_cell(name, header, source, inputs, outputs, env, options)
 
     def _define_cell(self, name: str, header: str, source: str, inputs: list[str] | None,
-                     outputs: list[str] | None, env: list[str] | None) -> CellStage:
+                     outputs: list[str] | None, env: list[str] | None,
+                     options: dict[str, Any]) -> CellStage:
         compiled = CompiledCell(self.shell, header, source)
         ns = self.shell.user_ns
         hidden = getattr(self.shell, "user_ns_hidden", None)
@@ -416,7 +421,7 @@ class PipeliteSession(Configurable):
         _check_no_reassigned_input(name, source, probe, inputs, produced)
         st = CellStage(name, source, ns, inputs=inputs, outputs=outputs,
                        execute=self._executor(name, compiled), filename=compiled.filename,
-                       env=env or (), hidden=hidden, analysis=probe.analysis)
+                       env=env or (), hidden=hidden, analysis=probe.analysis, **options)
         st.compiled = (compiled.body, compiled.last)  # as sent to a cluster's worker
         st.output_attachment = OUTPUTS_ATTACHMENT
         st.origin = self.notebook
@@ -629,7 +634,7 @@ class PipeliteSession(Configurable):
                 run.stage = None
         if event.kind == "started" and event.stage is not None:
             self._badge_running(event.stage)
-        elif event.kind in ("run_finished", "invalidated") and (
+        elif event.kind in ("run_finished", "invalidated", "accepted") and (
                 not self._in_cell or threading.current_thread() is not threading.main_thread()):
             # a panel button or a script (a cell's own runs are seen once, after the cell)
             self.refresh_badges()
@@ -643,8 +648,10 @@ class PipeliteSession(Configurable):
             self._say(f"[pipelite] running stage '{event.stage}' ({event.index}/{event.total})"
                       + (f": {event.reason}" if event.reason else ""))
         elif event.kind == "finished":
+            st = self.pipeline.registry.get(event.stage) if event.stage else None
+            done = "not stored (cache=False)" if st is not None and not st.cache else "stored"
             self._say(f"[pipelite] {event.stage}: ran in {_seconds(event.duration or 0.0)}, "
-                      f"stored")
+                      f"{done}")
 
     def _say(self, line: str) -> None:
         """A progress line, in the running cell's output (its displays, when it has them)."""
@@ -742,6 +749,8 @@ def _renamed_example(source: str, name: str, limit: int = 40) -> str:
 def _stored(record: ResultRecord | None) -> str:
     """What a run stored, in a few words: ``stored clean (list of length 4, 12 B)``."""
     outputs = record.outputs if record is not None else {}
+    if any(o.format == VOLATILE for o in outputs.values()):
+        return "nothing stored (--no-cache)"
     if not outputs:
         return "stored no output"
     total = human_bytes(sum(o.size for o in outputs.values()))

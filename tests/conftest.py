@@ -10,6 +10,9 @@ import pytest
 # and workers the tests start inherit it.
 os.environ.setdefault("PIPELITE_KEY_FILE", os.path.join(
     tempfile.mkdtemp(prefix="pipelite-test-key-"), "signing.key"))
+# the machine's file-hash cache (pipelite._hashcache): the tests', not the user's
+os.environ.setdefault("PIPELITE_HASH_CACHE", os.path.join(
+    tempfile.mkdtemp(prefix="pipelite-test-hashes-"), "file-hashes.sqlite3"))
 
 from pipelite import REGISTRY, Pipeline, stage
 

@@ -14,12 +14,14 @@ import pipelite_ipy
 from pipelite import PipeliteError
 
 PIPELITE = [
+    "AcceptRefusedError",
     "Artifact",
     "ArtifactRemovedError",
     "CellStage",
     "CorruptArtifactError",
     "CycleError",
     "DuplicateProducerError",
+    "File",
     "FormatError",
     "FormatLoadError",
     "FormatSaveError",
@@ -52,6 +54,7 @@ PIPELITE = [
     "UnknownArtifactError",
     "UnknownFormatError",
     "UnknownStageError",
+    "UnsafeRestoreError",
     "UnsafeStorePathError",
     "UntrustedRecordError",
     "__version__",
