@@ -8,8 +8,16 @@ import warnings
 
 import pytest
 
-from pipelite import File, Pipeline, PipeliteError, StageOutputError, UnsafeRestoreError, stage
-from pipelite import _hashcache, _observe
+from pipelite import (
+    File,
+    Pipeline,
+    PipeliteError,
+    StageOutputError,
+    UnsafeRestoreError,
+    _hashcache,
+    _observe,
+    stage,
+)
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ from pipelite import (
     Pipeline,
     PipeliteError,
     StageDefinitionError,
+    _freshness,
     stage,
 )
-from pipelite import _freshness
 
 SCALE = 2
 _NOW = dt.datetime.now  # before any test moves the clock
