@@ -64,6 +64,8 @@ class StageStatus:
     # the notebook that defines it (``Stage.origin``), or for a stage known only from the
     # store, the one its latest stored result came from; None when unknown
     origin: str | None = None
+    # its cache policies in words, for badges: "no-cache", "expires in 5 h", "ignores verbose"
+    policies: tuple[str, ...] = ()
 
     @property
     def fresh(self) -> bool:
@@ -389,7 +391,29 @@ def status_of(verdict: Verdict) -> StageStatus:
         traceback=verdict.failure.traceback if verdict.failure else None,
         failed_at=_started(verdict.failure),
         origin=origin,
+        policies=_policies(st, verdict.record),
     )
+
+
+def _policies(st: Stage | None, record: ResultRecord | None) -> tuple[str, ...]:
+    """A stage's cache policies in a few words each (the panel shows them as badges)."""
+    if st is None:
+        return ()
+    out = []
+    if not st.cache:
+        out.append("no-cache")
+    if st.expires_after is not None:
+        if record is not None:
+            when = record.started_at
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=_dt.timezone.utc)
+            age = (_dt.datetime.now(_dt.timezone.utc) - when).total_seconds() - record.duration
+            out.append(f"expires in {age_text(max(0.0, st.expires_after - age))}")
+        else:
+            out.append(f"expires after {age_text(st.expires_after)}")
+    if st.ignore:
+        out.append("ignores " + ", ".join(sorted(st.ignore)))
+    return tuple(out)
 
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")

@@ -52,6 +52,10 @@ body[data-jp-theme-light="false"] .pipelite-panel {
 .pipelite-counts .pipelite-chip { margin-right: 4px; }
 .pipelite-row { border-bottom: 1px solid var(--pl-rule); padding: 3px 0; }
 .pipelite-row-main { align-items: center; }
+.pipelite-policy { display: inline-block; border-radius: 10px; padding: 0 6px; margin-right: 4px;
+  font-size: 11px; border: 1px solid #8e8e8e; color: #424242; background: #f5f5f5; }
+.pipelite-policy-no-cache { border-color: #6a1b9a; color: #6a1b9a; background: #f3e5f5; }
+.pipelite-policy-expires { border-color: #ef6c00; color: #e65100; background: #fff3e0; }
 .pipelite-chip, .pipelite-badge span { display: inline-block; border-radius: 10px;
   padding: 0 8px; line-height: 20px; font-weight: 600; font-size: 12px; border: 1px solid;
   color: var(--pl-chip-fg); }
@@ -130,6 +134,20 @@ def _error_html(summary: str, detail: str | None = None) -> str:
 MAX_LISTED_OUTPUTS = 3  # more collapse to "8 outputs · 470 KiB", listed on expand
 
 
+_POLICY_TIPS = {
+    "no-cache": "cache=False: runs every time it is needed, nothing is stored",
+    "expires": "expires_after: a result older than that is stale",
+    "ignores": "ignore=: these parameters or globals are left out of its fingerprint",
+}
+
+
+def _output_label(o: Any) -> str:
+    """``report → out/report.html (12 KiB)`` for a file output, else ``x (8 B)``."""
+    if o.format == "file" and (o.summary or "").startswith("file "):
+        return f"{o.name} → {o.summary[5:]} ({human_bytes(o.size)})"
+    return f"{o.name} ({human_bytes(o.size)})"
+
+
 class _Outputs(widgets.VBox):
     """A row's outputs: ``a (1.2 KiB), b (8 B)``, each name a button that previews the
     artifact below the row; more than three collapse to ``8 outputs · 470 KiB``, which
@@ -155,6 +173,8 @@ class _Outputs(widgets.VBox):
                            f"{o.summary or o.format}", layout=widgets.Layout(width="auto"))
         b.add_class("pipelite-output-name")
         b.add_class(f"pipelite-output-{o.name}")
+        if o.format == "file":
+            b.add_class("pipelite-output-file")
         b.on_click(lambda _b, name=o.name: self._on_preview(name))
         return b
 
@@ -174,9 +194,8 @@ class _Outputs(widgets.VBox):
         lead = [widgets.HTML(f'<span class="pipelite-outputs-prefix">{prefix}</span>')] \
             if prefix else []
         if len(outputs) <= MAX_LISTED_OUTPUTS:
-            self.text = prefix + ", ".join(f"{o.name} ({human_bytes(o.size)})" for o in outputs)
-            self.line.children = (*lead, *(self._button(o, f"{o.name} ({human_bytes(o.size)})")
-                                           for o in outputs))
+            self.text = prefix + ", ".join(_output_label(o) for o in outputs)
+            self.line.children = (*lead, *(self._button(o, _output_label(o)) for o in outputs))
             self.more.children = ()
         else:
             total = human_bytes(sum(o.size for o in outputs))
@@ -226,6 +245,8 @@ class _StageRow(widgets.VBox):
         self.label = widgets.HTML(layout=widgets.Layout(width="190px", flex="0 0 auto"))
         self.label.add_class("pipelite-name")
         self.outputs = _Outputs(lambda output: on_preview(name, output))
+        self.policies = widgets.HTML(layout=widgets.Layout(flex="0 0 auto"))
+        self.policies.add_class("pipelite-policies")
         self.when = widgets.HTML(layout=widgets.Layout(width="150px", flex="0 0 auto"))
         self.when.add_class("pipelite-when")
         self.run_button = widgets.Button(
@@ -242,7 +263,7 @@ class _StageRow(widgets.VBox):
         self.reason.add_class("pipelite-reason")
         self.error = widgets.HTML()
         self.error.add_class("pipelite-error")
-        main = widgets.HBox([self.badge, self.label, self.outputs, self.when,
+        main = widgets.HBox([self.badge, self.label, self.policies, self.outputs, self.when,
                              self.run_button, self.force_button],
                             layout=widgets.Layout(width="100%"))
         main.add_class("pipelite-row-main")
@@ -286,6 +307,10 @@ class _StageRow(widgets.VBox):
             self.remove_class("pipelite-undefined")
         else:
             self.add_class("pipelite-undefined")
+        self.policies.value = "".join(
+            f'<span class="pipelite-policy pipelite-policy-{p.split()[0]}" '
+            f'title="{html.escape(_POLICY_TIPS.get(p.split()[0], p))}">{html.escape(p)}</span>'
+            for p in s.policies)
         prefix = "previous result: " if s.outputs and s.state in ("failed", "stale") else ""
         self.outputs.show(s.outputs, prefix)
         if s.state == "failed" and s.failed_at is not None:  # its error shows below

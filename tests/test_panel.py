@@ -494,3 +494,24 @@ def test_a_cycle_is_reported_in_the_panel_until_it_is_fixed(session, panels):
     panel.refresh()
     assert "cycle" not in panel.row("numbers").reason.value
     assert badge(panel, "numbers") == "missing"
+
+
+def test_policy_badges_and_file_outputs_show_in_their_rows(store_dir, panels, tmp_path,
+                                                           monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = NamespaceSession(str(store_dir))
+    REGISTRY.add(CellStage("live", "feed = 1", s.namespace, cache=False))
+    REGISTRY.add(CellStage("daily", "prices = [1]", s.namespace, expires_after="1d",
+                           ignore=["VERBOSE"]))
+    REGISTRY.add(CellStage("report", "open('report.txt', 'w').write('hi')", s.namespace,
+                           outputs=(), out_files={"report": "report.txt"}))
+    panel = panels(s)
+    assert "pipelite-policy-no-cache" in panel.row("live").policies.value
+    daily = panel.row("daily").policies.value
+    assert ">expires after 24 h<" in daily and ">ignores VERBOSE<" in daily
+    assert panel.row("report").policies.value == ""
+    s.run()
+    assert ">expires in 24 h<" in panel.row("daily").policies.value
+    (button,) = panel.row("report").outputs.line.children
+    assert "pipelite-output-file" in classes(button)
+    assert button.description == "report → report.txt (2 B)"
