@@ -1,4 +1,5 @@
-"""How PipeLite shows things to people: state names and colours, sizes and durations, the
+"""How PipeLite shows things to people: state names and colours, sizes and durations (and
+reading them as people write them: ``parse_duration("1d")``, ``parse_size("20 GiB")``), the
 status table, the explain text, and which frames of a traceback are the user's.
 
 The command line, the magics, the panel and the graph all draw from here, so they agree.
@@ -14,6 +15,8 @@ import os
 import sys
 import types
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+from ._units import age_text, parse_duration, parse_size
 
 if TYPE_CHECKING:
     from ._records import ResultRecord
@@ -33,6 +36,9 @@ __all__ = [
     "user_frames",
     "calling_frames",
     "error_view",
+    "age_text",
+    "parse_duration",
+    "parse_size",
 ]
 
 # What StageStatus.state can be, in the order counts are shown.

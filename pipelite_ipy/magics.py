@@ -22,6 +22,7 @@ from pipelite.present import (
     human_bytes,
     human_duration,
     local_time,
+    parse_duration,
     status_table,
     user_frames,
 )
@@ -184,8 +185,6 @@ class StatusTable:
 def _cell_options(args: Any) -> dict[str, Any]:
     """``%%stage``'s file and policy flags as ``CellStage`` options; bad ones a usage
     message."""
-    from pipelite._units import parse_duration
-
     options: dict[str, Any] = {"files": [_unquoted(f) for f in args.files or ()],
                                "out_files": {}, "cache": not args.no_cache,
                                "ignore": list(args.ignore or ())}
