@@ -131,3 +131,34 @@ def test_a_failing_stage_cells_traceback_names_its_own_prompt_number(tmp_path):
     text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(error["traceback"]))  # no colours
     assert f"Cell In[{cell.execution_count}], line 3" in text
     assert f"Cell In[{cell.execution_count + 1}]" not in text
+
+
+def test_files_and_policies_across_a_kernel_restart(tmp_path):
+    """In real kernels: a --file input stays fresh after a restart (its hash remembered),
+    a deleted --out-file comes back from the store, a --no-cache cell runs again."""
+    import os
+
+    (tmp_path / "raw.csv").write_text("1,2,3")
+    os.utime(tmp_path / "raw.csv", (1e9, 1e9))  # old enough to be remembered (not racy)
+    cells = [
+        "%load_ext pipelite",
+        "%%stage load --file raw.csv\nopen('ran.log', 'a').write('load ')\n"
+        "rows = open('raw.csv').read().split(',')",
+        "%%stage report --out-file out/report.txt\nimport os\n"
+        "open('ran.log', 'a').write('report ')\nos.makedirs('out', exist_ok=True)\n"
+        "open('out/report.txt', 'w').write(str(len(rows)))",
+        "%%stage now --no-cache\nopen('ran.log', 'a').write('now ')\nstamp = 1",
+    ]
+    for attempt in range(2):
+        km, kc = start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
+        try:
+            for i, code in enumerate(cells):
+                status, text = run(kc, code, f"c{i}")
+                assert status == "ok", text
+        finally:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
+        if attempt == 0:
+            os.remove(tmp_path / "out" / "report.txt")
+    assert (tmp_path / "ran.log").read_text().split() == ["load", "report", "now", "now"]
+    assert (tmp_path / "out" / "report.txt").read_text() == "3"
