@@ -140,7 +140,7 @@ class Encoder:
             h.update(b"%s%d:" % (t.__name__.encode(), len(v)))
             h.update(v)
             return
-        if t is File:  # a file or folder: by its content now (and its path)
+        if isinstance(v, File):  # a file or folder (a subclass too): by its content and path
             digest, _ = file_digest(v, self.memo)
             h.update(f"file:{v.key}={digest};".encode("utf-8", "surrogateescape"))
             return

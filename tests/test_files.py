@@ -335,3 +335,25 @@ def test_file_outputs_in_place_are_not_rewritten(project):
         p.run("report")
         p.load("report")
     assert os.stat("out/report.html").st_ino == before
+
+
+def test_a_subclass_of_file_counts_by_content_too(project, monkeypatch):
+    monkeypatch.setenv("PIPELITE_OBSERVE", "0")  # the fingerprint alone must see it
+
+    class DataFile(File):
+        __slots__ = ()
+
+    RAW = DataFile("data/raw.csv")
+
+    @stage(outputs="sub")
+    def uses_subclass(*, path=RAW):
+        return path.read_text()
+
+    @stage(outputs="glob")
+    def reads_it():
+        return RAW.read_text()
+
+    p = Pipeline()
+    p.run()
+    (project / "data" / "raw.csv").write_text("changed")
+    assert all(s.state == "stale" for s in p.status())
