@@ -246,3 +246,43 @@ def test_accept_refuses_what_has_no_result_or_is_not_cached(store_dir):
 
     with pytest.raises(AcceptRefusedError, match="not cached"):
         p.accept("volatile")
+
+
+@stage(outputs="reading", cache=False)
+def sensor():
+    with open("sensor.pids", "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return [1.5, 2.5]
+
+
+@stage(outputs="doubled")
+def double(reading):
+    with open("double.pids", "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return [2 * r for r in reading]
+
+
+def test_an_uncached_stage_feeds_a_dask_worker_from_the_client(store_dir):
+    """Its outputs live in the calling process only: it runs there, and what it made is sent
+    with the downstream stage to the worker (never through the store)."""
+    distributed = pytest.importorskip("distributed")
+    import sys
+
+    from pipelite import REGISTRY
+
+    main = sys.modules["__main__"]
+    if not hasattr(main, "__spec__"):  # as tests/test_executor.py: a shell left one without
+        main.__spec__ = None
+    for fn in (sensor, double):
+        REGISTRY.add(fn.__pipelite_stage__)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, host="127.0.0.1") as cluster, \
+            distributed.Client(cluster) as client:
+        p = Pipeline(store=str(store_dir), executor=client)
+        assert p.run("double")["doubled"] == [3.0, 5.0]
+        assert p.run("double")["doubled"] == [3.0, 5.0]
+        (worker,) = client.run(os.getpid).values()
+    sensor_pids = open("sensor.pids").read().split()
+    assert sensor_pids == [str(os.getpid())] * 2
+    assert open("double.pids").read().split() == [str(worker)]  # once: then a hit
+    assert not (store_dir / "records" / "sensor").exists()
