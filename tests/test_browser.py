@@ -542,6 +542,50 @@ def test_a_ten_stage_graph_is_legible_in_the_panel(jupyter, page):
         raise
 
 
+POLICY_CELLS = [
+    "%load_ext pipelite",
+    "%%stage prices --expires 1d\nprices = [101.5, 99.0, 100.25]",
+    "%%stage live --no-cache\nimport time\ntick = 1",
+    "%%stage report --out-file out/report.html --ignore VERBOSE\nimport os\n"
+    "VERBOSE = 0\nos.makedirs('out', exist_ok=True)\n"
+    "open('out/report.html', 'w').write(f'<p>{sum(prices)}</p>')",
+    "%pipelite panel",
+]
+
+
+def test_the_panel_shows_policy_badges_and_file_outputs(jupyter, page):
+    """Issue 12: no-cache and expiry badges next to the stage's name, and a file output with
+    the place it is restored to, as a person sees them in JupyterLab."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    folder = jupyter.root / "policies"
+    folder.mkdir(exist_ok=True)
+    nb = new_notebook(cells=[new_code_cell(c) for c in POLICY_CELLS])
+    nb.metadata["kernelspec"] = json.loads(NOTEBOOK.read_text())["metadata"]["kernelspec"]
+    nbformat.write(nb, folder / "policies.ipynb")
+    try:
+        page.goto(jupyter.url("lab/tree/policies/policies.ipynb") + "&reset")
+        expect(page.locator(".jp-Notebook .jp-CodeCell")).to_have_count(len(POLICY_CELLS))
+        jupyter.wait_for_kernel("policies/policies.ipynb")
+        expect(page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')
+               ).to_have_count(1)
+        run_all_cells(page)
+        panel = page.locator(".pipelite-panel")
+        expect(panel.locator(".pipelite-row-live .pipelite-policy-no-cache")).to_have_text(
+            "no-cache")
+        expect(panel.locator(".pipelite-row-prices .pipelite-policy-expires")).to_have_text(
+            re.compile(r"expires in 2[34] h"))
+        expect(panel.locator(".pipelite-row-report .pipelite-output-file")).to_contain_text(
+            "report → out/report.html")
+        expect(panel.locator(".pipelite-row-live .pipelite-badge")).to_contain_text("stale")
+        expect(panel.locator(".pipelite-row-prices .pipelite-badge")).to_contain_text("fresh")
+        shot(page, panel, "panel-policies")
+    except BaseException:
+        page.screenshot(path=str(SHOTS / "policies-FAILED.png"))
+        raise
+
+
 def run_or_record(page, jupyter, route: str, notebook: str, name: str,
                   dark: bool = False) -> None:
     try:
