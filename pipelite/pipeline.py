@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import difflib
+import os
 import functools
 import threading
 from dataclasses import dataclass
@@ -207,7 +208,30 @@ class Pipeline:
         shown = verdict.record if verdict.record is not None else verdict.latest
         return explain_text(status_of(verdict), getattr(verdict.stage, "blind_spots", ()),
                             shown.provenance if shown is not None else None,
-                            shown.accepted if shown is not None else None)
+                            shown.accepted if shown is not None else None,
+                            self._file_output_notes(shown))
+
+    def _file_output_notes(self, record: ResultRecord | None) -> list[str]:
+        """What differs between a result's file outputs and the files in place (put back on
+        the next hit: a run that skips the stage, a load, its cell)."""
+        from ._files import in_place
+
+        notes = []
+        for name, info in (record.outputs.items() if record is not None else ()):
+            if info.format != "file":
+                continue
+            try:
+                target = self.store.file_target(info)
+            except PipeliteError as exc:
+                notes.append(f"file output '{name}' will not be restored: {exc}")
+                continue
+            if not os.path.lexists(target):
+                notes.append(f"file output {info.extra.get('file')} was deleted: the next "
+                             f"run or load puts it back from the store")
+            elif not in_place(target, info.hash, info.size):
+                notes.append(f"file output {info.extra.get('file')} was changed: the next "
+                             f"run or load puts the stored one back (yours kept beside it)")
+        return notes
 
     @_user_facing
     def plan(self, target: Any = None, *, force: bool = False,

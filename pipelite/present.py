@@ -131,7 +131,8 @@ def status_table(statuses: Sequence[StageStatus], in_session: bool = True) -> st
 
 def explain_text(status: StageStatus, blind_spots: Iterable[str] = (),
                  provenance: Mapping[str, Any] | None = None,
-                 accepted: Mapping[str, Any] | None = None) -> str:
+                 accepted: Mapping[str, Any] | None = None,
+                 notes: Iterable[str] = ()) -> str:
     """Why a stage is in its state, in words: what ``Pipeline.explain`` returns.
 
     ``blind_spots`` are what PipeLite cannot see in the stage's code (a shell command in a
@@ -159,6 +160,7 @@ def explain_text(status: StageStatus, blind_spots: Iterable[str] = (),
     if s.outputs:
         lines.append("outputs: " + ", ".join(f"{o.name} ({o.summary}, {human_bytes(o.size)})"
                                               for o in s.outputs))
+    lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
 
 
@@ -175,7 +177,7 @@ def provenance_text(provenance: Mapping[str, Any] | None) -> str:
 
 
 _PART_LABELS = (("helpers", "helper"), ("globals", "global"), ("params", "parameter"),
-                ("inputs", "input"), ("env", "environment variable"))
+                ("inputs", "input"), ("env", "environment variable"), ("files", "file"))
 
 
 def changed_parts(older: Mapping[str, Any], newer: Mapping[str, Any]) -> list[str]:
@@ -191,7 +193,8 @@ def changed_parts(older: Mapping[str, Any], newer: Mapping[str, Any]) -> list[st
         for k in sorted(set(b) | set(n)):
             if b.get(k) != n.get(k):
                 out.append(k if " " in k else f"{label} '{k}'")
-    labelled = {"code", "reach", *(key for key, _ in _PART_LABELS)}
+    # listings only detail "files" (which file of a folder): not a change of their own
+    labelled = {"code", "reach", "listings", *(key for key, _ in _PART_LABELS)}
     for key in sorted((set(older) | set(newer)) - labelled):
         if older.get(key) != newer.get(key):
             out.append(key)

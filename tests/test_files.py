@@ -357,3 +357,29 @@ def test_a_subclass_of_file_counts_by_content_too(project, monkeypatch):
     p.run()
     (project / "data" / "raw.csv").write_text("changed")
     assert all(s.state == "stale" for s in p.status())
+
+
+def test_explain_says_when_a_file_output_is_not_in_place(project):
+    _define_report()
+    p = Pipeline()
+    p.run("report")
+    assert "note:" not in p.explain("report")
+    with open("out/report.html", "w") as f:
+        f.write("edited")
+    assert "file output out/report.html was changed" in p.explain("report")
+    os.remove("out/report.html")
+    text = p.explain("report")
+    assert text.startswith("stage 'report' is fresh")
+    assert "file output out/report.html was deleted: the next run or load puts it back" in text
+
+
+def test_the_log_names_a_changed_input_file(project):
+    from pipelite.present import changed_parts
+
+    _define_reader()
+    p = Pipeline()
+    p.run("read")
+    (project / "data" / "img" / "2.png").write_text("new")
+    p.run("read")
+    newer, older = p.store.records_of("read")[:2]
+    assert changed_parts(older.parts, newer.parts) == ["file 'data/img'"]
