@@ -663,3 +663,30 @@ def test_switching_the_store_keeps_the_sessions_executor(ip, tmp_path):
         ip.run_line_magic("pipelite", f"store {tmp_path / 'other'}")
         assert session.pipeline.store.url == str(tmp_path / "other")
         assert session.pipeline.executor is pool  # the cluster stays
+
+
+def test_a_file_output_round_trips_through_s3(s3_url, options, tmp_path, monkeypatch):
+    """A file output's bytes go to the bucket; deleted here, it comes back from there (its
+    object downloaded and hashed, then copied into place)."""
+    import warnings
+
+    from pipelite import File, stage
+
+    monkeypatch.chdir(tmp_path)
+
+    @stage
+    def render():
+        (tmp_path / "out").mkdir(exist_ok=True)
+        (tmp_path / "out" / "plot.svg").write_text("<svg>" + "x" * 5000 + "</svg>")
+        return {"plot": File("out/plot.svg")}
+
+    p = Pipeline(store=s3_url, storage_options=options)
+    p.run("render")
+    (tmp_path / "out" / "plot.svg").unlink()
+    p.store.cache_limit = 0  # no local copy left: the restore downloads the object
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = Pipeline(store=s3_url, storage_options=options).run("render")
+    assert again.executed == []
+    assert (tmp_path / "out" / "plot.svg").read_text().startswith("<svg>xxx")
+    assert any("restored out/plot.svg" in str(w.message) for w in caught)
