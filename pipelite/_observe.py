@@ -234,6 +234,7 @@ class Recorder:
         if dirs:
             observed["listings"] = [_listing_entry(d) for d in dirs]
         observed = {k: v for k, v in observed.items() if v}
+        _hashcache.flush()  # what was hashed is remembered for the next process
         return observed or None
 
 
@@ -474,4 +475,5 @@ def changes(observed: dict | None, cwd: str | None = None) -> list[str]:
     if len(reasons) > MAX_REASONS:
         more = len(reasons) - MAX_REASONS + 1
         reasons = reasons[: MAX_REASONS - 1] + [f"and {more} more observed dependencies changed"]
+    _hashcache.flush()
     return reasons
