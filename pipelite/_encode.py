@@ -304,9 +304,13 @@ class Encoder:
         h.update(b"p%d:" % len(data))
         h.update(data)
 
+    unhashable = False  # set once a value was tracked by its type only
+    warns = True  # say so in a PipeliteWarning (the first time per type)
+
     def _unhashable(self, h: Any, v: Any) -> None:
         tname = f"{type(v).__module__}.{type(v).__qualname__}"
-        if tname not in _warned_types:
+        self.unhashable = True
+        if self.warns and tname not in _warned_types:
             _warned_types.add(tname)
             warn_user(
                 f"{self.label} of type {tname} cannot be hashed by content: PipeLite tracks "

@@ -286,3 +286,20 @@ def test_an_uncached_stage_feeds_a_dask_worker_from_the_client(store_dir):
     assert sensor_pids == [str(os.getpid())] * 2
     assert open("double.pids").read().split() == [str(worker)]  # once: then a hit
     assert not (store_dir / "records" / "sensor").exists()
+
+
+def test_an_uncached_output_without_content_to_hash_always_reruns_downstream(store_dir):
+    """A value PipeLite can only track by its type (a generator) must not look unchanged."""
+    @stage(outputs="rows", cache=False)
+    def stream():
+        return (i for i in range(3))
+
+    @stage(outputs="n")
+    def consume(rows):
+        _log("c")
+        return sum(rows)
+
+    p = Pipeline(store=str(store_dir))
+    assert p.run("consume")["n"] == 3
+    assert p.run("consume")["n"] == 3
+    assert _calls() == "cc"
