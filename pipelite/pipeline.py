@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import difflib
-import os
 import functools
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any, Mapping
