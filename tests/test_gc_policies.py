@@ -144,6 +144,17 @@ def test_max_age_drops_results_unused_for_longer_and_keeps_recently_used_ones(st
     assert pipe.run("f", params={"f": {"n": 0}}).executed == []
 
 
+def test_a_result_never_used_counts_as_used_when_its_run_ended(store_dir, clock):
+    define_variants()
+    pipe = Pipeline(store_dir, params={"f": {"n": 1}})
+    run_variants(pipe, [0, 1])  # n=0 is never used
+    clock.at(DAY / 2)
+    assert pipe.gc(keep=5, max_age="1d", grace=0).records == 0
+    clock.at(2 * DAY)
+    assert pipe.gc(keep=5, max_age="1d", grace=0).unused == 1
+    assert set(by_n(pipe.store)) == {1}
+
+
 def test_max_age_also_removes_results_within_keep(store_dir, clock):
     define_variants()
     pipe = Pipeline(store_dir, params={"f": {"n": 1}})
@@ -375,7 +386,9 @@ def test_hostile_use_stamps_count_as_unknown_and_nothing_outside_is_touched(stor
         (used / n).mkdir(parents=True)
     (used / "linked" / fps["linked"]).symlink_to(decoys[0] / "stamp")
     (used / "garbage" / fps["garbage"]).write_text("yesterday, probably")
-    (used / "huge" / fps["huge"]).write_bytes(b"9" * (STAMP_LIMIT * 1000))
+    # a stamp of now, padded far past the limit: never read, so never taken for a stamp
+    (used / "huge" / fps["huge"]).write_bytes(
+        _retention.stamp_bytes(clock.now) + b" " * (STAMP_LIMIT * 1000))
     (used / "future" / fps["future"]).write_text(f"{clock.now + 400 * DAY:.0f}")
     store.mark_used("fine", fps["fine"], when=clock.now - DAY)
     not_ours = used / "fine" / "notes.txt"
@@ -449,6 +462,7 @@ def test_an_existing_store_without_a_gitignore_is_left_alone(store_dir):
 def test_a_store_made_by_checking_its_location_gets_the_gitignore(tmp_path):
     Store.check_writable(str(tmp_path / "new" / "store"))
     assert [p.name for p in (tmp_path / "new" / "store").iterdir()] == [".gitignore"]
+    assert "*" in (tmp_path / "new" / "store" / ".gitignore").read_text().splitlines()
 
 
 def test_git_status_shows_nothing_of_the_store(tmp_path, monkeypatch):
