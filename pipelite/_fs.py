@@ -803,8 +803,8 @@ class FsspecFS(StoreFS):
         """A store with no records and no generation yet is new: give it its .gitignore
         (one small write, best effort; it matters only where the bucket is a git checkout's
         folder, e.g. a file-backed filesystem)."""
-        try:
-            self.create_exclusive(GITIGNORE, GITIGNORE_TEXT)
+        try:  # a plain PUT (any filesystem has it): two first writers write the same bytes
+            self.fs.pipe_file(self.path(GITIGNORE), GITIGNORE_TEXT)
         except OSError:
             pass
 
