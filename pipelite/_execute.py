@@ -183,6 +183,8 @@ class Runner:
                             for out, info in rec.outputs.items()}
                      for name, rec in elsewhere.items()}
         finally:
+            # the results this run reused were used: gc's max_age and max_size go by that
+            self.store.mark_all_used((n, done[n].fingerprint) for n in skipped if n in done)
             events.emit("run_finished", None, url, len(executed), total)
         return RunResult(values, executed, skipped, {t: done[t] for t in targets}, cells)
 

@@ -17,7 +17,7 @@ import stat as _stat
 import sys
 import threading
 import uuid
-from typing import Any, Iterator, NamedTuple, Protocol
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Protocol
 
 import xxhash
 
@@ -26,10 +26,13 @@ from ._location import parse_location
 from .errors import CorruptArtifactError, UnsafeStorePathError
 from .formats import hash_file
 
-__all__ = ["TMP_NAME", "FileStat", "FsspecFS", "LocalFS", "StoreFS", "check_rel", "fsync_file",
-           "open_fs", "remove_quietly"]
+__all__ = ["GITIGNORE", "TMP_NAME", "FileStat", "FsspecFS", "LocalFS", "StoreFS", "check_rel",
+           "fsync_file", "make_local_root", "open_fs", "remove_quietly"]
 
 TMP_NAME = re.compile(r"\.tmp-[0-9a-f]{32}\Z")  # LocalFS.write_atomic's temporary files
+# in a new store's root, as joblib's cache has one: `git add .` never adds the store
+GITIGNORE = ".gitignore"
+GITIGNORE_TEXT = b"# a PipeLite store: a cache, not source (made by PipeLite)\n*\n"
 
 _REL_PART = re.compile(r"[A-Za-z0-9_.-]{1,255}\Z")
 
@@ -97,6 +100,24 @@ class StoreFS(Protocol):
         """Put ``data`` at ``rel``, replacing what is there, all or nothing: a reader sees the
         old content or the new, never a part. Creates the folders on the way. The bytes are on
         disk when it returns (fsync'ed, on a local disk)."""
+        ...
+
+    def write_hints(self, files: Mapping[str, bytes]) -> None:
+        """Put small files whose loss costs nothing (gc's usage stamps): each all or nothing,
+        as ``write_atomic``, but not fsync'ed, and several at once where the filesystem can.
+        Stops at the first ``OSError`` and raises it (the caller decides to ignore it)."""
+        ...
+
+    def read_small(self, rels: Iterable[str], limit: int) -> dict[str, bytes]:
+        """The content of each of ``rels`` that is a plain file of at most ``limit`` bytes.
+        One that is absent, larger, a symbolic link (or under one), not a plain file, or
+        unreadable is left out: never followed, never read whole."""
+        ...
+
+    def make_root(self) -> None:
+        """Create the store's root if it is missing, before a first write that does not go
+        through this interface (a local store's lock files). A local root this creates gets
+        the ``.gitignore`` (``make_local_root``); an object store has no folders to make."""
         ...
 
     def exists(self, rel: str) -> bool:
@@ -195,6 +216,29 @@ def open_fs(location: str, storage_options: dict | None = None) -> StoreFS:
 _ACCESS_NOFOLLOW = os.access in os.supports_follow_symlinks  # not on Windows
 
 
+def make_local_root(root: str) -> None:
+    """Create the local store folder ``root`` (and its parents) if it is missing. A root this
+    call creates gets a ``.gitignore`` holding ``*``, so that ``git add .`` in a project never
+    adds its store; a folder that exists already (a store made before PipeLite wrote one, or
+    by another process just now) is left as it is. The ``.gitignore`` is best effort."""
+    if os.path.isdir(root):
+        return
+    parent = os.path.dirname(root)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    try:
+        os.mkdir(root)
+    except FileExistsError:
+        return  # made meanwhile: its maker writes the file
+    try:
+        fd = os.open(os.path.join(root, GITIGNORE),
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(GITIGNORE_TEXT)
+    except OSError:
+        pass  # the store works without it
+
+
 class LocalFS(StoreFS):
     """Direct os calls for a local directory: the fast path. Every path is checked to lie under
     the root, through no symbolic link (``_abs``); files are opened without following one."""
@@ -207,10 +251,16 @@ class LocalFS(StoreFS):
         self._real = os.path.realpath(self.root)
         self._safe_dirs: set[str] = set()
         self._checked: dict[str, str] = {}  # rel -> absolute path, already checked
+        self._root_made = False
 
     @property
     def local_root(self) -> str:
         return self.root
+
+    def make_root(self) -> None:
+        if not self._root_made:  # one stat per process and store: every write comes here
+            make_local_root(self.root)
+            self._root_made = True
 
     def _abs(self, rel: str) -> str:
         """The absolute path of ``rel`` after checking that its folder is really inside the
@@ -267,6 +317,7 @@ class LocalFS(StoreFS):
     def write_atomic(self, rel: str, data: bytes) -> None:
         final = self._abs(rel)
         folder = os.path.dirname(final)
+        self.make_root()
         for attempt in (1, 2, 3):
             tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
             try:
@@ -290,8 +341,52 @@ class LocalFS(StoreFS):
 
     exclusive_create = True
 
+    def write_hints(self, files: Mapping[str, bytes]) -> None:
+        self.make_root()
+        for rel, data in files.items():
+            final = self._abs(rel)
+            folder = os.path.dirname(final)
+            tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
+            try:
+                os.makedirs(folder, exist_ok=True)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                             | getattr(os, "O_NOFOLLOW", 0), 0o644)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, final)  # a link there is replaced itself, never followed
+            except BaseException:
+                try:
+                    remove_quietly(tmp)
+                except OSError:
+                    pass
+                raise
+
+    def read_small(self, rels: Iterable[str], limit: int) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for rel in rels:
+            try:
+                if self._lstat(rel) is None:  # refuses a link, and a path through one
+                    continue
+                # O_NONBLOCK: a FIFO put in its place does not hang the open
+                fd = os.open(self._abs(rel), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+                             | getattr(os, "O_NONBLOCK", 0))
+            except (UnsafeStorePathError, OSError):
+                continue
+            try:
+                st = os.fstat(fd)
+                if _stat.S_ISREG(st.st_mode) and st.st_size <= limit:
+                    data = os.read(fd, limit + 1)
+                    if len(data) <= limit:
+                        found[rel] = data
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        return found
+
     def create_exclusive(self, rel: str, data: bytes) -> bool:
         path = self._abs(rel)
+        self.make_root()
         os.makedirs(os.path.dirname(path), exist_ok=True)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
@@ -365,6 +460,7 @@ class LocalFS(StoreFS):
 
     def move(self, rel: str, dest_rel: str) -> None:
         src, dest = self._abs(rel), self._abs(dest_rel)
+        self.make_root()
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         os.replace(src, dest)
 
@@ -374,11 +470,13 @@ class LocalFS(StoreFS):
 
     def tmp_path(self, ext: str) -> str:
         path = self._abs(f"tmp/{uuid.uuid4().hex}{ext}")
+        self.make_root()
         os.makedirs(os.path.dirname(path), exist_ok=True)
         return path
 
     def commit(self, local_tmp: str, rel: str) -> None:
         final = self._abs(rel)
+        self.make_root()
         os.makedirs(os.path.dirname(final), exist_ok=True)
         os.replace(local_tmp, final)
         _fsync_dir(os.path.dirname(final))
@@ -485,6 +583,8 @@ class FsspecFS(StoreFS):
             snap = self._from_index(index)
         else:
             snap = self._from_listing(prefix, index, generation or self._bump())
+            if generation is None and not snap:
+                self._mark_new_store()
         self._snaps[threading.get_ident()] = [1, snap]
 
     def _from_index(self, index: dict[str, Any]) -> dict[str, bytes | None]:
@@ -665,6 +765,48 @@ class FsspecFS(StoreFS):
         snap = self._snap
         if snap is not None and rel.startswith(self._snap_prefix):
             snap[rel] = data  # this thread's own writes stay visible
+
+    def write_hints(self, files: Mapping[str, bytes]) -> None:
+        if files:  # one call: an async filesystem (s3fs) sends the PUTs concurrently
+            self.fs.pipe({self.path(rel): data for rel, data in files.items()})
+
+    def read_small(self, rels: Iterable[str], limit: int) -> dict[str, bytes]:
+        wanted = {self.path(rel): rel for rel in rels}
+        if not wanted:
+            return {}
+        # one listing of the top folders they are in says which exist, and their sizes
+        sizes: dict[str, int] = {}
+        for top in {rel.split("/", 1)[0] for rel in wanted.values()}:
+            try:
+                self.fs.invalidate_cache(self.path(top))
+                found = self.fs.find(self.path(top), detail=True)
+            except (FileNotFoundError, OSError):
+                continue
+            for path, info in found.items():
+                size = info.get("size")
+                if path in wanted and info.get("type") != "directory" and \
+                        isinstance(size, int) and 0 <= size <= limit:
+                    sizes[path] = size
+        if not sizes:
+            return {}
+        try:
+            fetched = self.fs.cat(list(sizes), on_error="omit", **self._small_read)
+        except (FileNotFoundError, OSError):
+            return {}
+        return {wanted[path]: data for path, data in fetched.items()
+                if path in wanted and isinstance(data, bytes) and len(data) <= limit}
+
+    def make_root(self) -> None:
+        pass  # no folders: the .gitignore of a new store is written by its first snapshot
+
+    def _mark_new_store(self) -> None:
+        """A store with no records and no generation yet is new: give it its .gitignore
+        (one small write, best effort; it matters only where the bucket is a git checkout's
+        folder, e.g. a file-backed filesystem)."""
+        try:  # a plain PUT (any filesystem has it): two first writers write the same bytes
+            self.fs.pipe_file(self.path(GITIGNORE), GITIGNORE_TEXT)
+        except OSError:
+            pass
 
     @property
     def _protocols(self) -> tuple[str, ...]:

@@ -62,8 +62,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="draw every artifact as a node (default: stages only, edges labelled "
                         "with the artifacts they carry)")
     gc = sub.add_parser("gc", parents=[common],
-                        help="delete all but the newest results per stage")
+                        help="delete all but the newest results per stage, results unused for "
+                             "--max-age, and the least recently used beyond --max-size")
     gc.add_argument("--keep", type=int, default=1, help="results to keep per stage (default 1)")
+    gc.add_argument("--max-size", metavar="SIZE",
+                    help="delete the least recently used results until the store's objects "
+                         "take at most SIZE (e.g. 20GiB, 500MB)")
+    gc.add_argument("--max-age", metavar="AGE",
+                    help="delete results not loaded or reused for AGE (e.g. 30d, 12h)")
     log = sub.add_parser("log", parents=[common],
                          help="a stage's stored results, newest first: run id, time, who ran "
                               "it where, git commit, and what changed since the one before")
@@ -363,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "log":
             print(_log(pipe, args.stage))
         elif args.command == "gc":
-            print(pipe.gc(keep=args.keep))
+            print(pipe.gc(keep=args.keep, max_size=args.max_size, max_age=args.max_age))
         elif args.command == "trust":
             count = pipe.store.trust()
             print(f"signed {count} record(s) of {pipe.store.url} with your key: its pickles "

@@ -32,6 +32,7 @@ from ._freshness import (
 from ._gcpause import collector_paused
 from ._integrity import check_level
 from ._resolve import Graph
+from ._units import parse_duration, parse_size
 from .errors import (
     AcceptRefusedError,
     CorruptArtifactError,
@@ -324,7 +325,7 @@ class Pipeline:
                 )
             info = record.outputs[name]
             try:
-                return self.store.load_value(info, verify=verify, record=record)
+                value = self.store.load_value(info, verify=verify, record=record)
             except CorruptArtifactError as exc:
                 removed = as_removed(self.store, info, exc)
                 if removed is not None and attempt == 0:
@@ -339,6 +340,8 @@ class Pipeline:
                 # content-addressed path, and an object of the right size there would be kept
                 self.store.quarantine(info)
                 raise
+            self.store.mark_used(producer, record.fingerprint)  # for gc's max_age, max_size
+            return value
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _load_version(self, name: str, producer: str, version: Any, verify: bool) -> Any:
@@ -364,7 +367,9 @@ class Pipeline:
         if record is None:
             raise UnknownArtifactError(
                 f"run '{found[0]}' of stage '{producer}' did not produce artifact '{name}'")
-        return self.store.load_value(record.outputs[name], verify=verify, record=record)
+        value = self.store.load_value(record.outputs[name], verify=verify, record=record)
+        self.store.mark_used(producer, record.fingerprint)
+        return value
 
     @_user_facing
     def attachment(self, stage: Any, name: str, *, record: ResultRecord | None = None) -> Any:
@@ -507,9 +512,27 @@ class Pipeline:
         return stored
 
     @_user_facing
-    def gc(self, keep: int = 1, *, grace: float = GC_GRACE) -> GcReport:
-        """Delete all but the newest ``keep`` results per stage, and unreferenced files older
-        than ``grace`` seconds (default one hour: files other processes are writing stay)."""
+    def gc(self, keep: int = 1, *, max_size: int | str | None = None,
+           max_age: float | str | datetime.timedelta | None = None,
+           grace: float = GC_GRACE) -> GcReport:
+        """Delete stored results by ``keep``, ``max_age`` and ``max_size``, and the files no
+        result needs once older than ``grace`` seconds (default one hour: files other
+        processes are writing stay).
+
+        - ``keep``: the newest ``keep`` results per stage stay, older ones go.
+        - ``max_age`` (``"30d"``, ``"12h"``, seconds or a ``timedelta``): results not used
+          (loaded, or reused by a run) for that long go, even among the newest ``keep``:
+          ``keep`` only limits how many stay.
+        - ``max_size`` (``"20 GiB"``, ``"500MB"`` or bytes): the least recently used results
+          go until the objects the rest name (each counted once, however many results share
+          it) total at most ``max_size``.
+
+        A result a fresh stage needs is never deleted by any rule: the current result of
+        every fresh stage defined in this session, and of every stage known only from the
+        store that ``status()`` shows fresh (its result, with every file it read unchanged,
+        is what its cell or module will load when it is defined again). When those alone
+        exceed ``max_size``, gc stops there and its report says so. The report counts the
+        results each rule removed."""
         __tracebackhide__ = True
         if isinstance(keep, bool) or not hasattr(type(keep), "__index__"):
             raise InvalidArgumentError(
@@ -520,8 +543,14 @@ class Pipeline:
             raise InvalidArgumentError(
                 f"gc(keep={keep}): keep must be at least 1 (use invalidate(name) to forget a "
                 f"stage entirely)")
+        size = None if max_size is None else parse_size(max_size, "max_size")
+        age = None if max_age is None else parse_duration(max_age, "max_age")
+        found = self._check(None)
+        fresh = {(name, v.record.fingerprint) for name, v in found.verdicts.items()
+                 if v.record is not None}
         try:
-            return self.store.gc(keep=keep, grace=grace)
+            return self.store.gc(keep=keep, max_size=size, max_age=age, protect=fresh,
+                                 grace=grace)
         except OSError as exc:
             err = limit_error(exc, self.store.url, action="collect garbage (gc)")
             if err is None:

@@ -10,6 +10,9 @@ Layout under the store root (local directory or any fsspec URL)::
     tmp/                            files being written (renamed into place when complete)
     trash/                          record folders being removed by invalidate
     locks/                          per-(stage, fingerprint) lock files (local stores)
+    used/<stage>/<fingerprint>      when the result was last loaded or reused (a hint for
+                                    gc's max_age and max_size; see pipelite._retention)
+    .gitignore                      "*", written when the store's root is created
 
 ``Store`` works through a ``pipelite._fs.StoreFS`` (a local directory or any fsspec
 filesystem): this module keeps the layout and the rules, the filesystem only moves bytes.
@@ -25,6 +28,7 @@ opened, renamed or deleted.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import json
 import os
@@ -34,15 +38,16 @@ import stat as _stat
 import time
 import uuid
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import filelock
 import xxhash
 
+from . import _retention
 from ._encode import warn_user
 from ._files import File, in_place, output_key, restore, target_of
 from ._fs import TMP_NAME as _TMP_NAME
-from ._fs import FsspecFS, StoreFS, open_fs
+from ._fs import FsspecFS, StoreFS, make_local_root, open_fs
 from ._fs import fsync_file as _fsync_file
 from ._fs import remove_quietly as _remove_quietly
 from ._integrity import CHEAP_VERIFY_BYTES, check_content, sample_digest
@@ -57,7 +62,9 @@ from ._records import (
     ResultRecord,
     is_fingerprint,
 )
+from ._retention import StoredResult, UsageMemory, retain
 from ._trust import SAFE_FORMATS, is_signed, key_source, signature
+from ._units import age_text, parse_duration, parse_size
 from .errors import (
     CorruptArtifactError,
     InvalidArgumentError,
@@ -143,6 +150,16 @@ def _checked_record_rel(stage: str, fingerprint: str) -> str:
     return f"records/{stage}/{fingerprint}.json"
 
 
+def _used_rel(stage: str, fingerprint: str) -> str:
+    """Where the last use of a result is stamped: from a validated stage name and
+    fingerprint only (``UnsafeStorePathError`` otherwise), never from what a listing says."""
+    rel = Store._record_rel(stage, fingerprint)  # records/<stage>/<fingerprint>.json
+    return f"used/{rel[len('records/'):-len('.json')]}"
+
+
+_USAGE = UsageMemory()  # what this process stamped, for every store
+
+
 def _is_stage_dir(name: Any) -> bool:
     return isinstance(name, str) and _valid_stage_dir(name)
 
@@ -154,16 +171,39 @@ def _valid_stage_dir(name: str) -> bool:
 
 @dataclass(frozen=True)
 class GcReport:
-    """What ``gc`` removed."""
+    """What ``gc`` removed: ``records`` in all, of which ``beyond_keep`` by ``keep``,
+    ``unused`` by ``max_age`` and ``least_used`` by ``max_size``. ``above_max_size``: the
+    bytes the results of fresh stages (never removed) still name when that alone is more
+    than ``max_size`` (0 otherwise)."""
 
     records: int
     objects: int
     bytes: int
     uploads: int = 0  # interrupted multipart uploads aborted (S3)
+    beyond_keep: int = 0
+    unused: int = 0
+    least_used: int = 0
+    keep: int = 1
+    max_age: float | None = None
+    max_size: int | None = None
+    above_max_size: int = 0
 
     def __str__(self) -> str:
         text = (f"removed {self.records} record(s) and {self.objects} object(s), "
                 f"freeing {human_bytes(self.bytes)}")
+        rules = []
+        if self.beyond_keep:
+            rules.append(f"{self.beyond_keep} beyond the newest {self.keep} per stage")
+        if self.unused and self.max_age is not None:
+            rules.append(f"{self.unused} unused for over {age_text(self.max_age)} (max_age)")
+        if self.least_used and self.max_size is not None:
+            rules.append(f"{self.least_used} least recently used (max_size "
+                         f"{human_bytes(self.max_size)})")
+        if rules:
+            text += "; records: " + ", ".join(rules)
+        if self.above_max_size and self.max_size is not None:
+            text += (f"; {human_bytes(self.above_max_size)} still used by fresh stages, above "
+                     f"max_size {human_bytes(self.max_size)}")
         if self.uploads:
             text += f"; aborted {self.uploads} interrupted upload(s)"
         return text
@@ -342,7 +382,8 @@ class Store:
     def check_writable(location: str) -> None:
         """Raise the ``OSError`` that writing a store at the local directory ``location``
         would meet: the directory (and its parents) is created if missing, and a temporary
-        file is written in it and removed.
+        file is written in it and removed. A directory it creates is a new store's root and
+        gets the store's ``.gitignore``.
 
         A static method: it checks a location before a ``Store`` is made for it, as
         ``%pipelite store PATH`` does before switching, so that a store you cannot write to
@@ -350,7 +391,7 @@ class Store:
         write."""
         import tempfile
 
-        os.makedirs(location, exist_ok=True)
+        make_local_root(os.path.abspath(location))  # a new store's root: its .gitignore
         with tempfile.TemporaryFile(dir=location):
             pass
 
@@ -481,6 +522,51 @@ class Store:
         rel = self._record_rel(stage, fingerprint)
         self._records.pop(rel, None)
         self._fs.delete(rel)
+
+    # -- use: when each result was last loaded or reused (for gc's policies) -------------------
+    def mark_used(self, stage: str, fingerprint: str, when: float | None = None) -> None:
+        """Note that the result of ``stage`` for ``fingerprint`` was used (loaded or reused)
+        now, or at ``when`` (seconds since the epoch). See ``mark_all_used``."""
+        self.mark_all_used([(stage, fingerprint)], when)
+
+    def mark_all_used(self, results: Iterable[tuple[str, str]],
+                      when: float | None = None) -> None:
+        """Stamp each (stage, fingerprint) result as used now (or at ``when``), in
+        ``used/<stage>/<fingerprint>``: what gc's ``max_age`` and ``max_size`` go by.
+
+        A hint, so it never fails the load that asked for it: a stamp that cannot be written
+        (a read-only store, a full disk, a refused path) is skipped. Without ``when``, a
+        result is stamped at most once an hour per process (the process remembers what it
+        stamped), and several stamps go out together."""
+        if when is not None and (isinstance(when, bool) or not isinstance(when, (int, float))):
+            raise InvalidArgumentError(f"mark_all_used(when={when!r}): when is a time in "
+                                       f"seconds since the epoch, e.g. time.time()")
+        at = _retention.now() if when is None else float(when)
+        files: dict[str, bytes] = {}
+        for stage, fingerprint in results:
+            try:
+                rel = _used_rel(stage, fingerprint)
+            except UnsafeStorePathError:
+                continue
+            if _USAGE.due(self.url, stage, fingerprint, at, forced=when is not None):
+                files[rel] = _retention.stamp_bytes(at)
+        if not files:
+            return
+        try:
+            self._fs.write_hints(files)
+        except (OSError, PipeliteError):
+            pass  # a hint: the result counts as used when its run ended
+
+    def _last_used(self, records: list[ResultRecord], at: float
+                   ) -> dict[tuple[str, str], float]:
+        """When each record's result was last used, by (stage, fingerprint): its stamp if
+        that is one, else (and at least) when its run ended. The stamps are read in one go
+        (a remote store: one listing of used/ and one parallel fetch)."""
+        used = {(r.stage, r.fingerprint): _used_rel(r.stage, r.fingerprint) for r in records}
+        stamps = self._fs.read_small(used.values(), _retention.STAMP_LIMIT)
+        return {(r.stage, r.fingerprint): _retention.last_used(
+                    r, _retention.parse_stamp(stamps.get(used[r.stage, r.fingerprint]), at))
+                for r in records}
 
     def failure(self, stage: str) -> FailureRecord | None:
         """The last failed run of ``stage`` since its last success, or None (also when the
@@ -888,31 +974,54 @@ class Store:
             return Lease(self._fs, stage, fingerprint, timeout=self.lease_timeout,
                          heartbeat=self.lease_heartbeat)
         folder = self._fs.lock_dir()
+        self._fs.make_root()  # often a new store's first write: its root gets a .gitignore
         os.makedirs(folder, exist_ok=True)
         return filelock.FileLock(os.path.join(folder, f"{stage}-{fingerprint}.lock"))
 
     # -- garbage collection ---------------------------------------------------------------------
-    def gc(self, keep: int = 1, *, grace: float = GC_GRACE) -> GcReport:
-        """Keep the newest ``keep`` records per stage; delete unreferenced objects.
+    def gc(self, keep: int = 1, *, max_size: int | str | None = None,
+           max_age: float | str | datetime.timedelta | None = None,
+           protect: Iterable[tuple[str, str]] = (),
+           grace: float = GC_GRACE) -> GcReport:
+        """Remove stored results by the rules below, then every object no record names.
+
+        The rules, in order: ``keep`` (the newest ``keep`` results per stage stay, the rest
+        go); ``max_age`` (``"30d"``, seconds or a ``timedelta``: results not used for that
+        long go, also among the newest ``keep``: keep limits the count, it does not shield);
+        ``max_size`` (``"20 GiB"`` or bytes: the least recently used results go until the
+        objects the remaining ones name, each counted once however many records share it,
+        total at most ``max_size``). A result is used when it is loaded or reused (see
+        ``mark_all_used``); one never used counts as used when its run ended. The results
+        in ``protect``, (stage, fingerprint) pairs, are never removed by any rule
+        (``Pipeline.gc`` protects the results of fresh stages); if they alone exceed
+        ``max_size``, gc stops there and its report says by how much.
 
         Safe while other processes write and read: nothing younger than ``grace`` seconds is
         collected (an object is written before the record that names it, so for a moment it
-        has none), no object named by any record is collected, and a lock file is removed only
-        when this process could take the lock itself. Leftovers of interrupted writes
-        (``tmp/``, ``records/*/.tmp-*``, ``trash/``) older than ``grace`` are deleted."""
+        has none; an object a removed record named is deleted once it is that old), no object
+        named by any record is collected, and a lock file is removed only when this process
+        could take the lock itself. Leftovers of interrupted writes (``tmp/``,
+        ``records/*/.tmp-*``, ``trash/``) older than ``grace`` are deleted, and the use
+        stamps of results that are gone."""
         if keep < 1:
             raise InvalidArgumentError(f"gc(keep={keep}): keep must be at least 1 "
                                        f"(use invalidate(name) to forget a stage entirely)")
         if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
             raise InvalidArgumentError(f"gc(grace={grace!r}): grace must be a number of "
                                        f"seconds, at least 0")
+        size_limit = None if max_size is None else parse_size(max_size, "max_size")
+        age_limit = None if max_age is None else parse_duration(max_age, "max_age")
+        protected = set(protect)
         now = time.time()
-        removed_records = 0
         with self._changes():
-            for stage in self.stages():
-                for rec in self.records_of(stage)[keep:]:
-                    self.drop_record(stage, rec.fingerprint)
-                    removed_records += 1
+            kept = self._retention(keep, age_limit, size_limit, protected)
+            for result in kept.removed:
+                self.drop_record(result.stage, result.fingerprint)
+            for stage in sorted({r.stage for r in kept.removed}):
+                self._unpoint(stage, {r.fingerprint for r in kept.removed if r.stage == stage})
+        removed_records = len(kept.removed)
+        for result in kept.removed:  # their use stamps: nothing to say about a removed result
+            self._forget_use(_used_rel(result.stage, result.fingerprint))
         # Objects are listed before the records are read: a record committed after that names
         # objects written after the listing or within the grace period, never collected here.
         removed_objects = freed = 0
@@ -934,9 +1043,11 @@ class Store:
                 elif kind == "file" and age >= grace:
                     candidates.append((rel, size))
         referenced: set[str] = set()
+        stored: set[tuple[str, str]] = set()
         for stage in self.stages():
             for rec in self.records_of(stage):
                 referenced.update(o.rel for o in rec.objects())
+                stored.add((stage, rec.fingerprint))
         for rel, size in candidates:
             if rel not in referenced:
                 self._fs.delete(rel)
@@ -967,7 +1078,76 @@ class Store:
                 else:
                     freed += self._gc_leftover(rel, now, grace)
             freed += self._gc_locks(now, grace)
-        return GcReport(removed_records, removed_objects, freed, uploads)
+        freed += self._gc_used(stored, now, grace)
+        return GcReport(removed_records, removed_objects, freed, uploads,
+                        beyond_keep=len(kept.beyond_keep), unused=len(kept.unused),
+                        least_used=len(kept.least_used), keep=keep, max_age=age_limit,
+                        max_size=size_limit, above_max_size=kept.above_max_size)
+
+    def _retention(self, keep: int, max_age: float | None, max_size: int | None,
+                   protected: set[tuple[str, str]]) -> _retention.Retention:
+        """What the rules remove of the results stored now (``pipelite._retention``)."""
+        records = [(rank, rec) for stage in self.stages()
+                   for rank, rec in enumerate(self.records_of(stage))]
+        at = _retention.now()
+        used = ({} if max_age is None and max_size is None  # keep alone needs no stamps
+                else self._last_used([rec for _, rec in records], at))
+        results = [StoredResult(rec.stage, rec.fingerprint, rank,
+                                used.get((rec.stage, rec.fingerprint), 0.0),
+                                {o.rel: o.size for o in rec.objects()},
+                                (rec.stage, rec.fingerprint) in protected)
+                   for rank, rec in records]
+        return retain(results, keep, max_age, max_size, at)
+
+    def _unpoint(self, stage: str, removed: set[str]) -> None:
+        """After gc removed results of ``stage``: a ``LATEST`` naming one of them goes
+        (``latest()`` then lists the records; rewriting it could name an older result than
+        one another process commits meanwhile), and a local record folder left empty goes,
+        so the stage is no longer listed."""
+        rel = f"records/{stage}/LATEST"
+        try:
+            data = self._fs.read_bytes(rel)
+        except UnsafeStorePathError:
+            return
+        if data is not None and data.decode("ascii", "replace").strip() in removed:
+            self._fs.delete(rel)
+        if self._fs.local_root is not None:
+            try:
+                self._fs.remove_empty_folder(f"records/{stage}")
+            except OSError:
+                pass  # results (or a failure, or a write in flight) are still in it
+
+    def _forget_use(self, rel: str) -> None:
+        """Delete a use stamp, best effort (a stamp left behind is collected later)."""
+        try:
+            self._fs.delete(rel)
+        except (OSError, PipeliteError):
+            pass
+
+    def _gc_used(self, stored: set[tuple[str, str]], now: float, grace: float) -> int:
+        """Delete use stamps older than ``grace`` of results not ``stored`` (forgotten by
+        invalidate, or another process's gc) and leftovers of interrupted stamp writes; the
+        bytes freed. A name that is not a stage and a fingerprint (or ``.tmp-*``) is not
+        ours: it stays, like a symbolic link to a folder (never listed through)."""
+        freed = 0
+        try:
+            stages = [n for n in self._fs.listdir("used") if _is_stage_dir(n)]
+        except UnsafeStorePathError:
+            return 0
+        for stage in stages:
+            try:
+                names = self._fs.listdir(f"used/{stage}")
+            except UnsafeStorePathError:
+                continue
+            for name in names:
+                if is_fingerprint(name) and (stage, name) not in stored:
+                    rel = _used_rel(stage, name)
+                elif _TMP_NAME.match(name):
+                    rel = f"used/{stage}/{name}"
+                else:
+                    continue
+                freed += self._gc_leftover(rel, now, grace)
+        return freed
 
     def _gc_stat(self, rel: str, now: float) -> tuple[float, int, str] | None:
         """(age in seconds, size, kind: "file", "dir", "link" or "other") of a store path, or

@@ -16,7 +16,7 @@ from IPython.core.magic_arguments import (
 from IPython.display import display
 from IPython.utils.process import arg_split
 
-from pipelite import PipeliteError, StageStatus, Store
+from pipelite import InvalidArgumentError, PipeliteError, StageStatus, Store
 from pipelite.present import (
     STATE_COLOURS,
     human_bytes,
@@ -61,9 +61,15 @@ def _pipelite_parser() -> MagicArgumentParser:
     p = add("accept", "adopt a stage's stored result for its changed code, globals or "
                       "parameters, without running it")
     p.add_argument("name", metavar="NAME")
-    p = add("gc", "delete all but the newest results per stage, and unreferenced files")
+    p = add("gc", "delete all but the newest results per stage, results unused for --max-age, "
+                  "the least recently used beyond --max-size, and unreferenced files")
     p.add_argument("--keep", type=int, default=1, metavar="N",
                    help="results to keep per stage (default 1)")
+    p.add_argument("--max-size", metavar="SIZE",
+                   help="delete the least recently used results until the store's objects "
+                        "take at most SIZE (e.g. 20GiB, 500MB)")
+    p.add_argument("--max-age", metavar="AGE",
+                   help="delete results not loaded or reused for AGE (e.g. 30d, 12h)")
     p = add("store", "show the store, or switch to the store at PATH")
     p.add_argument("path", nargs="?", metavar="PATH", help="a directory or an fsspec URL")
     p.add_argument("--option", dest="options", action="append", metavar="KEY=VALUE",
@@ -401,7 +407,12 @@ class PipeliteMagics(Magics):
         if args.keep < 1:
             raise UsageError("%pipelite gc: --keep must be 1 or more (to forget a stage "
                              "entirely, use %pipelite invalidate NAME)")
-        print(f"[pipelite] gc: {self.pipeline.gc(keep=args.keep)}")
+        try:
+            report = self.pipeline.gc(keep=args.keep, max_size=args.max_size,
+                                      max_age=args.max_age)
+        except InvalidArgumentError as exc:  # a bad --max-size or --max-age: checked first
+            raise UsageError(f"%pipelite gc: {exc}") from None
+        print(f"[pipelite] gc: {report}")
 
     def _cmd_store(self, args: Any) -> None:
         note = ""

@@ -24,9 +24,11 @@ def events():
 
 
 def stored_files(root):
-    """Every file in the store but lock files (one per fingerprint that was computed)."""
+    """Every file in the store but lock files (one per fingerprint that was computed) and use
+    stamps (``used/``: a load notes when it read a result)."""
     return sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                  if p.is_file() and not p.name.endswith(".lock"))
+                  if p.is_file() and not p.name.endswith(".lock")
+                  and p.relative_to(root).parts[0] != "used")
 
 
 def kinds(events, stage_name):

@@ -260,7 +260,8 @@ def test_checking_a_store_location_creates_it_and_leaves_nothing_in_it(tmp_path)
     from pipelite import Store
 
     Store.check_writable(str(tmp_path / "new" / "store"))
-    assert list((tmp_path / "new" / "store").iterdir()) == []
+    # nothing but the .gitignore a new store gets (tests/test_gc_policies.py)
+    assert [p.name for p in (tmp_path / "new" / "store").iterdir()] == [".gitignore"]
 
 
 def test_checking_a_store_location_that_cannot_be_written_raises_the_os_error(tmp_path):

@@ -319,6 +319,39 @@ def test_the_local_cache_keeps_to_its_size_limit_least_recently_used_first(
         reader.store.cache_limit = -1
 
 
+def test_gc_max_size_on_an_object_store_removes_the_least_recently_used_first(
+        s3_url, options, tmp_path, monkeypatch):
+    """Issue 12: use stamps live in the bucket outside records/ (a load does not outdate the
+    records' index), are read in one listing, and max_size goes by them there too."""
+    np = pytest.importorskip("numpy")
+    from pipelite import _retention
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    @stage(outputs="v")
+    def f(*, n=0):
+        return np.full(1000, n)
+
+    pipe = Pipeline(store=Store(s3_url, storage_options=options), params={"f": {"n": 2}})
+    for n in range(3):  # n=2 is the current, fresh result
+        pipe.run("f", params={"f": {"n": n}})
+    fs = pipe.store._fs
+    assert fs.read_bytes(".gitignore").splitlines()[-1] == b"*"  # a new store's first write
+    generation = fs.read_bytes("index/generation")
+    tomorrow = time.time() + 86400
+    monkeypatch.setattr(_retention, "now", lambda: tomorrow)
+    assert pipe.run("f", params={"f": {"n": 0}}).executed == []  # n=0 used; n=1 never
+    assert fs.read_bytes("index/generation") == generation
+    records = {int(r.params["n"]): r for r in pipe.store.records_of("f")}
+    assert fs.listdir("used/f") == [records[0].fingerprint]
+    size = records[0].outputs["v"].size
+    report = pipe.gc(keep=5, max_size=2 * size, grace=0)
+    assert {int(r.params["n"]) for r in pipe.store.records_of("f")} == {0, 2}
+    assert (report.least_used, report.records, report.objects) == (1, 1, 1)
+    assert not fs.exists(records[1].outputs["v"].rel)
+    assert pipe.run("f", params={"f": {"n": 0}}).executed == []
+
+
 # -- storage options: the magic, IPython config, the CLI, AWS_* (item 5) ---------------------
 def _flags(endpoint: str) -> list[str]:
     return ["key=test", "secret=test", f"client_kwargs.endpoint_url={endpoint}",

@@ -251,8 +251,8 @@ def test_gc_keeps_the_newest_results_per_stage(location):
     def f(*, n=0):
         return np.full(10, n)
 
-    pipeline = Pipeline(location)
-    for n in range(3):
+    pipeline = Pipeline(location, params={"f": {"n": 2}})  # the newest is the fresh one: gc
+    for n in range(3):                                    # never removes a fresh result
         pipeline.run("f", params={"f": {"n": n}})
     assert len(pipeline.store.records_of("f")) == 3
     report = pipeline.gc(keep=1, grace=0)  # just written: collected only without the grace period

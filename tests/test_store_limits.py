@@ -150,7 +150,7 @@ def test_a_full_disk_while_writing_the_record_raises_store_full_error_and_takes_
         return np.ones(1024)  # 8 KiB + the .npy header: 3 pages
 
     store = disk / "store"
-    Store(str(store))  # nothing written yet
+    Store.check_writable(str(store))  # the new store's folder and its .gitignore, no more
     _fill(disk, leave=3 * PAGE)  # room for the object, none for the record
     with pytest.raises(StoreFullError) as info:
         Pipeline(store=str(store)).run("mid")
@@ -279,11 +279,11 @@ def test_invalidate_in_a_read_only_store_raises_store_not_writable_error(read_on
 
 
 def test_gc_in_a_read_only_store_raises_store_not_writable_error(read_only):
-    store, disk = read_only  # two records: gc(keep=1) has one to delete
+    store, disk = read_only  # two records: gc(keep=1) has one to delete (n=1: n=2 is fresh)
     _remount(disk, "ro")
     with pytest.raises(StoreNotWritableError, match=f"cannot collect garbage \\(gc\\): the "
                                                     f"store {store} is not writable"):
-        Pipeline(store=str(store)).gc(keep=1)
+        Pipeline(store=str(store), params={"made": {"n": 2}}).gc(keep=1)
 
 
 def test_a_stale_stage_on_an_executor_in_a_read_only_store_raises_store_not_writable_error(
