@@ -15,6 +15,7 @@ file system has them): a hard link would let an edit of the file change the stor
 """
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import stat as _stat
@@ -30,7 +31,7 @@ __all__ = ["File", "file_digest", "LISTED_FILES", "restore", "store_file", "file
 
 ABSENT = "<absent>"
 LISTED_FILES = 200  # a folder with at most this many files keeps its listing, for reasons
-_CHUNK = 8 << 20
+_WINDOW = 256 << 20  # mapped at a time: a multiple of every allocation granularity
 
 
 class File(os.PathLike):
@@ -228,22 +229,25 @@ def _restorable(key: Any) -> bool:
 
 
 def store_file(src: str, tmp: str) -> str:
-    """Copy ``src`` to ``tmp`` (a new file in the store), hashing the bytes as they pass:
-    one read of the source. Returns the xxh3-128 hex digest."""
+    """Copy ``src`` to ``tmp`` (a new file in the store) and return the xxh3-128 hex digest of
+    the copy. The kernel copies (``shutil.copyfile``: ``sendfile`` on Linux), then the copy is
+    hashed through memory maps of its cached pages, so no byte passes through a buffer of
+    ours. Hashing the copy, which nothing else writes, digests exactly the bytes stored even if
+    the source changes meanwhile. The read/hash/write loop this replaces copied every byte
+    twice in user space: for 1 GiB on the 2-core VM it took 2.6 s with the fsync and 1.4 s of
+    CPU, this 1.6 s and 0.7 s, a bare copy + fsync 2.0 s and 0.9 s (benchmarks/README.md)."""
+    shutil.copyfile(src, tmp)
+    return _mapped_digest(tmp)
+
+
+def _mapped_digest(path: str) -> str:
     h = xxhash.xxh3_128()
-    with open(src, "rb", buffering=0) as fin, open(tmp, "wb", buffering=0) as fout:
-        size = os.fstat(fin.fileno()).st_size
-        buf = bytearray(max(1, min(_CHUNK, size or 1)))
-        view = memoryview(buf)
-        while True:
-            n = fin.readinto(buf)
-            if not n:
-                break
-            chunk = view[:n]
-            h.update(chunk)
-            written = 0
-            while written < n:
-                written += fout.write(chunk[written:]) or 0
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        for offset in range(0, size, _WINDOW):
+            with mmap.mmap(f.fileno(), min(_WINDOW, size - offset), offset=offset,
+                           access=mmap.ACCESS_READ) as window:
+                h.update(window)
     return h.hexdigest()
 
 
