@@ -95,6 +95,7 @@ class Runner:
         self.run_id: str | None = None  # one per run() call, in every record it writes
         self._facts: dict[str, Any] | None = None  # the run's provenance, once a stage runs
         self._sent: dict[str, Stage] = {}  # stages sent to the executor in another form
+        self._files: dict[str, dict[str, Any]] = {}  # file outputs a hit of this run put back
 
     def facts(self) -> dict[str, Any]:
         """The run's part of each record's provenance (its id, the git commit): worked out
@@ -162,6 +163,7 @@ class Runner:
         skipped: list[str] = []
         elsewhere: dict[str, ResultRecord] = {}  # notebook cells that ran in another process
         self._sent.clear()
+        self._files.clear()
         try:
             if self.executor is None:
                 self._run_here(first, targets, force, params, memo, total, done, executed,
@@ -176,6 +178,8 @@ class Runner:
                     if out in mine and (info.format == VOLATILE
                                         or format_named(info.format).returns_computed):
                         values[out] = mine[out]  # saved, and the file would give it back
+                    elif out in self._files.get(name, {}):  # put in place by this run
+                        values[out] = self._files[name][out]
                     else:  # arrays (read-only maps), other processes' results, hits
                         values[out] = load_input(self.store, name, done[name], info)
             cells = {name: {out: values[out] if name in targets and out in values
@@ -229,7 +233,7 @@ class Runner:
 
     def _skip(self, name: str, record: ResultRecord, done: dict[str, ResultRecord],
               skipped: list[str]) -> None:
-        restore_files(self.store, name, record)
+        self._files[name] = restore_files(self.store, name, record)
         done[name] = record
         skipped.append(name)
         events.emit("skipped", name, self.store.url)
@@ -685,11 +689,11 @@ def forget_run(run_id: str | None) -> None:
         _IN_MEMORY.pop(run_id or "", None)
 
 
-def restore_files(store: Store, stage: str, record: ResultRecord) -> None:
-    """A hit puts the stage's file outputs back in place if they were deleted or changed."""
-    for info in record.outputs.values():
-        if info.format == "file":
-            load_input(store, stage, record, info)
+def restore_files(store: Store, stage: str, record: ResultRecord) -> dict[str, Any]:
+    """A hit puts the stage's file outputs back in place if they were deleted or changed;
+    returns them (``File``s) by artifact."""
+    return {name: load_input(store, stage, record, info)
+            for name, info in record.outputs.items() if info.format == "file"}
 
 
 def load_input(store: Store, stage: str, record: ResultRecord, info: OutputRecord) -> Any:

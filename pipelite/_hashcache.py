@@ -35,8 +35,22 @@ _broken: str | None = None  # the path that failed: not tried again in this proc
 _pending: list[tuple] = []
 
 
+_WHERE: tuple[tuple[str, str | None], str | None] | None = None  # (env, XDG), location
+
+
 def location() -> str | None:
-    """The cache file, or None when turned off."""
+    """The cache file, or None when turned off (worked out again only when the environment
+    variables it depends on change: it is asked once a file)."""
+    global _WHERE
+    env = (os.environ.get(ENV, ""), os.environ.get("XDG_CACHE_HOME"))
+    if _WHERE is not None and _WHERE[0] == env:
+        return _WHERE[1]
+    found = _location()
+    _WHERE = (env, found)
+    return found
+
+
+def _location() -> str | None:
     value = os.environ.get(ENV, "").strip()
     if value.lower() in ("0", "off", "false", "no"):
         return None
@@ -85,6 +99,30 @@ def lookup(path: str, key: tuple) -> str | None:
             return None
     value: Any = row[0] if row else None
     return value if isinstance(value, str) and _HEX.match(value) else None
+
+
+PRELOAD_MAX = 100_000  # rows of one folder loaded at once; a bigger one is looked up by file
+
+
+def under(folder: str) -> dict[tuple, str]:
+    """Every remembered hash of a file under ``folder``, by its stat key (dev, ino, size,
+    mtime_ns, ctime_ns): one query for a folder instead of one a file. Empty when there are
+    more than ``PRELOAD_MAX`` (then each file is looked up as it comes)."""
+    prefix = folder.rstrip(os.sep) + os.sep
+    upper = prefix[:-1] + chr(ord(os.sep) + 1)
+    with _lock:
+        conn = _connection()
+        if conn is None:
+            return {}
+        try:
+            rows = conn.execute(
+                "SELECT dev, ino, size, mtime_ns, ctime_ns, hash FROM hashes WHERE path >= ? "
+                "AND path < ? LIMIT ?", (prefix, upper, PRELOAD_MAX + 1)).fetchall()
+        except sqlite3.Error:
+            return {}
+    if len(rows) > PRELOAD_MAX:
+        return {}
+    return {tuple(r[:5]): r[5] for r in rows if isinstance(r[5], str) and _HEX.match(r[5])}
 
 
 def remember(path: str, key: tuple, digest: str) -> None:

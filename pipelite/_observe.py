@@ -343,6 +343,13 @@ def _hash(path: str, st: os.stat_result) -> str:
     return digest
 
 
+def remember_hashes(known: dict[tuple, str]) -> None:
+    """Add hashes by stat key (from the machine's cache) to this process's."""
+    if len(_HASHES) + len(known) > _HASH_CACHE_MAX:
+        _HASHES.clear()
+    _HASHES.update(known)
+
+
 _SMALL = 1 << 20
 
 

@@ -383,3 +383,18 @@ def test_the_log_names_a_changed_input_file(project):
     p.run("read")
     newer, older = p.store.records_of("read")[:2]
     assert changed_parts(older.parts, newer.parts) == ["file 'data/img'"]
+
+
+def test_a_folder_s_remembered_hashes_come_in_one_query_and_only_its_own(project):
+    (project / "data" / "img2").mkdir()
+    (project / "data" / "img2" / "x.png").write_text("sibling")
+    paths = [p for p in (project / "data").rglob("*.png")]
+    keys = {}
+    for p in paths:
+        _age(p)
+        st = os.stat(p)
+        keys[str(p)] = _observe._key(st)
+        _hashcache.remember(str(p), keys[str(p)], f"{len(keys):032x}")
+    _hashcache.flush()
+    found = _hashcache.under(str(project / "data" / "img"))
+    assert set(found) == {keys[str(p)] for p in paths if p.parent.name == "img"}
