@@ -317,6 +317,10 @@ class Pipeline:
         for attempt in range(2):
             verdict = self._check([producer], graph=graph)[producer]
             record = verdict.record
+            if verdict.stage is not None and not verdict.stage.cache:
+                raise StaleArtifactError(
+                    f"artifact '{name}' is never stored: stage '{producer}' is not cached "
+                    f"(cache=False). Use the value pipeline.run('{producer}') returns")
             if verdict.state != "fresh" or record is None or name not in record.outputs:
                 why = "; ".join(verdict.reasons) or verdict.state
                 raise StaleArtifactError(

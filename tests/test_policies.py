@@ -54,6 +54,9 @@ def test_a_stage_without_cache_runs_every_time_and_stores_nothing(store_dir):
     assert p.run("fetch")["raw"] == [0, 1, 2, 0, 1, 2]
     assert _calls() == "ftf"
     assert not (store_dir / "records" / "fetch").exists()
+    with pytest.raises(PipeliteError, match=r"never stored: stage 'fetch' is not cached.*"
+                                            r"Use the value pipeline.run\('fetch'\) returns"):
+        p.load("raw")
     status = {s.name: s for s in p.status()}
     assert status["fetch"].state == "stale"
     assert status["fetch"].reasons == ("not cached (cache=False): it runs every time it is "
