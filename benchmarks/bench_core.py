@@ -15,31 +15,21 @@ import argparse
 import gc
 import importlib
 import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import xxhash
+from _report import Row, fmt_time, machine, table
 
 GIB = 1 << 30
 CHAIN = 1000
 BIG_CHAIN = 10_000
 
-
-@dataclass
-class Row:
-    benchmark: str
-    pipelite: float  # seconds
-    baseline_name: str
-    baseline: float | None  # seconds
-    target: str
-    met: bool | None
 
 
 def median_time(fn: Callable[[], object], reps: int) -> float:
@@ -53,15 +43,6 @@ def median_time(fn: Callable[[], object], reps: int) -> float:
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
-
-def fmt_time(s: float | None) -> str:
-    if s is None:
-        return "-"
-    if s >= 1:
-        return f"{s:.3f} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:.2f} ms"
-    return f"{s * 1e6:.0f} µs"
 
 
 def settle() -> None:
@@ -580,23 +561,9 @@ def machine_info(root: str) -> str:
 
     import pipelite
 
-    return "\n".join([
-        f"- machine: {platform.platform()}, {os.cpu_count()} cores, {platform.processor() or '?'}",
-        f"- Python {platform.python_version()}, numpy {np.__version__}, "
-        f"joblib {joblib.__version__}, xxhash {xxhash.VERSION}, pipelite {pipelite.__version__}",
-        f"- temp dir: {root}",
-    ])
+    return machine(f"numpy {np.__version__}, joblib {joblib.__version__}, xxhash "
+                   f"{xxhash.VERSION}, pipelite {pipelite.__version__}", root)
 
-
-def table(rows: list[Row]) -> str:
-    out = ["| benchmark | pipelite | baseline | baseline time | ratio | target | met |",
-           "|---|---:|---|---:|---:|---|:-:|"]
-    for r in rows:
-        ratio = f"{r.pipelite / r.baseline:.2f}x" if r.baseline else "-"
-        met = "-" if r.met is None else ("yes" if r.met else "**no**")
-        out.append(f"| {r.benchmark} | {fmt_time(r.pipelite)} | {r.baseline_name} | "
-                   f"{fmt_time(r.baseline)} | {ratio} | {r.target} | {met} |")
-    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:

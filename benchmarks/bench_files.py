@@ -29,7 +29,6 @@ import gc
 import importlib
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -37,9 +36,9 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
 
 import xxhash
+from _report import Row, machine, table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -67,24 +66,6 @@ def folder_input(*, data=File("data")):
 """
 
 
-@dataclass
-class Row:
-    benchmark: str
-    pipelite: float  # seconds
-    baseline_name: str
-    baseline: float | None  # seconds
-    target: str
-    met: bool | None
-
-
-def fmt_time(s: float | None) -> str:
-    if s is None:
-        return "-"
-    if s >= 1:
-        return f"{s:.3f} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:.2f} ms"
-    return f"{s * 1e6:.0f} µs"
 
 
 def fmt_size(nbytes: float) -> str:
@@ -346,23 +327,8 @@ def bench_folder(root: str, nfiles: int, total: int, reps: int) -> list[Row]:
 def machine_info(root: str) -> str:
     import pipelite
 
-    return "\n".join([
-        f"- machine: {platform.platform()}, {os.cpu_count()} cores, {platform.processor() or '?'}",
-        f"- Python {platform.python_version()}, xxhash {xxhash.VERSION}, "
-        f"pipelite {pipelite.__version__}",
-        f"- scratch dir: {root}",
-    ])
+    return machine(f"xxhash {xxhash.VERSION}, pipelite {pipelite.__version__}", root)
 
-
-def table(rows: list[Row]) -> str:
-    out = ["| benchmark | pipelite | baseline | baseline time | ratio | target | met |",
-           "|---|---:|---|---:|---:|---|:-:|"]
-    for r in rows:
-        ratio = f"{r.pipelite / r.baseline:.2f}x" if r.baseline else "-"
-        met = "-" if r.met is None else ("yes" if r.met else "**no**")
-        out.append(f"| {r.benchmark} | {fmt_time(r.pipelite)} | {r.baseline_name} | "
-                   f"{fmt_time(r.baseline)} | {ratio} | {r.target} | {met} |")
-    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
