@@ -487,25 +487,30 @@ TEN_STAGES = [
 ]
 
 
-def test_a_ten_stage_graph_is_legible_in_the_panel(jupyter, page):
-    """Item 5: stages only, edges labelled with the artifacts they carry, fit to the output's
-    width, and text a person can read (11 px or more): ten stages deep, top to bottom."""
+def open_and_run(jupyter, page, name: str, cells: list[str]) -> None:
+    """Write ``cells`` as NAME/NAME.ipynb (the demo's kernel), open it in JupyterLab once its
+    kernel is idle, and run every cell."""
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook
 
-    folder = jupyter.root / "ten"
+    folder = jupyter.root / name
     folder.mkdir(exist_ok=True)
-    cells = ["%load_ext pipelite", *TEN_STAGES, "%pipelite panel"]
     nb = new_notebook(cells=[new_code_cell(c) for c in cells])
     nb.metadata["kernelspec"] = json.loads(NOTEBOOK.read_text())["metadata"]["kernelspec"]
-    nbformat.write(nb, folder / "ten.ipynb")
+    nbformat.write(nb, folder / f"{name}.ipynb")
+    page.goto(jupyter.url(f"lab/tree/{name}/{name}.ipynb") + "&reset")
+    expect(page.locator(".jp-Notebook .jp-CodeCell")).to_have_count(len(cells))
+    jupyter.wait_for_kernel(f"{name}/{name}.ipynb")
+    expect(page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')).to_have_count(1)
+    run_all_cells(page)
+
+
+def test_a_ten_stage_graph_is_legible_in_the_panel(jupyter, page):
+    """Item 5: stages only, edges labelled with the artifacts they carry, fit to the output's
+    width, and text a person can read (11 px or more): ten stages deep, top to bottom."""
     try:
-        page.goto(jupyter.url("lab/tree/ten/ten.ipynb") + "&reset")
-        expect(page.locator(".jp-Notebook .jp-CodeCell")).to_have_count(len(cells))
-        jupyter.wait_for_kernel("ten/ten.ipynb")
-        expect(page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')
-               ).to_have_count(1)
-        run_all_cells(page)
+        open_and_run(jupyter, page, "ten", ["%load_ext pipelite", *TEN_STAGES,
+                                            "%pipelite panel"])
         panel = page.locator(".pipelite-panel")
         expect(panel.locator(".pipelite-counts")).to_have_text("10 fresh")
         panel.locator(".pipelite-graph-toggle").click()
@@ -556,21 +561,8 @@ POLICY_CELLS = [
 def test_the_panel_shows_policy_badges_and_file_outputs(jupyter, page):
     """Issue 12: no-cache and expiry badges next to the stage's name, and a file output with
     the place it is restored to, as a person sees them in JupyterLab."""
-    import nbformat
-    from nbformat.v4 import new_code_cell, new_notebook
-
-    folder = jupyter.root / "policies"
-    folder.mkdir(exist_ok=True)
-    nb = new_notebook(cells=[new_code_cell(c) for c in POLICY_CELLS])
-    nb.metadata["kernelspec"] = json.loads(NOTEBOOK.read_text())["metadata"]["kernelspec"]
-    nbformat.write(nb, folder / "policies.ipynb")
     try:
-        page.goto(jupyter.url("lab/tree/policies/policies.ipynb") + "&reset")
-        expect(page.locator(".jp-Notebook .jp-CodeCell")).to_have_count(len(POLICY_CELLS))
-        jupyter.wait_for_kernel("policies/policies.ipynb")
-        expect(page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')
-               ).to_have_count(1)
-        run_all_cells(page)
+        open_and_run(jupyter, page, "policies", POLICY_CELLS)
         panel = page.locator(".pipelite-panel")
         expect(panel.locator(".pipelite-row-live .pipelite-policy-no-cache")).to_have_text(
             "no-cache")
