@@ -1,0 +1,280 @@
+"""``async def`` stages (issue 12): function stages and ``run`` methods are awaited, with
+``asyncio.run`` where no loop runs and in a helper thread's loop where one does; ``%%stage``
+cells with a top-level ``await`` run in IPython's own loop."""
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import signal
+import sys
+import threading
+import traceback
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from pipelite import Pipeline, StageOutputError, stage
+from pipelite.present import user_frames
+from tests.helpers import notebook, run_cell
+
+
+def calls(log) -> list[str]:
+    """The stages that really ran, from the lines they appended to ``log``."""
+    return log.read_text().split() if log.exists() else []
+
+
+def state(pipeline: Pipeline, name: str) -> str:
+    (s,) = [s for s in pipeline.status() if s.name == name]
+    return s.state
+
+
+def helper_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("pipelite-async")]
+
+
+# -- the core: awaited, stored, reused -------------------------------------------------------
+def test_an_async_function_stage_is_awaited_and_its_result_stored_and_reused(pipeline,
+                                                                             tmp_path):
+    log = str(tmp_path / "ran.log")
+
+    @stage
+    async def fetch(*, url: str = "https://example.org"):
+        await asyncio.sleep(0)
+        with open(log, "a") as f:
+            f.write("fetch\n")
+        return {"page": f"<html>{url}</html>"}
+
+    assert fetch.__pipelite_stage__.outputs == ("page",)  # from its literal return {...}
+    assert pipeline.run("fetch")["page"] == "<html>https://example.org</html>"
+    again = pipeline.run("fetch")
+    assert again.executed == [] and again["page"] == "<html>https://example.org</html>"
+    assert pipeline.load("page") == "<html>https://example.org</html>"
+    assert calls(tmp_path / "ran.log") == ["fetch"]
+
+
+def test_an_async_run_method_of_a_class_stage_is_awaited(pipeline, tmp_path):
+    log = str(tmp_path / "ran.log")
+
+    @stage(outputs="numbers")
+    def numbers():
+        return [1, 2, 3]
+
+    @stage("scale")
+    class Scale:
+        def __init__(self, factor: int = 2):
+            self.factor = factor
+
+        async def run(self, numbers):
+            await asyncio.sleep(0)
+            with open(log, "a") as f:
+                f.write("scale\n")
+            return {"scaled": [n * self.factor for n in numbers]}
+
+    assert Scale.__pipelite_stage__.outputs == ("scaled",)
+    assert pipeline.run("scale")["scaled"] == [2, 4, 6]
+    assert pipeline.run("scale").executed == []
+    assert pipeline.run("scale", params={"scale": {"factor": 3}})["scaled"] == [3, 6, 9]
+    assert calls(tmp_path / "ran.log") == ["scale", "scale"]
+
+
+ASYNC_STAGE = """
+    import asyncio
+
+    @stage(outputs="y")
+    async def f():
+        await asyncio.sleep(0)  # yield to the loop once
+        return 1
+    """
+
+
+def test_editing_the_body_of_an_async_stage_makes_it_stale(pipeline):
+    ns = notebook()
+    run_cell(ASYNC_STAGE, ns)
+    pipeline.run("f")
+    run_cell(ASYNC_STAGE.replace("return 1", "return 2"), ns)
+    (s,) = pipeline.status()
+    assert s.state == "stale" and any("code" in r for r in s.reasons), s.reasons
+    assert pipeline.run("f")["y"] == 2
+
+
+def test_editing_a_comment_of_an_async_stage_keeps_it_fresh(pipeline):
+    ns = notebook()
+    run_cell(ASYNC_STAGE, ns)
+    pipeline.run("f")
+    run_cell(ASYNC_STAGE.replace("# yield to the loop once", "# let others run\n"), ns)
+    assert state(pipeline, "f") == "fresh"
+
+
+def test_an_error_inside_an_async_stage_is_the_users_own_with_the_users_frames(pipeline):
+    async def lookup(key):
+        await asyncio.sleep(0)
+        raise KeyError(key)
+
+    @stage(outputs="value")
+    async def broken():
+        return await lookup("missing")
+
+    with pytest.raises(KeyError) as caught:
+        pipeline.run("broken")
+    shown = traceback.extract_tb(user_frames(caught.value.__traceback__))
+    assert [f.name for f in shown] == ["broken", "lookup"]
+    assert not caught.value.__context__  # no "during handling of another exception"
+    assert state(pipeline, "broken") == "failed"
+
+
+def test_a_plain_def_returning_a_coroutine_is_a_clear_error_and_the_coroutine_is_closed(
+        pipeline):
+    async def download():
+        return [1, 2]
+
+    @stage(outputs="data")
+    def fetch():
+        return download()  # the missing await
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(StageOutputError) as caught:
+            pipeline.run("fetch")
+        message = str(caught.value)
+        del caught
+        gc.collect()
+    assert message.startswith("stage 'fetch' returned a coroutine instead of its result")
+    assert "await it" in message and "async def" in message
+    assert not [w for w in seen if "never awaited" in str(w.message)]
+
+
+# -- where the coroutine runs ----------------------------------------------------------------
+def test_a_run_from_inside_a_running_event_loop_works(pipeline):
+    @stage(outputs="loop_ok")
+    async def probe():
+        await asyncio.sleep(0)
+        return True
+
+    async def main():
+        return pipeline.run("probe")  # asyncio.run would refuse: a loop is running here
+
+    assert asyncio.run(main())["loop_ok"] is True
+    assert helper_threads() == []
+
+
+def test_an_async_stage_called_inside_a_running_loop_runs_in_a_helper_thread(pipeline):
+    @stage(outputs="where")
+    async def where():
+        return threading.current_thread().name
+
+    async def main():
+        return pipeline.run("where")
+
+    assert asyncio.run(main())["where"].startswith("pipelite-async")
+    assert helper_threads() == []
+
+
+def _interrupt_once(started: threading.Event) -> None:
+    """Ctrl-C, once the stage has started: a real SIGINT to the main thread, which wakes it
+    from a wait for I/O (``_thread.interrupt_main`` would not, until the wait ends)."""
+    def fire():
+        if started.wait(20):
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    threading.Thread(target=fire, daemon=True).start()
+
+
+needs_signals = pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="POSIX signals")
+
+
+@needs_signals
+def test_interrupting_an_async_stage_inside_a_running_loop_leaves_no_loop_or_thread(
+        pipeline):
+    started, seen = threading.Event(), {}
+
+    @stage(outputs="never")
+    async def hang():
+        seen["loop"] = asyncio.get_running_loop()
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        finally:
+            seen["cleaned_up"] = True
+
+    async def main():
+        return pipeline.run("hang")
+
+    loop = asyncio.new_event_loop()  # run_until_complete: Ctrl-C raises right where it lands
+    try:
+        _interrupt_once(started)
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert seen["cleaned_up"] and seen["loop"].is_closed()
+    assert helper_threads() == []
+    assert state(pipeline, "hang") != "fresh"
+
+
+@needs_signals
+def test_interrupting_an_async_stage_run_with_asyncio_run_closes_its_loop(pipeline):
+    started, seen = threading.Event(), {}
+
+    @stage(outputs="never")
+    async def hang():
+        seen["loop"] = asyncio.get_running_loop()
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        finally:
+            seen["cleaned_up"] = True
+
+    _interrupt_once(started)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run("hang")
+    assert seen["cleaned_up"] and seen["loop"].is_closed()
+    assert helper_threads() == []
+
+
+# -- executors -------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:closure 'barrier'")  # a Barrier has no content to hash
+def test_async_stages_run_on_a_thread_pool(store_dir):
+    # both wait for each other: this only finishes if they run at the same time
+    barrier = threading.Barrier(2, timeout=20)
+
+    @stage(outputs="left")
+    async def left():
+        await asyncio.to_thread(barrier.wait)
+        return 1
+
+    @stage(outputs="right")
+    async def right():
+        await asyncio.to_thread(barrier.wait)
+        return 2
+
+    @stage(outputs="both")
+    async def both(left, right):
+        return left + right
+
+    with ThreadPoolExecutor(2) as pool:
+        result = Pipeline(store_dir, executor=pool).run("both")
+    assert result["both"] == 3
+    assert sorted(result.executed) == ["both", "left", "right"]
+    assert Pipeline(store_dir).run("both").executed == []
+
+
+@stage(outputs="pid")
+async def worker_pid():
+    await asyncio.sleep(0)
+    return os.getpid()
+
+
+def test_an_async_stage_runs_on_a_dask_local_cluster(store_dir, clean_registry, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    main = sys.modules["__main__"]
+    if not hasattr(main, "__spec__"):  # multiprocessing reads it; an IPython one may lack it
+        monkeypatch.setattr(main, "__spec__", None, raising=False)
+    clean_registry.add(worker_pid.__pipelite_stage__)  # the autouse fixture cleared it
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, host="127.0.0.1") as cluster, \
+            distributed.Client(cluster) as client:
+        result = Pipeline(store_dir, executor=client).run("worker_pid")
+        workers = set(client.run(os.getpid).values())
+    assert result["pid"] in workers and result["pid"] != os.getpid()
