@@ -78,17 +78,21 @@ class _InHelperThread:
         context = contextvars.copy_context()
         thread = threading.Thread(target=context.run, args=(self._thread,), daemon=True,
                                   name=f"pipelite-async-{threading.current_thread().name}")
-        thread.start()
         try:
+            thread.start()
             while True:
                 try:
                     return self._outcome.result(timeout=_POLL_SECONDS)
                 except concurrent.futures.TimeoutError:
                     continue
         except BaseException:
-            if not self._outcome.done():  # interrupted while waiting (not the stage's error)
+            if thread.ident is not None and not self._outcome.done():
+                # interrupted while waiting (not the stage's own error): cancel, and wait
+                # for its cleanup and its loop to close (a second interrupt stops waiting;
+                # the thread is a daemon)
                 self._cancel()
-                thread.join()  # a second interrupt stops this wait (the thread is a daemon)
+                concurrent.futures.wait([self._outcome])
+                thread.join()
             raise
 
     def _thread(self) -> None:
