@@ -11,18 +11,28 @@ and the Cancel click would wait behind the run it should stop. So a panel run ha
 
 Kernel -> Interrupt (SIGINT) cancels a background run too: ipykernel ignores SIGINT while idle,
 so while a run is active PipeLite's handler takes its place (see :func:`_install_sigint`).
+
+A ``%%stage`` cell with a top-level ``await`` runs the same way, for another reason: IPython
+awaits it in its event loop, which must stay free while the stage runs, since the cell's own
+code is sent back to that loop to run there (:func:`await_on_loop`).
 """
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextvars
 import ctypes
 import signal
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Coroutine
 
 from pipelite.errors import RunCancelled
 
-__all__ = ["BackgroundRun"]
+__all__ = ["BackgroundRun", "await_on_loop"]
+
+# how often a thread waiting on the loop looks up: a cancel (RunCancelled raised in it) lands
+# within this, and a loop stopped by Ctrl-C is noticed
+_POLL_SECONDS = 0.1
 
 _ACTIVE: list["BackgroundRun"] = []  # runs a SIGINT cancels
 _ACTIVE_LOCK = threading.Lock()
@@ -38,7 +48,7 @@ class BackgroundRun:
 
     def __init__(self, work: Callable[[threading.Event], Any],
                  on_done: Callable[["BackgroundRun"], None] | None = None,
-                 shell: Any = None):
+                 shell: Any = None, name: str = "pipelite-panel-run"):
         self.cancel_event = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
@@ -51,7 +61,7 @@ class BackgroundRun:
         # updates, widget changes) keeps the parent message it was started under
         context = contextvars.copy_context()
         self.thread = threading.Thread(target=context.run, args=(self._main,),
-                                       name="pipelite-panel-run", daemon=True)
+                                       name=name, daemon=True)
 
     def start(self) -> "BackgroundRun":
         with _ACTIVE_LOCK:
@@ -98,6 +108,30 @@ class BackgroundRun:
         except KeyboardInterrupt:
             self.cancel()
             self.thread.join()
+
+
+def await_on_loop(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``coro`` on ``loop``, which runs in another thread (the kernel's), and wait here
+    for its result, or its exception (raised as itself).
+
+    The wait looks up every ``_POLL_SECONDS``: a cancel raised in this thread lands, and then
+    cancels the coroutine's task too (it stops at its next ``await``). A task cancelled on the
+    loop, or a loop that stopped under it (Ctrl-C in a terminal IPython ends its
+    ``run_until_complete``), ends the wait with ``RunCancelled``.
+    """
+    future = asyncio.run_coroutine_threadsafe(coro, loop)
+    try:
+        while True:
+            try:
+                return future.result(timeout=_POLL_SECONDS)
+            except concurrent.futures.TimeoutError:
+                if not loop.is_running():
+                    raise RunCancelled("the event loop running the cell has stopped") from None
+    except concurrent.futures.CancelledError:
+        raise RunCancelled("the cell was cancelled") from None
+    except BaseException:
+        future.cancel()  # cancels its task on the loop, thread-safely
+        raise
 
 
 def _raise_in(thread: threading.Thread, exc_type: type[BaseException]) -> None:
