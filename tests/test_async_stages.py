@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -173,9 +174,11 @@ def test_an_async_stage_called_inside_a_running_loop_runs_in_a_helper_thread(pip
 
 def _interrupt_once(started: threading.Event) -> None:
     """Ctrl-C, once the stage has started: a real SIGINT to the main thread, which wakes it
-    from a wait for I/O (``_thread.interrupt_main`` would not, until the wait ends)."""
+    from a wait for I/O (``_thread.interrupt_main`` would not, until the wait ends). A moment
+    later, as a person would: the main thread is then waiting, not about to."""
     def fire():
         if started.wait(20):
+            time.sleep(0.2)
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     threading.Thread(target=fire, daemon=True).start()
@@ -361,6 +364,31 @@ def test_an_error_in_an_awaiting_stage_cell_shows_the_users_lines(ip):
 
     (s,) = pipelite_ipy.current_session().pipeline.status()
     assert s.state == "failed"
+
+
+@needs_signals
+def test_interrupting_an_awaiting_stage_cell_cancels_it_and_leaves_no_thread(ip, tmp_path):
+    started = threading.Event()
+
+    def watch():
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    _interrupt_once(started)
+    ok, out = shell_run(ip, "%%stage slow\nimport asyncio\nopen('started', 'w').close()\n"
+                            "try:\n    await asyncio.sleep(60)\nfinally:\n"
+                            "    open('cleaned', 'w').close()\nv = 1\n")
+    assert not ok and "RunCancelled" in out, out
+    assert (tmp_path / "cleaned").exists()  # the cell's task was cancelled, on its loop
+    assert [t for t in threading.enumerate() if t.name.startswith("pipelite-")] == []
+    import pipelite_ipy
+
+    (s,) = pipelite_ipy.current_session().pipeline.status()
+    assert s.state == "missing"  # cancelled: nothing stored, no failure recorded
+    assert shell_run(ip, "w = 2")[0]  # the shell carries on
 
 
 def test_an_awaiting_stage_cell_checks_the_badges_once(ip, monkeypatch):
