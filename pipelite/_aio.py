@@ -80,11 +80,10 @@ class _InHelperThread:
                                   name=f"pipelite-async-{threading.current_thread().name}")
         try:
             thread.start()
-            while True:
-                try:
-                    return self._outcome.result(timeout=_POLL_SECONDS)
-                except concurrent.futures.TimeoutError:
-                    continue
+            # (not result(timeout=...): a stage's own TimeoutError would read as "not yet")
+            while not self._outcome.done():
+                concurrent.futures.wait([self._outcome], timeout=_POLL_SECONDS)
+            return self._outcome.result()
         except BaseException:
             if thread.ident is not None and not self._outcome.done():
                 # interrupted while waiting (not the stage's own error): cancel, and wait

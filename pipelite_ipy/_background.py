@@ -121,12 +121,12 @@ def await_on_loop(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any
     """
     future = asyncio.run_coroutine_threadsafe(coro, loop)
     try:
-        while True:
-            try:
-                return future.result(timeout=_POLL_SECONDS)
-            except concurrent.futures.TimeoutError:
-                if not loop.is_running():
-                    raise RunCancelled("the event loop running the cell has stopped") from None
+        # (not result(timeout=...): the cell's own TimeoutError would read as "not yet")
+        while not future.done():
+            concurrent.futures.wait([future], timeout=_POLL_SECONDS)
+            if not future.done() and not loop.is_running():
+                raise RunCancelled("the event loop running the cell has stopped")
+        return future.result()
     except concurrent.futures.CancelledError:
         raise RunCancelled("the cell was cancelled") from None
     except BaseException:

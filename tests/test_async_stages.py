@@ -172,6 +172,19 @@ def test_an_async_stage_called_inside_a_running_loop_runs_in_a_helper_thread(pip
     assert helper_threads() == []
 
 
+@pytest.mark.timeout(60)  # (it hung: its TimeoutError read as the wait's own)
+def test_a_timeout_error_inside_an_async_stage_in_a_running_loop_is_raised(pipeline):
+    @stage(outputs="never")
+    async def slow_service():
+        await asyncio.wait_for(asyncio.sleep(10), 0.01)
+
+    async def main():
+        return pipeline.run("slow_service")
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(main())
+
+
 def _interrupt_once(started: threading.Event) -> None:
     """Ctrl-C, once the stage has started: a real SIGINT to the main thread, which wakes it
     from a wait for I/O (``_thread.interrupt_main`` would not, until the wait ends). A moment
@@ -364,6 +377,13 @@ def test_an_error_in_an_awaiting_stage_cell_shows_the_users_lines(ip):
 
     (s,) = pipelite_ipy.current_session().pipeline.status()
     assert s.state == "failed"
+
+
+@pytest.mark.timeout(60)  # (it hung: its TimeoutError read as the wait's own)
+def test_a_timeout_error_in_an_awaiting_stage_cell_is_shown(ip):
+    ok, out = shell_run(ip, "%%stage late\nimport asyncio\n"
+                            "await asyncio.wait_for(asyncio.sleep(10), 0.01)\nv = 1\n")
+    assert not ok and "TimeoutError" in out, out
 
 
 @needs_signals
