@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import ctypes
 import signal
 import threading
-from typing import Any, Callable, Coroutine
+from typing import Any, Callable, Coroutine, Iterator
 
 from pipelite.errors import RunCancelled
 
-__all__ = ["BackgroundRun", "await_on_loop"]
+__all__ = ["BackgroundRun", "await_on_loop", "interrupt_cancels"]
 
 # how often a thread waiting on the loop looks up: a cancel (RunCancelled raised in it) lands
 # within this, and a loop stopped by Ctrl-C is noticed
@@ -53,6 +54,7 @@ class BackgroundRun:
         self.result: Any = None
         self.error: BaseException | None = None
         self.stage: str | None = None
+        self.waiting_on_loop = False  # in await_on_loop: a cancel is seen there, not raised
         self.cancelled = False
         self._work = work
         self._on_done = on_done
@@ -95,7 +97,7 @@ class BackgroundRun:
             return
         self.cancelled = True
         self.cancel_event.set()
-        if self.stage is not None:
+        if self.stage is not None and not self.waiting_on_loop:
             _raise_in(self.thread, RunCancelled)
 
     def join(self, timeout: float | None = None) -> None:
@@ -110,28 +112,96 @@ class BackgroundRun:
             self.thread.join()
 
 
-def await_on_loop(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> Any:
+def await_on_loop(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any],
+                  run: BackgroundRun | None = None) -> Any:
     """Run ``coro`` on ``loop``, which runs in another thread (the kernel's), and wait here
     for its result, or its exception (raised as itself).
 
-    The wait looks up every ``_POLL_SECONDS``: a cancel raised in this thread lands, and then
-    cancels the coroutine's task too (it stops at its next ``await``). A task cancelled on the
-    loop, or a loop that stopped under it (Ctrl-C in a terminal IPython ends its
-    ``run_until_complete``), ends the wait with ``RunCancelled``.
+    The wait looks up every ``_POLL_SECONDS``: a cancel of ``run`` (the run this thread is),
+    seen there rather than raised into it, cancels the coroutine's task, which stops at its
+    ``await`` (its ``finally`` blocks run on the loop); then ``RunCancelled`` is raised with
+    the traceback of where it stopped, the cell's own line. A task cancelled by anyone else
+    ends the wait the same way; a loop that stopped under it (Ctrl-C in a terminal IPython
+    ends its ``run_until_complete``) ends it with ``RunCancelled`` at once, the task being
+    cancelled when the loop runs again.
     """
-    future = asyncio.run_coroutine_threadsafe(coro, loop)
+    tasks: list[asyncio.Task] = []
+
+    async def tracked() -> Any:
+        tasks.append(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            return await coro
+        except asyncio.CancelledError as exc:  # returned: raised, it would cancel the task
+            return _Cancelled(exc)             # and lose where the cell stopped
+
+    future = asyncio.run_coroutine_threadsafe(tracked(), loop)
+    if run is not None:
+        run.waiting_on_loop = True
     try:
-        # (not result(timeout=...): the cell's own TimeoutError would read as "not yet")
-        while not future.done():
-            concurrent.futures.wait([future], timeout=_POLL_SECONDS)
-            if not future.done() and not loop.is_running():
-                raise RunCancelled("the event loop running the cell has stopped")
-        return future.result()
-    except concurrent.futures.CancelledError:
+        _wait(future, loop, run)
+    except BaseException:  # cancelled; or the loop stopped
+        if tasks:
+            loop.call_soon_threadsafe(tasks[0].cancel)
+        else:
+            future.cancel()  # not started: it never will
+        if loop.is_running():
+            _wait(future, loop)  # for the task to stop where it is
+        if not (future.done() and not future.cancelled()
+                and isinstance(future.result(), _Cancelled)):
+            raise
+    finally:
+        if run is not None:
+            run.waiting_on_loop = False
+    try:
+        result = future.result()
+    except concurrent.futures.CancelledError:  # cancelled before it started
+        coro.close()
         raise RunCancelled("the cell was cancelled") from None
-    except BaseException:
-        future.cancel()  # cancels its task on the loop, thread-safely
-        raise
+    if isinstance(result, _Cancelled):
+        raise RunCancelled("the cell was cancelled").with_traceback(
+            result.error.__traceback__) from None
+    return result
+
+
+class _Cancelled:
+    """A cell's task that was cancelled, with the ``CancelledError`` raised in the cell."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def _wait(future: concurrent.futures.Future, loop: asyncio.AbstractEventLoop,
+          run: BackgroundRun | None = None) -> None:
+    # (not result(timeout=...): the cell's own TimeoutError would read as "not yet")
+    while not future.done():
+        concurrent.futures.wait([future], timeout=_POLL_SECONDS)
+        if future.done():
+            return
+        if run is not None and run.cancel_event.is_set():
+            raise RunCancelled("the cell was cancelled")
+        if not loop.is_running():
+            raise RunCancelled("the event loop running the cell has stopped")
+
+
+@contextlib.contextmanager
+def interrupt_cancels(run: BackgroundRun) -> Iterator[None]:
+    """While a cell awaits ``run`` (``PipeliteSession.run_cell_stage_async``): SIGINT (Kernel
+    -> Interrupt, Ctrl-C) cancels the run, as the panel's Cancel does. ipykernel's own handler
+    for an awaiting cell would cancel the cell's task instead (which the session handles
+    too), but in ipykernel 7 it does not reach the loop: an awaiting cell did not stop."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers are the main thread's to set
+        return
+
+    def cancel(signum: int, frame: Any) -> None:
+        run.cancel()
+
+    previous = signal.signal(signal.SIGINT, cancel)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGINT) is cancel:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _raise_in(thread: threading.Thread, exc_type: type[BaseException]) -> None:

@@ -33,7 +33,7 @@ from pipelite.errors import DuplicateProducerError, UntrustedRecordError
 from pipelite.present import human_bytes, human_duration, local_time, user_frames
 from pipelite.store import ResultRecord
 
-from ._background import BackgroundRun, await_on_loop
+from ._background import BackgroundRun, await_on_loop, interrupt_cancels
 from .badge import Badge
 from .cell import CompiledCell, OutputCapture, replay
 from .slots import EMPTY, LiveOutput, composite
@@ -519,10 +519,10 @@ class PipeliteSession(Configurable):
         The run (checks, stale upstream stages, loading or storing) happens in a thread while
         this coroutine waits, so the loop stays free; the cell's own code is sent back to the
         loop to run there (``await_on_loop``). So what the cell awaits may belong to this
-        loop: a client session, a queue, a future made by an earlier cell. Kernel -> Interrupt
-        (which cancels this coroutine) or Ctrl-C cancels the run as the panel's Cancel does:
-        before its next stage, and the stage running now. The run's error is raised here,
-        once its thread has ended."""
+        loop: a client session, a queue, a future made by an earlier cell. Kernel -> Interrupt,
+        Ctrl-C, or cancelling this coroutine cancels the run as the panel's Cancel does:
+        before its next stage, and the stage running now (the cell's task on this loop too).
+        The run's error is raised here, once its thread has ended."""
         loop = asyncio.get_running_loop()
         ended = loop.create_future()
 
@@ -548,8 +548,9 @@ class PipeliteSession(Configurable):
         run = BackgroundRun(work, done, shell=self.shell, name="pipelite-cell-run")
         run.start()
         try:
-            await ended
-        except BaseException:  # cancelled (Kernel -> Interrupt), Ctrl-C
+            with interrupt_cancels(run):
+                await ended
+        except BaseException:  # this task was cancelled
             run.cancel()
             while run.running:  # the loop runs on meanwhile: the cell's task ends on it
                 await asyncio.sleep(0.01)
@@ -658,8 +659,11 @@ class PipeliteSession(Configurable):
                     await compiled.run_async(namespace)
                 return {OUTPUTS_ATTACHMENT: capture.events}
 
-            loop = self._loops.get(threading.get_ident())
-            return run_awaiting() if loop is None else await_on_loop(loop, run_awaiting())
+            me = threading.get_ident()
+            loop = self._loops.get(me)
+            if loop is None:
+                return run_awaiting()
+            return await_on_loop(loop, run_awaiting(), self._runs.get(me))
 
         return execute
 

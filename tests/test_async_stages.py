@@ -386,6 +386,10 @@ def test_a_timeout_error_in_an_awaiting_stage_cell_is_shown(ip):
     assert not ok and "TimeoutError" in out, out
 
 
+SLOW_CELL = ("import asyncio\nopen('started', 'w').close()\ntry:\n    await asyncio.sleep(60)\n"
+             "finally:\n    open('cleaned', 'w').close()\nv = 1\n")
+
+
 @needs_signals
 def test_interrupting_an_awaiting_stage_cell_cancels_it_and_leaves_no_thread(ip, tmp_path):
     started = threading.Event()
@@ -398,10 +402,9 @@ def test_interrupting_an_awaiting_stage_cell_cancels_it_and_leaves_no_thread(ip,
 
     threading.Thread(target=watch, daemon=True).start()
     _interrupt_once(started)
-    ok, out = shell_run(ip, "%%stage slow\nimport asyncio\nopen('started', 'w').close()\n"
-                            "try:\n    await asyncio.sleep(60)\nfinally:\n"
-                            "    open('cleaned', 'w').close()\nv = 1\n")
+    ok, out = shell_run(ip, "%%stage slow\n" + SLOW_CELL)
     assert not ok and "RunCancelled" in out, out
+    assert "----> 5     await asyncio.sleep(60)" in out  # where the cell was stopped
     assert (tmp_path / "cleaned").exists()  # the cell's task was cancelled, on its loop
     assert [t for t in threading.enumerate() if t.name.startswith("pipelite-")] == []
     import pipelite_ipy
@@ -409,6 +412,29 @@ def test_interrupting_an_awaiting_stage_cell_cancels_it_and_leaves_no_thread(ip,
     (s,) = pipelite_ipy.current_session().pipeline.status()
     assert s.state == "missing"  # cancelled: nothing stored, no failure recorded
     assert shell_run(ip, "w = 2")[0]  # the shell carries on
+
+
+def test_cancelling_an_awaiting_cells_coroutine_cancels_its_run(ip, tmp_path):
+    """ipykernel's way to interrupt an awaiting cell: it cancels the cell's task."""
+    import pipelite_ipy
+    from pipelite.errors import RunCancelled
+
+    assert shell_run(ip, "%%stage slow --define\n" + SLOW_CELL)[0]
+    session = pipelite_ipy.current_session()
+
+    async def main():
+        task = asyncio.ensure_future(session.run_cell_stage_async("slow"))
+        while not (tmp_path / "started").exists():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await task
+
+    with pytest.raises(RunCancelled):  # (a KeyboardInterrupt: out of the loop, as Ctrl-C)
+        asyncio.run(main())
+    assert (tmp_path / "cleaned").exists()
+    assert [t for t in threading.enumerate() if t.name.startswith("pipelite-")] == []
+    (s,) = session.pipeline.status()
+    assert s.state == "missing"
 
 
 def test_an_awaiting_stage_cell_checks_the_badges_once(ip, monkeypatch):
@@ -500,3 +526,65 @@ def test_in_a_kernel_an_awaiting_stage_cell_runs_in_the_kernels_loop(tmp_path):
         "same_loop = id(asyncio.get_running_loop()) == LOOP_ID",
         "print(x, same_loop)"])
     assert printed(cells[2]) == "5 True\n", printed(cells[1])
+
+
+@pytest.fixture
+def kernel_manager(tmp_path):
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
+    try:
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def send(kc, code: str) -> str:
+    """Start executing ``code`` in the kernel; its message id."""
+    return kc.execute(code, store_history=True, allow_stdin=False)
+
+
+def outcome(kc, msg_id: str) -> tuple[str, str]:
+    """The cell's reply status and what it printed (errors as 'ename: evalue')."""
+    text = []
+    while True:
+        out = kc.get_iopub_msg(timeout=60)
+        if out["parent_header"].get("msg_id") != msg_id:
+            continue
+        kind, content = out["msg_type"], out["content"]
+        if kind == "stream":
+            text.append(content["text"])
+        elif kind == "error":
+            text.append(f"{content['ename']}: {content['evalue']}")
+        elif kind == "status" and content["execution_state"] == "idle":
+            break
+    while True:
+        reply = kc.get_shell_msg(timeout=60)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply["content"]["status"], "".join(text)
+
+
+@needs_signals
+def test_kernel_interrupt_cancels_an_awaiting_stage_cell_and_ends_its_run(kernel_manager,
+                                                                          tmp_path):
+    """Kernel -> Interrupt cancels the cell's coroutine (ipykernel's way for async cells):
+    the run in its thread is cancelled, its task on the kernel's loop ends, nothing is
+    stored, and the kernel carries on."""
+    km, kc = kernel_manager
+    assert outcome(kc, send(kc, "%load_ext pipelite"))[0] == "ok"
+    msg_id = send(kc, "%%stage slow\n" + SLOW_CELL)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "started").exists():
+        assert time.monotonic() < deadline, "the stage did not start"
+        time.sleep(0.02)
+    time.sleep(0.2)
+    km.interrupt_kernel()
+    status, text = outcome(kc, msg_id)
+    assert status == "error" and "RunCancelled" in text, text
+    assert (tmp_path / "cleaned").exists()
+    status, text = outcome(kc, send(kc, (
+        "import threading, pipelite_ipy\n"
+        "print([t.name for t in threading.enumerate() if t.name.startswith('pipelite-')])\n"
+        "print([s.state for s in pipelite_ipy.current_session().pipeline.status()])")))
+    assert status == "ok" and text == "[]\n['missing']\n", text
