@@ -146,6 +146,24 @@ def test_a_plain_def_returning_a_coroutine_is_a_clear_error_and_the_coroutine_is
     assert not [w for w in seen if "never awaited" in str(w.message)]
 
 
+def test_a_cell_stage_with_top_level_await_runs_without_a_host(pipeline):
+    from pipelite import CellStage, Registry
+
+    registry = Registry()
+    registry.add(CellStage("cell", "import asyncio\nawait asyncio.sleep(0)\nv = 7\n", {}))
+    assert Pipeline(pipeline.store, registry=registry).run("cell")["v"] == 7
+
+
+def test_the_analysis_of_a_cell_that_awaits_finds_its_reads_and_outputs():
+    from pipelite._cellcode import analyze
+
+    found = analyze("rows = await fetch(URL)\nasync with pool as conn:\n"
+                    "    total = await conn.count()\nasync for page in pages():\n"
+                    "    last = page\n")
+    assert found.outputs == ("rows", "total", "last")  # not conn, page: working names
+    assert set(found.free) == {"fetch", "URL", "pool", "pages"}
+
+
 # -- where the coroutine runs ----------------------------------------------------------------
 def test_a_run_from_inside_a_running_event_loop_works(pipeline):
     @stage(outputs="loop_ok")
