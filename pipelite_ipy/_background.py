@@ -31,8 +31,8 @@ from pipelite.errors import RunCancelled
 
 __all__ = ["BackgroundRun", "await_on_loop", "interrupt_cancels"]
 
-# how often a thread waiting on the loop looks up: a cancel (RunCancelled raised in it) lands
-# within this, and a loop stopped by Ctrl-C is noticed
+# how often a thread waiting on the loop looks up: a cancel of its run, or a loop stopped by
+# Ctrl-C, is noticed within this
 _POLL_SECONDS = 0.1
 
 _ACTIVE: list["BackgroundRun"] = []  # runs a SIGINT cancels
