@@ -244,10 +244,11 @@ def _internal(node: types.TracebackType) -> bool:
     return os.path.abspath(node.tb_frame.f_code.co_filename).startswith(_INTERNAL_DIRS)
 
 
-# an executor's plumbing between PipeLite's frames and a worker's (Dask rebuilds the worker's
-# frames, PipeLite's among them, under its own Future.result)
+# plumbing between PipeLite's frames and the user's: an executor's (Dask rebuilds the
+# worker's frames, PipeLite's among them, under its own Future.result), and the event loop
+# that runs an async stage's coroutine
 _PLUMBING = tuple(os.sep + os.path.join(*parts) + os.sep for parts in (
-    ("distributed",), ("concurrent", "futures")))
+    ("distributed",), ("concurrent", "futures"), ("asyncio",)))
 
 
 def _plumbing(node: types.TracebackType) -> bool:

@@ -9,6 +9,7 @@ import types
 from collections.abc import Mapping as _AbcMapping
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, Mapping
 
+from ._aio import is_async_callable, run_to_completion
 from .errors import (
     DuplicateProducerError,
     InvalidNameError,
@@ -415,7 +416,8 @@ class FunctionStage(Stage):
             self.inferred_outputs = _literal_return_keys(fn)
 
     def call(self, inputs, params):
-        return self.fn(*(inputs[i] for i in self.inputs), **params)
+        result = self.fn(*(inputs[i] for i in self.inputs), **params)
+        return _awaited(self, self.fn, result)
 
     def code_objects(self):
         return [self.fn]
@@ -465,7 +467,7 @@ class ClassStage(Stage):
 
     def call(self, inputs, params):
         instance = self.cls(**params)
-        return instance.run(*(inputs[i] for i in self.inputs))
+        return _awaited(self, instance.run, instance.run(*(inputs[i] for i in self.inputs)))
 
     def code_objects(self):
         return [self.cls]
@@ -476,6 +478,56 @@ class ClassStage(Stage):
         return {code: True} if code is not None else {}  # every argument: a parameter
 
 
+def _awaited(st: Stage, fn: Callable, result: Any) -> Any:
+    """What a function or ``run`` method returned, awaited when it is ``async def`` (see
+    ``_aio.run_to_completion``). An awaitable from a plain ``def`` is a mistake (a call
+    missing its ``await``): stored, it would fail as an unpicklable output, far from it."""
+    if not inspect.isawaitable(result):
+        return result
+    if inspect.iscoroutine(result) and is_async_callable(fn):
+        return run_to_completion(result)
+    if inspect.iscoroutine(result):
+        result.close()  # never run: no "coroutine ... was never awaited" warning
+    what = getattr(fn, "__qualname__", st.name)
+    raise StageOutputError(
+        f"stage '{st.name}' returned a {type(result).__name__} instead of its result: "
+        f"{what} is a plain def, so nothing awaits it. await it inside the stage and make "
+        f"the stage async def (PipeLite awaits async stages), e.g. "
+        f"async def {what.rsplit('.', 1)[-1]}(...): return {{'name': await ...}}")
+
+
+def _is_async_code(code: types.CodeType | None) -> bool:
+    return code is not None and bool(code.co_flags & inspect.CO_COROUTINE)
+
+
+def compile_cell(source: str, filename: str) -> types.CodeType:
+    """A cell's code, compiled as a notebook runs it: a top-level ``await`` is allowed (the
+    code object is then a coroutine's, run by ``run_cell_code``)."""
+    return compile(source, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+
+
+def run_cell_code(body: types.CodeType, last: types.CodeType | None, ns: dict) -> Any:
+    """Run a cell's compiled statements, then its last expression (when given: its value is
+    returned), in ``ns``. A cell with a top-level ``await`` runs as one coroutine, run to
+    completion as an ``async def`` stage is: what its statements make on the loop (a client
+    session, a queue), its last expression can still await."""
+    if not (_is_async_code(body) or _is_async_code(last)):
+        exec(body, ns)  # noqa: S102 - the user's own cell
+        return None if last is None else eval(last, ns)  # noqa: S307 - its last expression
+
+    async def cell() -> Any:
+        if _is_async_code(body):
+            await eval(body, ns)  # noqa: S307 - the user's own cell, as a coroutine
+        else:
+            exec(body, ns)  # noqa: S102
+        if last is None:
+            return None
+        value = eval(last, ns)  # noqa: S307
+        return (await value) if _is_async_code(last) else value
+
+    return run_to_completion(cell())
+
+
 _MISSING: Any = object()  # "not bound" in namespace snapshots
 
 
@@ -483,9 +535,12 @@ class CellStage(Stage):
     """A block of Python source (a notebook cell) run in a namespace, as a stage.
 
     Inputs are bound into ``user_ns`` (the ``namespace`` given) before the code runs; outputs
-    are the names it binds. ``execute(source, namespace)`` runs the code; the default is
-    plain ``exec``. ``hidden`` maps names the host put in the namespace (IPython's ``open``,
-    ``exit``...) to their values: while they hold those values they count as unbound.
+    are the names it binds. ``execute(source, namespace)`` runs the code (it may return the
+    attachments to store, or a coroutine that runs the code and returns them: a cell with a
+    top-level ``await``, run to completion like an ``async def`` stage); the default is
+    ``exec`` (a top-level ``await`` allowed). ``hidden`` maps names the host put in the
+    namespace (IPython's ``open``, ``exit``...) to their values: while they hold those values
+    they count as unbound.
 
     Freshness reads the namespace through ``namespace``: a read-only view of it *as the cell
     finds it before it runs*. A name the cell reads and also binds (``if F: x = 1`` then
@@ -612,10 +667,12 @@ class CellStage(Stage):
         try:
             if self._execute is not None:
                 extra = self._execute(self.source, ns)
+                if inspect.iscoroutine(extra):  # a cell with top-level await, left to us
+                    extra = run_to_completion(extra)
                 if isinstance(extra, dict):
                     self._attachments = extra
             else:
-                exec(compile(self.source, self.filename, "exec"), ns)
+                run_cell_code(compile_cell(self.source, self.filename), None, ns)
         finally:
             self.settle(before)
         ns.update(self.out_files)
@@ -645,7 +702,7 @@ class CellStage(Stage):
     def for_worker(self) -> "CellOnWorker":
         view = self._view
         values = {n: view[n] for n in self.reads if n in view}
-        body, last = self.compiled or (compile(self.source, self.filename, "exec"), None)
+        body, last = self.compiled or (compile_cell(self.source, self.filename), None)
         sent = CellOnWorker(self.name, body, last, values, self.inputs,
                             self.declared_outputs, origin=self.origin,
                             output_attachment=self.output_attachment)
@@ -689,11 +746,10 @@ class CellOnWorker(Stage):
         out, err = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Echo(out, "stdout", events), _Echo(err, "stderr", events)
         try:
-            exec(self.body, ns)  # noqa: S102 - the user's own cell
-            if self.last is not None:
-                value = eval(self.last, ns)  # noqa: S307 - its last expression, shown
-                if value is not None:
-                    events.append({"display": {"data": _mimebundle(value), "metadata": {}}})
+            # a cell with top-level await: asyncio.run here (a worker's threads run no loop)
+            value = run_cell_code(self.body, self.last, ns)
+            if value is not None:  # its last expression, shown
+                events.append({"display": {"data": _mimebundle(value), "metadata": {}}})
         finally:
             sys.stdout, sys.stderr = out, err
             if self.output_attachment is not None:

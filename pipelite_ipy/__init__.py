@@ -30,13 +30,14 @@ def current_session() -> "PipeliteSession | None":
 def load_ipython_extension(ip: Any) -> None:
     """``%load_ext pipelite``: register the magics and a session bound to ``ip``."""
     global _session
-    from .magics import PipeliteMagics
+    from .magics import PipeliteMagics, StageCellAwaiter
     from .session import PipeliteSession
 
     if _session is not None:  # loaded under the other name, or into another shell
         unload_ipython_extension(_session.shell)
     _session = PipeliteSession(ip)
     ip.register_magics(PipeliteMagics(ip, _session))
+    ip.input_transformers_post.append(StageCellAwaiter(ip))  # %%stage cells that await
 
 
 def unload_ipython_extension(ip: Any) -> None:
@@ -48,6 +49,8 @@ def unload_ipython_extension(ip: Any) -> None:
         if type(getattr(fn, "__self__", None)).__name__ == "PipeliteMagics":
             del magics[kind][name]
     ip.magics_manager.registry.pop("PipeliteMagics", None)
+    ip.input_transformers_post[:] = [t for t in ip.input_transformers_post
+                                     if type(t).__name__ != "StageCellAwaiter"]
     if _session is not None and _session.shell is ip:
         _session.close()
         _session = None

@@ -3,6 +3,7 @@ showing it live, and replay that output later from the store."""
 from __future__ import annotations
 
 import ast
+import inspect
 import sys
 import threading
 from contextlib import contextmanager
@@ -26,7 +27,9 @@ class CompiledCell:
     """A cell's code compiled once under a filename IPython's linecache knows.
 
     Line numbers match the cell as the user sees it (the ``%%stage`` line is line 1), so a
-    traceback shows ``Cell In[7], line 3`` and the user's own line.
+    traceback shows ``Cell In[7], line 3`` and the user's own line. A top-level ``await`` is
+    allowed, as IPython allows it in any cell: such a cell ``is_async``, and runs with
+    ``run_async``.
     """
 
     def __init__(self, shell: Any, header: str, source: str):
@@ -54,7 +57,7 @@ class CompiledCell:
                 last = ast.Expression(last_stmt.value)
             else:  # a trailing ';' silences the value, as in a plain cell
                 tree.body.append(last_stmt)
-        flags = getattr(shell.compile, "flags", 0)
+        flags = getattr(shell.compile, "flags", 0) | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
         try:
             self.body = compile(tree, self.filename, "exec", flags=flags, dont_inherit=True)
             self.last = (compile(last, self.filename, "eval", flags=flags, dont_inherit=True)
@@ -64,16 +67,38 @@ class CompiledCell:
             # outside a loop...): the tree's line numbers are the cell's already
             exc.filename = self.filename
             raise CellSyntaxError(exc) from None
+        self.is_async = _awaits(self.body) or _awaits(self.last)
 
     def run(self, namespace: dict) -> None:
         """Run the cell in ``namespace``; display the value of a final expression."""
+        if self.is_async:
+            raise TypeError("a cell with a top-level await runs with run_async")
         exec(self.body, namespace)
         if self.last is not None:
-            value = eval(self.last, namespace)
-            if value is not None:
-                from IPython.display import display
+            _show(eval(self.last, namespace))
 
-                display(value)
+    async def run_async(self, namespace: dict) -> None:
+        """``run`` for a cell with a top-level ``await``: its code is a coroutine's, awaited
+        in the loop that awaits this."""
+        if _awaits(self.body):
+            await eval(self.body, namespace)
+        else:
+            exec(self.body, namespace)
+        if self.last is not None:
+            value = eval(self.last, namespace)
+            _show((await value) if _awaits(self.last) else value)
+
+
+def _awaits(code: Any) -> bool:
+    """Whether compiled cell code has a top-level ``await`` (it runs as a coroutine)."""
+    return code is not None and bool(code.co_flags & inspect.CO_COROUTINE)
+
+
+def _show(value: Any) -> None:
+    if value is not None:
+        from IPython.display import display
+
+        display(value)
 
 
 def _prompt_number(shell: Any) -> int:

@@ -1,7 +1,9 @@
 """``%%stage`` and ``%pipelite``: notebook cells as cached pipeline stages."""
 from __future__ import annotations
 
+import ast
 import html
+import inspect
 import os
 from typing import Any, Callable, Sequence
 
@@ -31,7 +33,7 @@ from pipelite.store import check_store_location, parse_location, parse_storage_o
 from .cell import CellSyntaxError
 from .session import PipeliteSession, _cell_names
 
-__all__ = ["PipeliteMagics", "StatusTable"]
+__all__ = ["PipeliteMagics", "StageCellAwaiter", "StatusTable"]
 
 
 def _pipelite_parser() -> MagicArgumentParser:
@@ -290,27 +292,49 @@ class PipeliteMagics(Magics):
             %%stage train_model -o model_weights
             model_weights = train_data.mean(axis=0) * EPOCHS
         """
+        args = self._stage_arguments(line)
+
+        def run() -> None:
+            name = self._define_stage(args, line, cell)
+            if name is not None:
+                self.session.run_cell_stage(name, force=args.force)
+
+        self._guarded(run)
+
+    async def stage_awaiting(self, line: str, cell: str) -> None:
+        """``%%stage`` for a cell with a top-level ``await``, as a coroutine that IPython
+        awaits in its running event loop (``StageCellAwaiter`` rewrites such a cell into a
+        call of this): the cell's code runs in that loop, the kernel's in Jupyter."""
+        args = self._stage_arguments(line)
+        try:
+            name = self._define_stage(args, line, cell)
+            if name is not None:
+                await self.session.run_cell_stage_async(name, force=args.force)
+        except BaseException as exc:
+            _present(exc, self.shell)
+            raise
+
+    def _stage_arguments(self, line: str) -> Any:
         args = parse_argstring(self.stage, line)
         if args.force and args.define:
             raise UsageError("%%stage: use --force or --define, not both")
+        return args
+
+    def _define_stage(self, args: Any, line: str, cell: str) -> str | None:
+        """Register the cell as a stage; its name to run it, or None (``--define``)."""
         shell: Any = self.shell
         source = shell.transform_cell(cell)
         header = f"%%stage {line}".rstrip()
-
         options = _cell_options(args)
-
-        def run() -> None:
-            st = self.session.define_cell(args.name, header, source, args.inputs, args.outputs,
-                                          env=args.env, **options)
-            self.session.show_badge(st.name, "missing" if args.define else "running")
-            if args.define:
-                ins = ", ".join(st.inputs) or "none"
-                outs = ", ".join(st.outputs or ()) or "none"
-                print(f"[pipelite] {st.name}: defined (inputs: {ins}; outputs: {outs})")
-                return
-            self.session.run_cell_stage(st.name, force=args.force)
-
-        self._guarded(run)
+        st = self.session.define_cell(args.name, header, source, args.inputs, args.outputs,
+                                      env=args.env, **options)
+        self.session.show_badge(st.name, "missing" if args.define else "running")
+        if args.define:
+            ins = ", ".join(st.inputs) or "none"
+            outs = ", ".join(st.outputs or ()) or "none"
+            print(f"[pipelite] {st.name}: defined (inputs: {ins}; outputs: {outs})")
+            return None
+        return st.name
 
     # -- %pipelite ---------------------------------------------------------------------------
     @line_magic
@@ -461,3 +485,76 @@ class PipeliteMagics(Magics):
                   "use %pipelite status and %pipelite graph meanwhile")
             return
         display(PipelinePanel(self.session))
+
+
+class StageCellAwaiter:
+    """An input transformer (``shell.input_transformers_post``) that lets a ``%%stage`` cell
+    with a top-level ``await`` run in IPython's own event loop.
+
+    A cell magic is a plain call: IPython turns the cell into
+    ``get_ipython().run_cell_magic('stage', 'NAME', body)``, which cannot await anything in
+    the loop (the loop waits for the call to return). For such a cell only, this rewrites that
+    line into ``await get_ipython().find_cell_magic('stage').__self__.stage_awaiting('NAME',
+    body)``: IPython sees a top-level ``await`` and awaits the cell in its loop (autoawait),
+    the kernel's in Jupyter. Every other cell is left as it is. With ``%autoawait off``, or a
+    trio or curio loop runner, nothing is rewritten: the magic then runs the cell's coroutine
+    as PipeLite runs an ``async def`` stage's, on a fresh loop of its own.
+    """
+
+    def __init__(self, shell: Any):
+        self.shell = shell
+
+    def __call__(self, lines: list[str]) -> list[str]:
+        text = "".join(lines)
+        if "run_cell_magic('stage'" not in text:  # (cheap: it runs for every cell)
+            return lines
+        call = _stage_magic_call(text)
+        if call is None or not self._awaits_in_asyncio() or not self._magic_is_ours():
+            return lines
+        line, body = call
+        if not _has_top_level_await(self.shell.transform_cell(body)):
+            return lines
+        return [f"await get_ipython().find_cell_magic('stage').__self__.stage_awaiting("
+                f"{line!r}, {body!r})\n"]
+
+    def _awaits_in_asyncio(self) -> bool:
+        shell = self.shell
+        asyncio_runner = shell.loop_runner_map["asyncio"][0]
+        return bool(shell.autoawait) and not getattr(shell, "trio_runner", None) \
+            and shell.loop_runner is asyncio_runner
+
+    def _magic_is_ours(self) -> bool:
+        magic = self.shell.find_cell_magic("stage")
+        return isinstance(getattr(magic, "__self__", None), PipeliteMagics)
+
+
+def _stage_magic_call(text: str) -> tuple[str, str] | None:
+    """(line, body) of a cell IPython made of a ``%%stage`` cell, or None for another cell."""
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return None
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Expr):
+        return None
+    call = tree.body[0].value
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+            and call.func.attr == "run_cell_magic" and isinstance(call.func.value, ast.Call)
+            and isinstance(call.func.value.func, ast.Name)
+            and call.func.value.func.id == "get_ipython" and not call.keywords
+            and len(call.args) == 3):
+        return None
+    values = [a.value for a in call.args
+              if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+    if len(values) != 3 or values[0] != "stage":
+        return None
+    return values[1], values[2]
+
+
+def _has_top_level_await(source: str) -> bool:
+    """Whether ``source`` awaits at top level (as IPython decides whether to await a cell)."""
+    try:
+        code = compile(source, "<cell>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
+                       dont_inherit=True)
+    except (SyntaxError, ValueError):  # the magic reports it, with the cell's lines
+        return False
+    return bool(code.co_flags & inspect.CO_COROUTINE)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import contextlib
 import contextvars
 import datetime as _dt
@@ -33,7 +34,7 @@ from pipelite.formats import VOLATILE
 from pipelite.present import human_bytes, human_duration, local_time, user_frames
 from pipelite.store import ResultRecord
 
-from ._background import BackgroundRun
+from ._background import BackgroundRun, await_on_loop, interrupt_cancels
 from .badge import Badge
 from .cell import CompiledCell, OutputCapture, replay
 from .slots import EMPTY, LiveOutput, composite
@@ -199,6 +200,10 @@ class PipeliteSession(Configurable):
         # A run holds the lock: a cell that runs stages while the panel runs some waits
         self._lock = threading.RLock()
         self.background: BackgroundRun | None = None  # the panel's run, while it runs
+        self._runs: dict[int, BackgroundRun] = {}  # thread -> the run in it (panel, await)
+        self._loops: dict[int, asyncio.AbstractEventLoop] = {}  # thread -> where its run's
+        # cells with a top-level await run: the loop that awaits the run (see
+        # run_cell_stage_async)
         self._run_label: dict[int, str] = {}  # thread -> where its run was started from
         self._warned_collisions: set[tuple[str, str]] = set()  # (stage, other notebook)
         self.shell.events.register("post_run_cell", self._after_cell)
@@ -352,11 +357,13 @@ class PipeliteSession(Configurable):
         click or Kernel -> Interrupt can stop it (``BackgroundRun.cancel``). A stage of a cell
         shows its output under that cell's badge."""
         def work(cancel: threading.Event) -> RunResult:
-            self._run_label[threading.get_ident()] = label
+            me = threading.get_ident()
+            self._run_label[me], self._runs[me] = label, run
             try:
                 return self.run(names, force=force, cancel=cancel, quiet=True)
             finally:
-                self._run_label.pop(threading.get_ident(), None)
+                self._run_label.pop(me, None)
+                self._runs.pop(me, None)
 
         def done(run: BackgroundRun) -> None:
             if self.background is run:
@@ -510,11 +517,62 @@ class PipeliteSession(Configurable):
         flags = getattr(self.shell.compile, "flags", 0)
         return compile(module, st.filename, "exec", flags=flags, dont_inherit=True)
 
-    def run_cell_stage(self, name: str, force: bool = False) -> StageOutcome:
+    async def run_cell_stage_async(self, name: str, force: bool = False) -> StageOutcome:
+        """``run_cell_stage`` for a cell with a top-level ``await``, awaited by IPython in its
+        running event loop (the kernel's, in Jupyter).
+
+        The run (checks, stale upstream stages, loading or storing) happens in a thread while
+        this coroutine waits, so the loop stays free; the cell's own code is sent back to the
+        loop to run there (``await_on_loop``). So what the cell awaits may belong to this
+        loop: a client session, a queue, a future made by an earlier cell. Kernel -> Interrupt,
+        Ctrl-C, or cancelling this coroutine cancels the run as the panel's Cancel does:
+        before its next stage, and the stage running now (the cell's task on this loop too).
+        The run's error is raised here, once its thread has ended."""
+        loop = asyncio.get_running_loop()
+        ended = loop.create_future()
+
+        def work(cancel: threading.Event) -> StageOutcome:
+            me = threading.get_ident()
+            self._loops[me], self._runs[me] = loop, run
+            try:
+                return self.run_cell_stage(name, force, cancel=cancel)
+            finally:
+                self._loops.pop(me, None)
+                self._runs.pop(me, None)
+
+        def settle() -> None:
+            if not ended.done():
+                ended.set_result(None)
+
+        def done(_: BackgroundRun) -> None:
+            try:
+                loop.call_soon_threadsafe(settle)
+            except RuntimeError:  # the loop has closed: nobody waits for this run any more
+                pass
+
+        run = BackgroundRun(work, done, shell=self.shell, name="pipelite-cell-run")
+        run.start()
+        try:
+            with interrupt_cancels(run):
+                await ended
+        except BaseException:  # this task was cancelled
+            run.cancel()
+            while run.running:  # the loop runs on meanwhile: the cell's task ends on it
+                await asyncio.sleep(0.01)
+            if run.error is not None:
+                raise run.error from None
+            raise
+        if run.error is not None:
+            raise run.error
+        return run.result
+
+    def run_cell_stage(self, name: str, force: bool = False,
+                       cancel: threading.Event | None = None) -> StageOutcome:
         """Run a registered cell stage from its own cell: compute it, or load and replay it.
 
         With badges on (a notebook), what the cell prints and shows goes out through display
-        ids (``LiveOutput``), so that a later run from the panel can replace it."""
+        ids (``LiveOutput``), so that a later run from the panel can replace it. ``cancel``
+        stops the run when set (``RunCancelled``)."""
         view = self._views.get(name)
         live = None
         if view is not None:
@@ -527,7 +585,7 @@ class PipeliteSession(Configurable):
             self.import_before_check(st)
         self._why = None
         try:
-            outcome = self._run_own_stage(name, force, live)
+            outcome = self._run_own_stage(name, force, live, cancel)
         except BaseException:
             if view is not None:
                 view.own_error_at = _dt.datetime.now().strftime("%H:%M:%S")
@@ -551,14 +609,15 @@ class PipeliteSession(Configurable):
             events = None
         replay(self.shell, events or [], live)
 
-    def _run_own_stage(self, name: str, force: bool, live: LiveOutput | None) -> StageOutcome:
+    def _run_own_stage(self, name: str, force: bool, live: LiveOutput | None,
+                       cancel: threading.Event | None = None) -> StageOutcome:
         def say(line: str) -> None:
             if live is not None:
                 live.stream("stdout", line + "\n")
             else:
                 print(line)
 
-        result = self.run([name], force=force)
+        result = self.run([name], force=force, cancel=cancel)
         computed = name in result.executed
         record = result.records.get(name)
         if computed and name in result.elsewhere:  # what it printed on the worker, shown here
@@ -579,8 +638,12 @@ class PipeliteSession(Configurable):
                 f"{_seconds(saved)} of compute)")
         return StageOutcome(name, computed, dict(result), record, list(result.executed))
 
-    def _executor(self, name: str, compiled: CompiledCell) -> Callable[[str, dict], dict]:
-        def execute(source: str, namespace: dict) -> dict:
+    def _executor(self, name: str, compiled: CompiledCell) -> Callable[[str, dict], Any]:
+        """How the cell stage ``name`` runs its code: its output captured (and shown where
+        the run was started from); a cell with a top-level ``await`` on the loop that awaits
+        its run (``run_cell_stage_async``), else as a coroutine PipeLite runs to completion
+        as it does an ``async def`` stage's (a panel run, ``%pipelite run``, autoawait off)."""
+        def execute(source: str, namespace: dict) -> Any:
             live: Any = None
             frame: _Frame | None = None
             label = self._run_label.get(threading.get_ident())
@@ -590,17 +653,22 @@ class PipeliteSession(Configurable):
             elif self._live is not None and threading.get_ident() == self._live_thread:
                 live = self._live  # the running cell's (its own stage, or one it needs)
             capture = OutputCapture(self.shell, live=live)
-            try:
-                with capture.active():
+            if not compiled.is_async:
+                with _reported(frame), capture.active():
                     compiled.run(namespace)
-            except BaseException as exc:
-                if frame is not None:
-                    frame.fail(exc)
-                raise
-            finally:
-                if frame is not None:
-                    frame.close()
-            return {OUTPUTS_ATTACHMENT: capture.events}
+                return {OUTPUTS_ATTACHMENT: capture.events}
+
+            async def run_awaiting() -> dict:
+                # entered where the code runs: the capture takes that thread's output
+                with _reported(frame), capture.active():
+                    await compiled.run_async(namespace)
+                return {OUTPUTS_ATTACHMENT: capture.events}
+
+            me = threading.get_ident()
+            loop = self._loops.get(me)
+            if loop is None:
+                return run_awaiting()
+            return await_on_loop(loop, run_awaiting(), self._runs.get(me))
 
         return execute
 
@@ -626,17 +694,19 @@ class PipeliteSession(Configurable):
             self._failed += 1
         if event.store != self.pipeline.store.url:
             return
-        run = self.background
-        if run is not None and threading.get_ident() == run.thread.ident:
+        run = self._runs.get(threading.get_ident())
+        if run is not None:
             if event.kind == "started":
                 run.stage = event.stage  # a cancel now interrupts it
             elif event.kind in ("finished", "failed", "cancelled"):
                 run.stage = None
         if event.kind == "started" and event.stage is not None:
             self._badge_running(event.stage)
-        elif event.kind in ("run_finished", "invalidated", "accepted") and (
-                not self._in_cell or threading.current_thread() is not threading.main_thread()):
-            # a panel button or a script (a cell's own runs are seen once, after the cell)
+        elif event.kind in ("run_finished", "invalidated", "accepted") and not (self._in_cell and (
+                threading.current_thread() is threading.main_thread()
+                or threading.get_ident() in self._loops)):
+            # a panel button or a script (a cell's own runs, an awaiting cell's in its thread
+            # too, are seen once, after the cell)
             self.refresh_badges()
         if not self._active:
             return
@@ -662,6 +732,21 @@ class PipeliteSession(Configurable):
 
 
 _seconds = human_duration
+
+
+@contextlib.contextmanager
+def _reported(frame: _Frame | None) -> Iterator[None]:
+    """A run from the panel (``frame``): its error, and its end, drawn under the cell's badge."""
+    if frame is None:
+        yield
+        return
+    try:
+        yield
+    except BaseException as exc:
+        frame.fail(exc)
+        raise
+    finally:
+        frame.close()
 
 
 def _cell_names(shell: Any, text: str) -> str:
