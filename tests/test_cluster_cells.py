@@ -24,8 +24,8 @@ def client():
                                   dashboard_address=None, host="127.0.0.1") as cluster, \
             distributed.Client(cluster) as c:
         yield c
-    if not had:
-        del main.__spec__
+    if not had:  # IPython's reset may have emptied it meanwhile (its namespace is the shell's)
+        vars(main).pop("__spec__", None)
 
 
 @pytest.fixture
