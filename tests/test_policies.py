@@ -306,3 +306,27 @@ def test_an_uncached_output_without_content_to_hash_always_reruns_downstream(sto
     assert p.run("consume")["n"] == 3
     assert p.run("consume")["n"] == 3
     assert _calls() == "cc"
+
+
+def test_policies_hold_for_async_stages(store_dir, monkeypatch):
+    import asyncio
+
+    @stage(outputs="feed", cache=False)
+    async def poll():
+        await asyncio.sleep(0)
+        _log("p")
+        return [1, 2]
+
+    @stage(outputs="daily", expires_after="1d")
+    async def summarise(feed):
+        await asyncio.sleep(0)
+        _log("s")
+        return sum(feed)
+
+    p = Pipeline(store=str(store_dir))
+    assert p.run("summarise")["daily"] == 3
+    assert p.run("summarise")["daily"] == 3
+    assert _calls() == "psp"
+    _later(monkeypatch, 25)
+    p.run("summarise")  # the same input, but its result expired: it runs again
+    assert _calls() == "psps"
