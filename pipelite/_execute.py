@@ -632,6 +632,18 @@ def _summary(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+def _files_changed_while_running(st: Stage, params: dict, fp: Fingerprint) -> list[str]:
+    """The declared input files (``File`` parameters, ``--file``) whose content is not what
+    the fingerprint saw before the stage ran."""
+    before = fp.parts.get("files")
+    if not before:
+        return []
+    from ._files import file_digest
+
+    return [f"file '{f.key}'" for f in input_files(st, params)
+            if before.get(f.key) != file_digest(f)[0]]
+
+
 # -- cache=False: results kept in memory for the run that computed them ----------------------
 _IN_MEMORY: dict[str, dict[str, Any]] = {}  # run id -> {content digest: value}
 _IN_MEMORY_LOCK = threading.Lock()
@@ -784,7 +796,12 @@ def compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: Up
                 recorder.stop()
         if learn is not None:
             learn(st, outputs)
-        if not st.cache:  # nothing stored: downstream stages get the values, by content
+        changed = _files_changed_while_running(st, params, fp)
+        if changed:
+            warn_user(f"stage '{st.name}': {', '.join(changed)} changed while it ran: which "
+                      f"content it read cannot be known, so its result is not stored (it "
+                      f"runs again next time)")
+        if not st.cache or changed:  # nothing stored: downstream gets the values, by content
             return _in_memory(st, fp, params, upstream, outputs, started, duration, run, keep)
         infos = {name: _save_output(store, st, name, value, created)
                  for name, value in outputs.items()}

@@ -398,3 +398,19 @@ def test_a_folder_s_remembered_hashes_come_in_one_query_and_only_its_own(project
     _hashcache.flush()
     found = _hashcache.under(str(project / "data" / "img"))
     assert set(found) == {keys[str(p)] for p in paths if p.parent.name == "img"}
+
+
+def test_an_input_file_changed_while_the_stage_ran_stores_nothing(project):
+    """Which content the stage read cannot be known: no result may be served for either."""
+    @stage(outputs="first")
+    def appends(*, log=File("data/raw.csv")):
+        before = log.read_text()
+        with open(log, "a") as f:
+            f.write("more\n")
+        return before
+
+    p = Pipeline()
+    with pytest.warns(Warning, match="file 'data/raw.csv' changed while it ran: .* not stored"):
+        assert p.run("appends")["first"] == "a,b\n1,2\n"
+    assert not (project / ".pipelite" / "records" / "appends").exists()
+    assert p.status()[0].state == "missing"
