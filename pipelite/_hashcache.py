@@ -165,4 +165,16 @@ def _write() -> None:
             pass
 
 
+def _after_fork_in_child() -> None:
+    """A forked worker (a process pool) starts with a fresh lock and no connection: another
+    thread of the parent may have held the lock at the fork, and an SQLite connection must
+    not cross a fork."""
+    global _lock, _conn, _conn_pid
+    _lock = threading.Lock()
+    _conn, _conn_pid = None, None
+    _pending.clear()
+
+
 atexit.register(flush)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

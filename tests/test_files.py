@@ -414,3 +414,21 @@ def test_an_input_file_changed_while_the_stage_ran_stores_nothing(project):
         assert p.run("appends")["first"] == "a,b\n1,2\n"
     assert not (project / ".pipelite" / "records" / "appends").exists()
     assert p.status()[0].state == "missing"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_process_does_not_inherit_a_held_hash_cache_lock(project):
+    """A process pool forks while another thread may hold the cache's lock: the child must
+    not wait for a lock nobody in it will release."""
+    import multiprocessing
+
+    _hashcache.flush()
+    with _hashcache._lock:  # held by this thread at the fork
+        ctx = multiprocessing.get_context("fork")
+        child = ctx.Process(target=_hashcache.flush)
+        child.start()
+        child.join(20)
+    if child.is_alive():  # stuck on the lock: stop it (by its PID), then fail
+        child.kill()
+        child.join()
+    assert child.exitcode == 0
