@@ -31,13 +31,18 @@ class PipeliteWarning(UserWarning):
 
 
 def warn_user(message: str) -> None:
-    """A ``PipeliteWarning`` attributed to the user's line that called into PipeLite."""
+    """A ``PipeliteWarning`` attributed to the user's line that called into PipeLite: past
+    the core's frames, the IPython extension's, and IPython's own (a magic's caller is the
+    cell)."""
     import os
 
     here = os.path.dirname(os.path.abspath(__file__))
+    ours = (here, os.path.join(os.path.dirname(here), "pipelite_ipy"))
     frame: Any = sys._getframe(1)
     level = 2  # 1 is this function, 2 its caller
-    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == here:
+    while frame is not None and (
+            os.path.dirname(os.path.abspath(frame.f_code.co_filename)) in ours
+            or frame.f_globals.get("__name__", "").startswith(("IPython.", "decorator"))):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, PipeliteWarning, stacklevel=level)
 

@@ -20,7 +20,7 @@ import os
 import shutil
 import stat as _stat
 import tempfile
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import xxhash
 
@@ -205,9 +205,10 @@ def file_reasons(key: str, before: str | None, now: str | None,
 
 
 # -- outputs -----------------------------------------------------------------------------------
-def output_key(f: File, stage: str, name: str) -> str:
+def output_key(f: File, stage: str, name: str, store_dirs: Sequence[str] = ()) -> str:
     """Where an output file is restored to, as its record keeps it: relative to the current
-    folder. A folder, a missing file, or a path outside the current folder is refused."""
+    folder. A folder, a missing file, a path outside the current folder or inside the store
+    (``store_dirs``) is refused."""
     if not os.path.isfile(f.path):
         what = "a folder" if os.path.isdir(f.path) else "missing"
         raise StageOutputError(
@@ -220,6 +221,13 @@ def output_key(f: File, stage: str, name: str) -> str:
             f"stage '{stage}', output '{name}': {f.path} is outside the current folder "
             f"({cwd}): file outputs are restored relative to the project folder, so write it "
             f"under it")
+    try:
+        target_of(key, list(store_dirs))
+    except UnsafeRestoreError as exc:
+        raise StageOutputError(
+            f"stage '{stage}', output '{name}': {f.key} cannot be a file output: "
+            f"{str(exc).replace('refusing to restore ', '')}; write it elsewhere in the "
+            f"project folder") from None
     return key
 
 
@@ -255,7 +263,7 @@ def _mapped_digest(path: str) -> str:
     return h.hexdigest()
 
 
-def target_of(key: Any, store_dirs: list[str]) -> str:
+def target_of(key: Any, store_dirs: Sequence[str]) -> str:
     """The absolute path a recorded output file goes back to; ``UnsafeRestoreError`` if the
     record names anything but a plain relative path under the current folder, or a place
     inside the store, or one reached through a symbolic link."""
@@ -307,7 +315,7 @@ def restore(source: str, target: str, digest: str, size: int) -> str | None:
         _clone_or_copy(source, tmp)
         kept = None
         if os.path.lexists(target):
-            kept = target + ".~pipelite~"
+            kept = _backup_name(target)
             os.replace(target, kept)
         os.replace(tmp, target)
     except BaseException:
@@ -318,6 +326,17 @@ def restore(source: str, target: str, digest: str, size: int) -> str | None:
         return f"restored {shown} from the store (it had changed; the changed file is " \
                f"kept as {_shown(kept)})"
     return f"restored {shown} from the store"
+
+
+def _backup_name(target: str) -> str:
+    """Where a changed file goes before the stored one takes its place: ``NAME.~pipelite~``,
+    else the first free ``NAME.~pipelite-2~``, ``-3``...: an earlier backup is never
+    overwritten."""
+    candidate, n = f"{target}.~pipelite~", 1
+    while os.path.lexists(candidate):
+        n += 1
+        candidate = f"{target}.~pipelite-{n}~"
+    return candidate
 
 
 def _clone_or_copy(source: str, target: str) -> None:

@@ -474,15 +474,26 @@ class Pipeline:
         refuse = f"cannot accept the stored result of stage '{stage_name}'"
         if not st.cache:
             raise AcceptRefusedError(f"{refuse}: it is not cached (cache=False)")
-        if fp is None or latest is None:
-            blocked = "; ".join(verdict.reasons) or "it has no stored result"
-            raise AcceptRefusedError(f"{refuse}: {blocked}. Run what it needs first")
+        if latest is None:
+            raise AcceptRefusedError(f"{refuse}: it has no stored result to accept. Run it: "
+                                     f"pipeline.run('{stage_name}')")
+        if fp is None:
+            blocked = "; ".join(verdict.reasons)
+            raise AcceptRefusedError(f"{refuse}: {blocked}. Run what it needs first: "
+                                     f"pipeline.run('{stage_name}')")
         if verdict.state == "failed":
-            raise AcceptRefusedError(f"{refuse}: its last run failed ({verdict.reasons[0]})")
+            error = verdict.failure.error if verdict.failure else verdict.reasons[0]
+            raise AcceptRefusedError(f"{refuse}: its last run failed ({error}). Fix the error "
+                                     f"and run it")
         if latest.fingerprint == fp.digest:  # the same fingerprint: a file changed, or expiry
             raise AcceptRefusedError(
                 f"{refuse}: {'; '.join(verdict.reasons)}: only changes to its code, globals "
                 f"and parameters can be accepted; run it")
+        if st.outputs is not None and set(st.outputs) != set(latest.outputs):
+            raise AcceptRefusedError(
+                f"{refuse}: its outputs changed ({sorted(latest.outputs)} -> "
+                f"{sorted(st.outputs)}). Only changes to its code, globals and parameters "
+                f"that keep its outputs can be accepted: run it")
         before, now = latest.parts, fp.parts
         changed = [label for key, label in (("inputs", "input artifacts' content"),
                                             ("files", "input files"),

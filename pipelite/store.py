@@ -652,7 +652,8 @@ class Store:
         fmt = format_for(value)
         extra: dict[str, Any] = {}
         if isinstance(value, File):  # where it goes back on a hit (refused if not a file
-            extra["file"] = output_key(value, stage or "?", name or "?")  # under the cwd)
+            extra["file"] = output_key(value, stage or "?", name or "?",  # under the cwd)
+                                       self.local_dirs())
         tmp = size = None
         try:
             tmp = self._fs.tmp_path(fmt.ext)

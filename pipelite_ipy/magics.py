@@ -228,8 +228,10 @@ def _artifact_of_path(path: str) -> str:
     import re
 
     stem = os.path.splitext(os.path.basename(path.rstrip("/\\")))[0]
-    name = re.sub(r"\W", "_", stem) or "file"
-    return f"_{name}" if name[0].isdigit() else name
+    name = re.sub(r"\W", "_", stem).strip("_")
+    # "1.csv" or "_x.csv": not "_1" (IPython's output history) nor a _private name (never an
+    # output)
+    return f"file_{name}" if not name or name[0].isdigit() else name
 
 
 @magics_class

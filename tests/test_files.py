@@ -432,3 +432,30 @@ def test_a_forked_process_does_not_inherit_a_held_hash_cache_lock(project):
         child.kill()
         child.join()
     assert child.exitcode == 0
+
+
+def test_a_second_edit_of_an_output_does_not_overwrite_the_first_backup(project):
+    _define_report()
+    p = Pipeline()
+    p.run("report")
+    for edit in ("edit 1", "edit 2"):
+        with open("out/report.html", "w") as f:
+            f.write(edit)
+        with pytest.warns(Warning, match="kept as out/report.html.~pipelite"):
+            p.run("report")
+    assert open("out/report.html.~pipelite~").read() == "edit 1"
+    assert open("out/report.html.~pipelite-2~").read() == "edit 2"
+
+
+def test_a_file_output_inside_the_store_is_refused_before_anything_is_stored(project):
+    @stage
+    def into_store():
+        os.makedirs(".pipelite", exist_ok=True)
+        with open(".pipelite/evil.txt", "w") as f:
+            f.write("e")
+        return {"evil": File(".pipelite/evil.txt")}
+
+    p = Pipeline()
+    with pytest.raises(StageOutputError, match="cannot be a file output: .*inside the store"):
+        p.run("into_store")
+    assert p.status()[0].state == "failed"

@@ -138,3 +138,14 @@ def test_accept_magic_adopts_a_refactored_cell(ip, tmp_path):
     ok(ip, "%%stage base\nopen(LOG, 'a').write('base\\n')\nb = [1, 2, 3]\n")
     result, _ = run(ip, "%pipelite accept total")
     assert "input 'b' changed" in str(result.error_in_exec)
+
+
+def test_an_out_file_named_by_a_digit_or_underscore_is_an_artifact_name(ip, tmp_path):
+    cell = """\
+    %%stage numbered --out-file 1.txt --out-file _draft.txt
+    open("1.txt", "w").write("one")
+    open("_draft.txt", "w").write("draft")
+    """
+    out = ok(ip, cell).stdout
+    assert "file_1 (file 1.txt" in out and "draft (file _draft.txt" in out
+    assert open(ip.user_ns["file_1"]).read() == "one"

@@ -330,3 +330,41 @@ def test_policies_hold_for_async_stages(store_dir, monkeypatch):
     _later(monkeypatch, 25)
     p.run("summarise")  # the same input, but its result expired: it runs again
     assert _calls() == "psp" + "ps"
+
+
+def test_accept_refuses_outputs_inferred_differently(store_dir):
+    """Outputs inferred from ``return {...}`` are not in the fingerprint: accept must still
+    see that the refactor changed them."""
+    @stage
+    def outs():
+        return {"o1": 1}
+
+    p = Pipeline(store=str(store_dir))
+    p.run()
+
+    @stage  # noqa: F811 - the notebook's cell, edited
+    def outs():  # noqa: F811
+        return {"o1": 1, "o2": 2}
+
+    with pytest.raises(AcceptRefusedError, match=r"its outputs changed \(\['o1'\] -> "
+                                                 r"\['o1', 'o2'\]\)"):
+        p.accept("outs")
+
+
+def test_accept_says_what_to_do_for_a_never_run_or_failed_stage(store_dir):
+    @stage(outputs="never")
+    def fresh_one():
+        return 1
+
+    @stage(outputs="boom")
+    def breaks(*, n=1):
+        raise ValueError("boom")
+
+    p = Pipeline(store=str(store_dir))
+    with pytest.raises(AcceptRefusedError, match=r"no stored result to accept. Run it: "
+                                                 r"pipeline.run\('fresh_one'\)"):
+        p.accept("fresh_one")
+    with pytest.raises(ValueError):
+        p.run("breaks")
+    with pytest.raises(AcceptRefusedError, match=r"no stored result"):
+        p.accept("breaks")
