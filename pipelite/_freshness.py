@@ -204,12 +204,29 @@ def _defined(graph: Graph, name: str, verdicts: Mapping[str, Verdict], params: d
         verdict.record = None
     elif verdict.record is not None:
         verdict.state = "fresh"
-    elif (latest := store.latest(name)) is not None:
+        _LAST_FRESH[(store.url, name)] = verdict.record
+    elif (latest := _last_fresh(store, name) or store.latest(name)) is not None:
         verdict.state, verdict.latest = "stale", latest
         verdict.reasons = diff(latest.parts, latest.params, fp, resolved, graph.producers)
     else:
         verdict.reasons = ["no stored result"]
     return verdict
+
+
+# the result each stage was last found fresh on in this process, by (store, stage): what
+# changed is said against it (the store's newest result may be another one: a file put back
+# as it was made an older result fresh again)
+_LAST_FRESH: dict[tuple[str, str], ResultRecord] = {}
+
+
+def _last_fresh(store: Store, name: str) -> ResultRecord | None:
+    rec = _LAST_FRESH.get((store.url, name))
+    if rec is None:
+        return None
+    if store.record(name, rec.fingerprint) is None:  # gone (gc, invalidate): not a reference
+        _LAST_FRESH.pop((store.url, name), None)
+        return None
+    return rec
 
 
 def _root_of(name: str, verdict: Verdict) -> tuple[str, str, str]:

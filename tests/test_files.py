@@ -459,3 +459,23 @@ def test_a_file_output_inside_the_store_is_refused_before_anything_is_stored(pro
     with pytest.raises(StageOutputError, match="cannot be a file output: .*inside the store"):
         p.run("into_store")
     assert p.status()[0].state == "failed"
+
+
+def test_reasons_are_said_against_the_result_last_found_fresh(project):
+    """a=1 (run), a=2 (run), a=1 (fresh again: the older result), then b changes: only b is
+    named, not a (which differs only from the newest result)."""
+    (project / "a.txt").write_text("1")
+    (project / "b.txt").write_text("1")
+
+    @stage(outputs="v")
+    def pair(*, a=File("a.txt"), b=File("b.txt")):
+        return a.read_text() + b.read_text()
+
+    p = Pipeline()
+    p.run()
+    (project / "a.txt").write_text("2")
+    p.run()
+    (project / "a.txt").write_text("1")
+    assert p.status()[0].state == "fresh"
+    (project / "b.txt").write_text("2")
+    assert p.status()[0].reasons == ("file 'b.txt' changed",)
