@@ -20,6 +20,7 @@ from . import events
 from ._execute import Runner, RunResult, as_removed
 from ._freshness import (
     LARGE,
+    NOT_CACHED,
     STATES,
     Check,
     OutputInfo,
@@ -321,6 +322,12 @@ class Pipeline:
                 raise StaleArtifactError(
                     f"artifact '{name}' is never stored: stage '{producer}' is not cached "
                     f"(cache=False). Use the value pipeline.run('{producer}') returns")
+            root = verdict.root
+            if root is not None and root[2] == NOT_CACHED:
+                raise StaleArtifactError(
+                    f"artifact '{name}' depends on stage '{root[0]}', which is not cached "
+                    f"(cache=False): whether '{producer}' is up to date is known only by "
+                    f"running it. Use the value pipeline.run('{producer}') returns")
             if verdict.state != "fresh" or record is None or name not in record.outputs:
                 why = "; ".join(verdict.reasons) or verdict.state
                 raise StaleArtifactError(

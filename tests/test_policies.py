@@ -57,6 +57,9 @@ def test_a_stage_without_cache_runs_every_time_and_stores_nothing(store_dir):
     with pytest.raises(PipeliteError, match=r"never stored: stage 'fetch' is not cached.*"
                                             r"Use the value pipeline.run\('fetch'\) returns"):
         p.load("raw")
+    with pytest.raises(PipeliteError, match=r"depends on stage 'fetch', which is not cached.*"
+                                            r"pipeline.run\('total'\) returns"):
+        p.load("total")
     status = {s.name: s for s in p.status()}
     assert status["fetch"].state == "stale"
     assert status["fetch"].reasons == ("not cached (cache=False): it runs every time it is "
