@@ -187,6 +187,7 @@ class Reach:
         by their resolved values): code -> whether positional defaults are parameters too."""
         self.skip = frozenset(skip)
         self.ignore = frozenset(ignore)
+        self.ignored_seen: set[str] = set()  # ignored names the walk met
         self.params_of = dict(params_of or {})
         self.memo: dict = memo if memo is not None else {}
         self.encoder = Encoder(self.token, self.memo)
@@ -230,6 +231,7 @@ class Reach:
         if not reader and name in self.skip:
             return "<input>"
         if name in self.ignore:
+            self.ignored_seen.add(name)
             return "<ignored>"
         token = self.token(value, name)
         if token is not None:

@@ -17,7 +17,7 @@ import xxhash
 
 from ._cellcode import normalize_source
 from ._encode import PipeliteWarning, warn_user
-from ._files import LISTED_FILES, File, file_digest, files_in
+from ._files import ABSENT, LISTED_FILES, File, file_digest, files_in
 from ._reach import Reach, _functions_of, code_digest, leaf_token
 from .stage import CellStage, Stage
 
@@ -47,6 +47,21 @@ def value_digest(value: Any) -> str:
 
 
 # -- the fingerprint --------------------------------------------------------------------------
+_WARNED_ABSENT: set[tuple[str, str]] = set()  # (stage, path) said once per process
+_WARNED_IGNORE: set[tuple[str, frozenset]] = set()
+
+
+def _check_ignored(st: Stage, walker: Reach) -> None:
+    """Warn once when ``ignore=`` names something the stage neither takes nor reads (a
+    typo would otherwise leave the name counted, silently)."""
+    unknown = st.ignore - set(st.params) - walker.ignored_seen
+    key = (st.name, frozenset(unknown))
+    if unknown and key not in _WARNED_IGNORE:
+        _WARNED_IGNORE.add(key)
+        warn_user(f"stage '{st.name}': ignore= names {sorted(unknown)}, which it takes as no "
+                  f"parameter and reads as no global: check the spelling")
+
+
 def code_parts(st: Stage, memo: dict | None = None
                ) -> tuple[str, str, dict[str, str], dict[str, str]]:
     """(digest of all the stage reaches, digest of its own code, helpers, globals), as its
@@ -76,12 +91,16 @@ def code_parts(st: Stage, memo: dict | None = None
         return digest_text("\n".join(root)), code, helpers, globals_
     objs = st.code_objects()
     if len(objs) == 1 and (leaf := leaf_token(objs[0])) is not None:
+        if st.ignore:
+            _check_ignored(st, Reach())  # it reads no global: only parameters can be ignored
         return leaf, code_digest(objs[0].__code__), {}, {}  # reaches nothing: no walk needed
     walker = Reach((), memo, ignore=st.ignore, params_of=st.param_code())
     reach, own = [], []
     for obj in objs:
         reach.append(walker.stage_token(obj))
         own.append(_own_code(obj))
+    if st.ignore:
+        _check_ignored(st, walker)
     helpers, globals_ = walker.parts()
     if len(reach) == 1:
         return reach[0], own[0], helpers, globals_
@@ -157,6 +176,10 @@ def fingerprint_of(st: Stage, params: Mapping[str, Any], input_hashes: Mapping[s
         for f in files:
             digest, listing = file_digest(f, memo)
             parts["files"][f.key] = digest
+            if digest == ABSENT and (st.name, f.path) not in _WARNED_ABSENT:
+                _WARNED_ABSENT.add((st.name, f.path))
+                warn_user(f"stage '{st.name}': its input file '{f.key}' does not exist "
+                          f"({f.path}): check the path (the stage is stale until it exists)")
             if listing is not None and len(listing) <= LISTED_FILES:
                 listings[f.key] = dict(sorted(listing.items()))
         if listings:

@@ -581,6 +581,11 @@ class CellStage(Stage):
         self.filename = filename or f"<stage {name}>"
         outs = tuple(outputs) if outputs is not None else self.analysis.outputs
         super().__init__(name, inputs, {}, None, env=env, origin=origin, **policies)
+        unread = sorted(self.ignore - set(self.analysis.free))
+        if unread:
+            raise StageDefinitionError(
+                f"stage '{name}': --ignore {' '.join(unread)}: the cell reads no global of "
+                f"that name; give the names of globals it reads")
         from ._files import File
 
         self.files = tuple(File(f) for f in files)

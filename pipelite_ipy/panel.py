@@ -52,8 +52,9 @@ body[data-jp-theme-light="false"] .pipelite-panel {
 .pipelite-counts .pipelite-chip { margin-right: 4px; }
 .pipelite-row { border-bottom: 1px solid var(--pl-rule); padding: 3px 0; }
 .pipelite-row-main { align-items: center; }
+.pipelite-policies .widget-html-content { line-height: 16px; }
 .pipelite-policy { display: inline-block; border-radius: 10px; padding: 0 6px; margin-right: 4px;
-  font-size: 11px; border: 1px solid #8e8e8e; color: #424242; background: #f5f5f5; }
+  font-size: 11px; line-height: 15px; border: 1px solid #8e8e8e; color: #424242; background: #f5f5f5; }
 .pipelite-policy-no-cache { border-color: #6a1b9a; color: #6a1b9a; background: #f3e5f5; }
 .pipelite-policy-expires { border-color: #ef6c00; color: #e65100; background: #fff3e0; }
 .pipelite-chip, .pipelite-badge span { display: inline-block; border-radius: 10px;
@@ -245,8 +246,11 @@ class _StageRow(widgets.VBox):
         self.label = widgets.HTML(layout=widgets.Layout(width="190px", flex="0 0 auto"))
         self.label.add_class("pipelite-name")
         self.outputs = _Outputs(lambda output: on_preview(name, output))
-        self.policies = widgets.HTML(layout=widgets.Layout(flex="0 0 auto"))
+        self.policies = widgets.HTML()  # under the name: the outputs keep the row's width
         self.policies.add_class("pipelite-policies")
+        named = widgets.VBox([self.label, self.policies],
+                             layout=widgets.Layout(width="190px", flex="0 0 auto"))
+        named.add_class("pipelite-named")
         self.when = widgets.HTML(layout=widgets.Layout(width="150px", flex="0 0 auto"))
         self.when.add_class("pipelite-when")
         self.run_button = widgets.Button(
@@ -263,7 +267,7 @@ class _StageRow(widgets.VBox):
         self.reason.add_class("pipelite-reason")
         self.error = widgets.HTML()
         self.error.add_class("pipelite-error")
-        main = widgets.HBox([self.badge, self.label, self.policies, self.outputs, self.when,
+        main = widgets.HBox([self.badge, named, self.outputs, self.when,
                              self.run_button, self.force_button],
                             layout=widgets.Layout(width="100%"))
         main.add_class("pipelite-row-main")
@@ -311,6 +315,7 @@ class _StageRow(widgets.VBox):
             f'<span class="pipelite-policy pipelite-policy-{p.split()[0]}" '
             f'title="{html.escape(_POLICY_TIPS.get(p.split()[0], p))}">{html.escape(p)}</span>'
             for p in s.policies)
+        self._hide(self.policies, not s.policies)  # a row without policies stays one line
         prefix = "previous result: " if s.outputs and s.state in ("failed", "stale") else ""
         self.outputs.show(s.outputs, prefix)
         if s.state == "failed" and s.failed_at is not None:  # its error shows below

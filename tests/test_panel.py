@@ -501,8 +501,9 @@ def test_policy_badges_and_file_outputs_show_in_their_rows(store_dir, panels, tm
     monkeypatch.chdir(tmp_path)
     s = NamespaceSession(str(store_dir))
     REGISTRY.add(CellStage("live", "feed = 1", s.namespace, cache=False))
-    REGISTRY.add(CellStage("daily", "prices = [1]", s.namespace, expires_after="1d",
-                           ignore=["VERBOSE"]))
+    s.namespace["VERBOSE"] = 0
+    REGISTRY.add(CellStage("daily", "prices = [1]\nif VERBOSE:\n    print(prices)",
+                           s.namespace, expires_after="1d", ignore=["VERBOSE"]))
     REGISTRY.add(CellStage("report", "open('report.txt', 'w').write('hi')", s.namespace,
                            outputs=(), out_files={"report": "report.txt"}))
     panel = panels(s)

@@ -371,3 +371,29 @@ def test_accept_says_what_to_do_for_a_never_run_or_failed_stage(store_dir):
         p.run("breaks")
     with pytest.raises(AcceptRefusedError, match=r"no stored result"):
         p.accept("breaks")
+
+
+def test_a_misspelt_ignore_or_a_missing_input_file_is_said(store_dir):
+    @stage(outputs="m2", ignore=["verbos"])
+    def model2(*, alpha=1.0, verbose=False):
+        return alpha
+
+    @stage(outputs="r", ignore=["SCALE"])
+    def reads_scale(*, path=File("no-such-file.csv")):
+        return SCALE
+
+    p = Pipeline(store=str(store_dir))
+    with pytest.warns(Warning) as caught:
+        p.status()
+    said = [str(w.message) for w in caught]
+    assert any("ignore= names ['verbos']" in m and "check the spelling" in m for m in said)
+    assert any("input file 'no-such-file.csv' does not exist" in m for m in said)
+    assert not any("'SCALE'" in m for m in said)  # a global it reads: rightly ignored
+
+
+def test_a_cell_cannot_ignore_a_name_it_does_not_read():
+    from pipelite import CellStage
+
+    with pytest.raises(StageDefinitionError, match="--ignore VERBSOE: the cell reads no "
+                                                   "global of that name"):
+        CellStage("c", "y = 2 * x\nif VERBOSE:\n    print(y)", {}, ignore=["VERBSOE"])
