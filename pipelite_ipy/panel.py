@@ -54,7 +54,8 @@ body[data-jp-theme-light="false"] .pipelite-panel {
 .pipelite-row-main { align-items: center; }
 .pipelite-policies .widget-html-content { line-height: 16px; }
 .pipelite-policy { display: inline-block; border-radius: 10px; padding: 0 6px; margin-right: 4px;
-  font-size: 11px; line-height: 15px; border: 1px solid #8e8e8e; color: #424242; background: #f5f5f5; }
+  font-size: 11px; line-height: 15px; border: 1px solid #8e8e8e; color: #424242;
+  background: #f5f5f5; }
 .pipelite-policy-no-cache { border-color: #6a1b9a; color: #6a1b9a; background: #f3e5f5; }
 .pipelite-policy-expires { border-color: #ef6c00; color: #e65100; background: #fff3e0; }
 .pipelite-chip, .pipelite-badge span { display: inline-block; border-radius: 10px;
