@@ -84,3 +84,33 @@ def start_moto(bucket: str):
                  aws_access_key_id="test", aws_secret_access_key="test"
                  ).create_bucket(Bucket=bucket)
     return proc, endpoint
+
+
+def send(kc, code: str, cell_id: str | None = None) -> str:
+    """Start executing ``code`` in a kernel (as notebook cell ``cell_id``); its message id."""
+    msg = kc.session.msg("execute_request", {
+        "code": code, "silent": False, "store_history": True, "user_expressions": {},
+        "allow_stdin": False, "stop_on_error": True},
+        metadata={"cellId": cell_id} if cell_id else {})
+    kc.shell_channel.send(msg)
+    return msg["header"]["msg_id"]
+
+
+def outcome(kc, msg_id: str) -> tuple[str, str]:
+    """A kernel cell's reply status and what it printed (errors as 'ename: evalue')."""
+    text = []
+    while True:
+        out = kc.get_iopub_msg(timeout=60)
+        if out["parent_header"].get("msg_id") != msg_id:
+            continue
+        kind, content = out["msg_type"], out["content"]
+        if kind == "stream":
+            text.append(content["text"])
+        elif kind == "error":
+            text.append(f"{content['ename']}: {content['evalue']}")
+        elif kind == "status" and content["execution_state"] == "idle":
+            break
+    while True:
+        reply = kc.get_shell_msg(timeout=60)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply["content"]["status"], "".join(text)

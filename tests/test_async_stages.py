@@ -18,7 +18,7 @@ import pytest
 
 from pipelite import Pipeline, StageOutputError, stage
 from pipelite.present import user_frames
-from tests.helpers import notebook, run_cell
+from tests.helpers import notebook, outcome, run_cell, send
 
 
 def calls(log) -> list[str]:
@@ -556,31 +556,6 @@ def kernel_manager(tmp_path):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
-
-
-def send(kc, code: str) -> str:
-    """Start executing ``code`` in the kernel; its message id."""
-    return kc.execute(code, store_history=True, allow_stdin=False)
-
-
-def outcome(kc, msg_id: str) -> tuple[str, str]:
-    """The cell's reply status and what it printed (errors as 'ename: evalue')."""
-    text = []
-    while True:
-        out = kc.get_iopub_msg(timeout=60)
-        if out["parent_header"].get("msg_id") != msg_id:
-            continue
-        kind, content = out["msg_type"], out["content"]
-        if kind == "stream":
-            text.append(content["text"])
-        elif kind == "error":
-            text.append(f"{content['ename']}: {content['evalue']}")
-        elif kind == "status" and content["execution_state"] == "idle":
-            break
-    while True:
-        reply = kc.get_shell_msg(timeout=60)
-        if reply["parent_header"].get("msg_id") == msg_id:
-            return reply["content"]["status"], "".join(text)
 
 
 @needs_signals

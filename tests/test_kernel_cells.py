@@ -11,6 +11,8 @@ from jupyter_client.manager import start_new_kernel
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_notebook
 
+from tests.helpers import outcome, send
+
 
 @pytest.fixture
 def manager(tmp_path):
@@ -29,27 +31,7 @@ def kernel(manager):
 
 def run(kc, code: str, cell_id: str) -> tuple[str, str]:
     """Execute ``code`` as cell ``cell_id``: (status, everything it printed)."""
-    msg = kc.session.msg("execute_request", {
-        "code": code, "silent": False, "store_history": True, "user_expressions": {},
-        "allow_stdin": False, "stop_on_error": True}, metadata={"cellId": cell_id})
-    kc.shell_channel.send(msg)
-    msg_id = msg["header"]["msg_id"]
-    text = []
-    while True:
-        out = kc.get_iopub_msg(timeout=60)
-        if out["parent_header"].get("msg_id") != msg_id:
-            continue
-        kind, content = out["msg_type"], out["content"]
-        if kind == "stream":
-            text.append(content["text"])
-        elif kind == "error":
-            text.append(f"{content['ename']}: {content['evalue']}")
-        elif kind == "status" and content["execution_state"] == "idle":
-            break
-    while True:
-        reply = kc.get_shell_msg(timeout=60)
-        if reply["parent_header"].get("msg_id") == msg_id:
-            return reply["content"]["status"], "".join(text)
+    return outcome(kc, send(kc, code, cell_id))
 
 
 def test_renaming_a_stage_cell_in_a_kernel_replaces_its_stage(kernel):
