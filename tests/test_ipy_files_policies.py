@@ -149,3 +149,8 @@ def test_an_out_file_named_by_a_digit_or_underscore_is_an_artifact_name(ip, tmp_
     out = ok(ip, cell).stdout
     assert "file_1 (file 1.txt" in out and "draft (file _draft.txt" in out
     assert open(ip.user_ns["file_1"]).read() == "one"
+
+
+def test_the_first_stage_cell_makes_a_store_git_ignores(ip, tmp_path):
+    ok(ip, "%%stage first\nx = 1\n")
+    assert "*" in (tmp_path / ".pipelite" / ".gitignore").read_text().splitlines()
