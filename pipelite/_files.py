@@ -299,6 +299,8 @@ def in_place(target: str, digest: str, size: int) -> bool:
         return _observe._hash(target, st) == digest
     except OSError:
         return False
+    finally:
+        _hashcache.flush()
 
 
 def restore(source: str, target: str, digest: str, size: int) -> str | None:

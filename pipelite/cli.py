@@ -259,8 +259,12 @@ def _run_notebook(args: argparse.Namespace) -> int:
     # With STAGE names the %%stage cells only define their stages, so a plain cell that reads
     # a stage output (print(train_data.shape)) cannot run: keep going, and judge afterwards.
     targeted = bool(args.stages)
+    # "immediate": once every cell ran, the kernel is stopped without a shutdown request,
+    # whose handling in ipykernel 7 races the closing of its output socket and sometimes
+    # printed a ZMQError traceback here (ipykernel #1518). What PipeLite keeps is written by
+    # then (records, objects and the hash cache are written as they are made)
     client = NotebookClient(runnable, timeout=args.timeout, kernel_name="python3",
-                            allow_errors=targeted,
+                            allow_errors=targeted, shutdown_kernel="immediate",
                             resources={"metadata": {"path": os.path.dirname(path)}})
     try:
         # as Jupyter does: the kernel knows its notebook, and records say which one ran
