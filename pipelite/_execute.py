@@ -632,16 +632,18 @@ def _summary(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def _files_changed_while_running(st: Stage, params: dict, fp: Fingerprint) -> list[str]:
+def _files_changed_while_running(st: Stage, params: dict, fp: Fingerprint,
+                                 memo: dict | None) -> list[str]:
     """The declared input files (``File`` parameters, ``--file``) whose content is not what
-    the fingerprint saw before the stage ran."""
+    the fingerprint saw before the stage ran. ``memo`` (the run's, emptied when the stage
+    started) keeps each digest for the check after the run (``_store_after_run``)."""
     before = fp.parts.get("files")
     if not before:
         return []
     from ._files import file_digest
 
     return [f"file '{f.key}'" for f in input_files(st, params)
-            if before.get(f.key) != file_digest(f)[0]]
+            if before.get(f.key) != file_digest(f, memo)[0]]
 
 
 # -- cache=False: results kept in memory for the run that computed them ----------------------
@@ -796,7 +798,7 @@ def compute(store: Store, st: Stage, fp: Fingerprint, params: dict, upstream: Up
                 recorder.stop()
         if learn is not None:
             learn(st, outputs)
-        changed = _files_changed_while_running(st, params, fp)
+        changed = _files_changed_while_running(st, params, fp, memo)
         if changed:
             warn_user(f"stage '{st.name}': {', '.join(changed)} changed while it ran: which "
                       f"content it read cannot be known, so its result is not stored (it "

@@ -546,18 +546,6 @@ def test_in_a_kernel_an_awaiting_stage_cell_runs_in_the_kernels_loop(tmp_path):
     assert printed(cells[2]) == "5 True\n", printed(cells[1])
 
 
-@pytest.fixture
-def kernel_manager(tmp_path):
-    from jupyter_client.manager import start_new_kernel
-
-    km, kc = start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
-    try:
-        yield km, kc
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
-
-
 @needs_signals
 def test_kernel_interrupt_cancels_an_awaiting_stage_cell_and_ends_its_run(kernel_manager,
                                                                           tmp_path):

@@ -479,3 +479,34 @@ def test_reasons_are_said_against_the_result_last_found_fresh(project):
     assert p.status()[0].state == "fresh"
     (project / "b.txt").write_text("2")
     assert p.status()[0].reasons == ("file 'b.txt' changed",)
+
+
+def test_the_hash_cache_can_be_moved_or_turned_off(project, monkeypatch, tmp_path):
+    monkeypatch.delenv(_hashcache.ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert _hashcache.location() == str(tmp_path / "xdg" / "pipelite" / "file-hashes.sqlite3")
+    monkeypatch.setenv(_hashcache.ENV, "off")
+    assert _hashcache.location() is None
+    path = str(project / "data" / "raw.csv")
+    _age(path)
+    key = _observe._key(os.stat(path))
+    _hashcache.remember(path, key, "0" * 32)
+    _hashcache.flush()
+    assert _hashcache.lookup(path, key) is None
+
+
+def test_a_big_folder_is_named_whole_and_linked_folders_are_not_followed(project, monkeypatch):
+    import pipelite.fingerprint
+
+    monkeypatch.setattr(pipelite.fingerprint, "LISTED_FILES", 2)  # 3 files: too many to list
+    elsewhere = project / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "big.bin").write_text("not part of the folder")
+    os.symlink(elsewhere, project / "data" / "img" / "linked")
+    _define_reader()
+    p = Pipeline()
+    p.run("read")
+    (elsewhere / "big.bin").write_text("changed: still not part of it")
+    assert p.status()[0].state == "fresh"
+    (project / "data" / "img" / "1.png").write_text("edited")
+    assert p.status()[0].reasons == ("folder 'data/img/' changed",)

@@ -142,12 +142,14 @@ def test_accept_magic_adopts_a_refactored_cell(ip, tmp_path):
 
 def test_an_out_file_named_by_a_digit_or_underscore_is_an_artifact_name(ip, tmp_path):
     cell = """\
-    %%stage numbered --out-file 1.txt --out-file _draft.txt
+    %%stage numbered --out-file 1.txt --out-file _draft.txt --out-file summary=s.txt
     open("1.txt", "w").write("one")
     open("_draft.txt", "w").write("draft")
+    open("s.txt", "w").write("sum")
     """
     out = ok(ip, cell).stdout
     assert "file_1 (file 1.txt" in out and "draft (file _draft.txt" in out
+    assert "summary (file s.txt" in out
     assert open(ip.user_ns["file_1"]).read() == "one"
 
 

@@ -15,18 +15,8 @@ from tests.helpers import outcome, send
 
 
 @pytest.fixture
-def manager(tmp_path):
-    km, kc = start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
-    try:
-        yield km, kc
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
-
-
-@pytest.fixture
-def kernel(manager):
-    return manager[1]
+def kernel(kernel_manager):
+    return kernel_manager[1]
 
 
 def run(kc, code: str, cell_id: str) -> tuple[str, str]:
@@ -48,10 +38,10 @@ SLOW = ("%%stage slow\nimport os, time\nwhile not os.path.exists('go'):\n"
         "    time.sleep(0.02)\nv = N")
 
 
-def test_kernel_interrupt_stops_a_run_started_from_the_panel(manager):
+def test_kernel_interrupt_stops_a_run_started_from_the_panel(kernel_manager):
     """ipykernel ignores SIGINT while idle, so Kernel -> Interrupt did not reach a run a
     button started; now it cancels it: nothing is stored, the stage is as it was."""
-    km, kc = manager
+    km, kc = kernel_manager
     assert run(kc, "%load_ext pipelite\nN = 3", "c0")[0] == "ok"
     assert run(kc, SLOW.replace("%%stage slow", "%%stage slow --define"), "c1")[0] == "ok"
     status, text = run(kc, "import pipelite_ipy\nfrom pipelite_ipy.panel import PipelinePanel\n"

@@ -397,3 +397,38 @@ def test_a_cell_cannot_ignore_a_name_it_does_not_read():
     with pytest.raises(StageDefinitionError, match="--ignore VERBSOE: the cell reads no "
                                                    "global of that name"):
         CellStage("c", "y = 2 * x\nif VERBOSE:\n    print(y)", {}, ignore=["VERBSOE"])
+
+
+def test_changing_a_policy_alone_reruns_nothing(store_dir):
+    def define(**policies):
+        @stage(outputs="p", **policies)
+        def priced(*, rate=2):
+            _log("p")
+            return 10 * rate
+
+    define()
+    p = Pipeline(store=str(store_dir))
+    p.run("priced")
+    define(expires_after="1h")
+    assert p.status()[0].state == "fresh"
+    define(expires_after="1h", ignore=["rate"])  # counted before: its fingerprint changes once
+    p.run("priced")
+    p.run("priced", params={"priced": {"rate": 3}})
+    assert _calls() == "pp"
+
+
+def test_a_class_stage_can_ignore_a_constructor_argument(store_dir):
+    @stage("fit", ignore=["verbose"])
+    class Fit:
+        def __init__(self, alpha=1.0, verbose=False):
+            self.alpha, self.verbose = alpha, verbose
+
+        def run(self):
+            _log("f")
+            return {"coef": self.alpha}
+
+    p = Pipeline(store=str(store_dir))
+    p.run("fit")
+    p.run("fit", params={"fit": {"verbose": True}})
+    p.run("fit", params={"fit": {"alpha": 2.0}})
+    assert _calls() == "ff"
